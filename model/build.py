@@ -1,0 +1,91 @@
+"""Building FMFA models: from a config for training, or from any weight file for use."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, Tuple
+
+import torch
+
+from configs.defaults import Config
+from .checkpoint import (FMFA_PREFIX, LAYOUTS, is_clip_state_dict, is_fmfa_state_dict,
+                         load_weights_file, unwrap_state_dict)
+from .clip import (ClipArch, arch_from_state_dict, build_clip, clean_clip_state_dict, clip_from_state_dict,
+                   create_clip, fit_position_embedding, is_torchscript_archive, read_clip_state_dict)
+from .fmfa import FMFA, parse_loss_names
+
+logger = logging.getLogger(__name__)
+
+
+def arch_from_config(cfg: Config) -> ClipArch:
+    m = cfg.model
+    return ClipArch(embed_dim=m.embed_dim, vision_width=m.vision_width, vision_layers=m.vision_layers,
+                    patch_size=m.patch_size, text_width=m.text_width, text_layers=m.text_layers,
+                    context_length=m.context_length, vocab_size=m.vocab_size)
+
+
+def build_model(cfg: Config, num_classes: int) -> FMFA:
+    """The training model of ``cfg``: backbone from ``cfg.model.pretrain`` plus the heads
+    of the enabled losses (ID head with ``num_classes`` identities, IRR with
+    ``cfg.model.cmt_depth`` layers). Float32; precision modes are applied by the trainer.
+    """
+    names = parse_loss_names(cfg.loss.names)
+    unknown = sorted(set(cfg.loss.weights) - set(names))
+    if unknown:
+        raise ValueError(f"loss.weights has {unknown}, which are not in loss.names={cfg.loss.names!r}")
+    clip, arch = create_clip(cfg.model.pretrain, tuple(cfg.model.image_size), arch_from_config(cfg))
+    return FMFA(clip, arch.embed_dim, names, dict(cfg.loss.weights),
+                num_classes=num_classes if "id" in names else 0,
+                cmt_depth=cfg.model.cmt_depth if "mlm" in names else 0,
+                vocab_size=arch.vocab_size, temperature=cfg.model.temperature, asdm=cfg.asdm, efa=cfg.efa)
+
+
+def _heads_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, int, int]:
+    """(num_classes, cmt_depth, vocab_size) of the heads present in an FMFA state dict."""
+    num_classes = state_dict["classifier.weight"].shape[0] if "classifier.weight" in state_dict else 0
+    depth = len({k.split(".")[2] for k in state_dict if k.startswith("cross_modal_transformer.resblocks.")})
+    vocab = state_dict["mlm_head.fc.weight"].shape[0] if depth else 0
+    return num_classes, depth, vocab
+
+
+def _fmfa_from_state_dict(state_dict: Dict[str, torch.Tensor], image_size, source: str) -> FMFA:
+    clip_sd = {k[len(FMFA_PREFIX):]: v.float() for k, v in state_dict.items() if k.startswith(FMFA_PREFIX)}
+    arch = arch_from_state_dict(clip_sd)
+    num_classes, depth, vocab = _heads_from_state_dict(state_dict)
+    names = ["sdm"] + (["id"] if num_classes else []) + (["mlm"] if depth else [])
+    model = FMFA(build_clip(arch, image_size), arch.embed_dim, names, num_classes=num_classes,
+                 cmt_depth=depth, vocab_size=vocab or arch.vocab_size)
+    clip_sd = fit_position_embedding(clip_sd, model.base_model, source)
+    full = {FMFA_PREFIX + k: v for k, v in clip_sd.items()}
+    full.update({k: v.float() for k, v in state_dict.items() if not k.startswith(FMFA_PREFIX)})
+    missing, unexpected = model.load_state_dict(full, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{source}: weights do not fit the FMFA architecture read from them; "
+                         f"missing {missing[:8]}, unexpected {unexpected[:8]}")
+    logger.info("Loaded FMFA weights from %s: %s, %d identities, IRR depth %d", source, arch, num_classes, depth)
+    return model
+
+
+def model_from_checkpoint(path: str, image_size: Tuple[int, int] = (384, 128)) -> FMFA:
+    """An FMFA model in eval mode from a weight file, its architecture read from the weights.
+
+    ``path``: this project's or the reference's checkpoint (``{"model": state_dict}``,
+    ``module.`` prefixes allowed), or bare CLIP weights (OpenAI TorchScript archive,
+    OpenAI-format state dict, open_clip checkpoint), which give a model without heads.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path!r}")
+    if is_torchscript_archive(path):
+        state_dict = read_clip_state_dict(path)
+    else:
+        state_dict = unwrap_state_dict(load_weights_file(path), path)
+    if is_fmfa_state_dict(state_dict):
+        model = _fmfa_from_state_dict(state_dict, tuple(image_size), path)
+    elif is_clip_state_dict(state_dict):
+        clip, arch = clip_from_state_dict(clean_clip_state_dict(state_dict, path), tuple(image_size), path)
+        model = FMFA(clip, arch.embed_dim, ["sdm"], vocab_size=arch.vocab_size)
+    else:
+        raise ValueError(f"{path}: unknown checkpoint layout (keys such as {sorted(state_dict)[:5]}). "
+                         f"Expected one of: " + "; ".join(LAYOUTS))
+    return model.eval()
+

@@ -1,0 +1,70 @@
+"""Reading weight files safely and recognising their layout.
+
+Every file goes through ``torch.load(weights_only=True)``: tensors and plain Python
+containers only; a pickle that would run code is refused, never executed.
+TorchScript archives (OpenAI's CLIP release) are the one exception the caller routes
+to ``torch.jit.load``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any, Dict
+
+import torch
+
+FMFA_PREFIX = "base_model."
+_DISTRIBUTED_PREFIX = "module."
+LAYOUTS = (
+    "an FMFA checkpoint ({'model': state_dict} with 'base_model.*' keys, this project's or the reference's)",
+    "an OpenAI CLIP TorchScript archive (ViT-B-16.pt)",
+    "an OpenAI-format CLIP state dict ('visual.conv1.weight', 'token_embedding.weight', ...)",
+    "an open_clip checkpoint ({'state_dict': ...})",
+)
+
+
+def load_weights_file(path: str) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path!r}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: refused to load; it is not a plain-weights checkpoint (loading it would "
+            f"need to run code from the file, which is never done). Detail: {str(err).splitlines()[0]}"
+        ) from None
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'truncated or empty file'})") from None
+
+
+def strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str = _DISTRIBUTED_PREFIX) -> Dict[str, torch.Tensor]:
+    """Drop ``prefix`` from keys that carry it (DataParallel/DDP's ``module.``)."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def unwrap_state_dict(obj: Any, source: str) -> Dict[str, torch.Tensor]:
+    """The tensor state dict inside a loaded checkpoint (``model`` / ``state_dict`` / bare)."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if _is_state_dict(obj.get(key)):
+                return strip_prefix(obj[key])
+    if _is_state_dict(obj):
+        return strip_prefix(obj)
+    top = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+    raise ValueError(f"{source}: unknown checkpoint layout (top level: {top}). Expected one of: "
+                     + "; ".join(LAYOUTS))
+
+
+def is_fmfa_state_dict(state_dict: Dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(FMFA_PREFIX) for k in state_dict)
+
+
+def is_clip_state_dict(state_dict: Dict[str, torch.Tensor]) -> bool:
+    return "visual.conv1.weight" in state_dict and "token_embedding.weight" in state_dict

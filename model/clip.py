@@ -1,0 +1,181 @@
+"""CLIP dual encoder through open_clip, with the reference's token outputs and loading.
+
+The backbone is open_clip's OpenAI-compatible ``CLIP`` (QuickGELU, OpenAI key names),
+built at a non-square input (384 x 128 for person images). Weights come from a local
+OpenAI TorchScript archive, an OpenAI-format state dict, an open_clip checkpoint, an
+open_clip pretrained tag (``open_clip:ViT-B-16/openai``; downloads), or ``none``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import open_clip
+import torch
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg, resize_pos_embed
+
+logger = logging.getLogger(__name__)
+
+HEAD_WIDTH = 64  # OpenAI CLIP: attention heads = width // 64 in both towers
+OPEN_CLIP_TAG_PREFIX = "open_clip:"
+NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "logit_scale", "attn_mask")
+
+
+@dataclass(frozen=True)
+class ClipArch:
+    """Sizes of a CLIP ViT dual encoder (defaults: ViT-B/16)."""
+
+    embed_dim: int = 512
+    vision_width: int = 768
+    vision_layers: int = 12
+    patch_size: int = 16
+    text_width: int = 512
+    text_layers: int = 12
+    context_length: int = 77
+    vocab_size: int = 49408
+
+
+def build_clip(arch: ClipArch, image_size: Tuple[int, int]) -> open_clip.model.CLIP:
+    """A randomly initialised open_clip CLIP of ``arch`` at ``image_size`` (H, W).
+
+    Image tokens come out of the vision tower (``output_tokens``); the learnable logit
+    scale is removed because FMFA's temperature is fixed.
+    """
+    height, width = image_size
+    if height % arch.patch_size or width % arch.patch_size:
+        raise ValueError(f"image size {image_size} is not divisible by the patch size {arch.patch_size}")
+    vision = CLIPVisionCfg(layers=arch.vision_layers, width=arch.vision_width, head_width=HEAD_WIDTH,
+                           patch_size=arch.patch_size, image_size=(height, width), output_tokens=True)
+    text = CLIPTextCfg(context_length=arch.context_length, vocab_size=arch.vocab_size,
+                       width=arch.text_width, heads=arch.text_width // HEAD_WIDTH, layers=arch.text_layers)
+    clip = open_clip.model.CLIP(arch.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+    del clip.logit_scale
+    return clip
+
+
+def _count_blocks(state_dict: Dict[str, torch.Tensor], prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+
+def arch_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> ClipArch:
+    """Read the sizes of an OpenAI-format ViT CLIP state dict (unprefixed keys)."""
+    conv = state_dict["visual.conv1.weight"]
+    return ClipArch(
+        embed_dim=state_dict["text_projection"].shape[1],
+        vision_width=conv.shape[0],
+        vision_layers=_count_blocks(state_dict, "visual.transformer.resblocks."),
+        patch_size=conv.shape[-1],
+        text_width=state_dict["ln_final.weight"].shape[0],
+        text_layers=_count_blocks(state_dict, "transformer.resblocks."),
+        context_length=state_dict["positional_embedding"].shape[0],
+        vocab_size=state_dict["token_embedding.weight"].shape[0],
+    )
+
+
+def is_torchscript_archive(path: str) -> bool:
+    """True for a TorchScript zip (it carries code/), as OpenAI's ``ViT-B-16.pt`` is."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def _open_clip_tag_state_dict(tag: str) -> Dict[str, torch.Tensor]:
+    """Download (network needed) and return the state dict of ``open_clip:MODEL/TAG``."""
+    model_name, _, pretrained = tag[len(OPEN_CLIP_TAG_PREFIX):].partition("/")
+    model = open_clip.create_model(model_name, pretrained=pretrained or "openai")
+    return model.state_dict()
+
+
+def read_clip_state_dict(source: str) -> Dict[str, torch.Tensor]:
+    """OpenAI-format CLIP weights from a file or an open_clip tag, float32, no prefixes.
+
+    Accepts an OpenAI TorchScript archive (``torch.jit.load``), a state dict, or a
+    checkpoint wrapping one under ``state_dict`` / ``model`` (``module.`` stripped).
+    """
+    if source.startswith(OPEN_CLIP_TAG_PREFIX):
+        state_dict = _open_clip_tag_state_dict(source)
+    elif not os.path.isfile(source):
+        raise FileNotFoundError(
+            f"CLIP weights not found: {source!r}. Expected OpenAI's ViT-B-16.pt (TorchScript), "
+            f"an OpenAI-format state dict, an open_clip checkpoint, '{OPEN_CLIP_TAG_PREFIX}MODEL/TAG' "
+            f"or 'none' for random initialisation."
+        )
+    elif is_torchscript_archive(source):
+        with warnings.catch_warnings():  # torch deprecates jit.load; OpenAI's release needs it
+            warnings.simplefilter("ignore", FutureWarning)
+            state_dict = torch.jit.load(source, map_location="cpu").state_dict()
+    else:
+        from .checkpoint import load_weights_file, unwrap_state_dict  # avoid an import cycle
+
+        state_dict = unwrap_state_dict(load_weights_file(source), source)
+    return clean_clip_state_dict(state_dict, source)
+
+
+def clean_clip_state_dict(state_dict: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+    """Float32 weights only (OpenAI archives also carry sizes and a logit scale), checked to be a ViT CLIP."""
+    state_dict = {k: v.float() for k, v in state_dict.items() if k not in NON_WEIGHT_KEYS}
+    if "visual.conv1.weight" not in state_dict or "text_projection" not in state_dict:
+        raise ValueError(f"{source}: not a ViT CLIP state dict (no 'visual.conv1.weight' / 'text_projection' "
+                         f"among keys such as {sorted(state_dict)[:5]})")
+    return state_dict
+
+
+def fit_position_embedding(state_dict: Dict[str, torch.Tensor], clip: open_clip.model.CLIP,
+                           source: str) -> Dict[str, torch.Tensor]:
+    """A copy of ``state_dict`` whose vision position embedding fits ``clip``'s patch grid.
+
+    A square grid (224 x 224 checkpoints) is resized bilinearly without antialias (the
+    reference's resize, not open_clip's bicubic + antialias default).
+    """
+    state_dict = dict(state_dict)
+    grid = clip.visual.grid_size
+    pos = state_dict["visual.positional_embedding"]
+    if pos.shape[0] != grid[0] * grid[1] + 1:
+        old = round((pos.shape[0] - 1) ** 0.5)
+        if old * old + 1 != pos.shape[0]:
+            raise ValueError(f"{source}: position embedding for {pos.shape[0] - 1} patches is not a square "
+                             f"grid and does not fit the model's {grid[0]} x {grid[1]} grid; "
+                             f"use the image size it was trained at")
+        resize_pos_embed(state_dict, clip, interpolation="bilinear", antialias=False)
+    return state_dict
+
+
+def clip_from_state_dict(state_dict: Dict[str, torch.Tensor], image_size: Tuple[int, int], source: str):
+    """Build the CLIP that ``state_dict`` describes at ``image_size`` and load it: (clip, arch)."""
+    arch = arch_from_state_dict(state_dict)
+    clip = build_clip(arch, image_size)
+    missing, unexpected = clip.load_state_dict(fit_position_embedding(state_dict, clip, source), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{source}: CLIP weights do not fit the architecture read from them; "
+                         f"missing {missing[:8]}, unexpected {unexpected[:8]}")
+    logger.info("Loaded CLIP weights from %s (%s)", source, arch)
+    return clip, arch
+
+
+def create_clip(pretrain: str, image_size: Tuple[int, int], arch: ClipArch | None = None):
+    """The backbone of ``pretrain`` (see ``read_clip_state_dict``; 'none' = random init
+    of ``arch``). Returns ``(clip, arch)``; with weights, the sizes are read from them.
+    """
+    if pretrain == "none":
+        arch = arch or ClipArch()
+        return build_clip(arch, image_size), arch
+    return clip_from_state_dict(read_clip_state_dict(pretrain), image_size, pretrain)
+
+
+def encode_image_tokens(clip: open_clip.model.CLIP, images: torch.Tensor) -> torch.Tensor:
+    """``ln_post(all tokens) @ visual.proj``  ->  [B, 1 + patches, embed_dim]."""
+    pooled, patches = clip.visual(images)  # pooled is already projected, patches are not
+    return torch.cat([pooled.unsqueeze(1), patches @ clip.visual.proj], dim=1)
+
+
+def encode_text_tokens(clip: open_clip.model.CLIP, ids: torch.Tensor) -> torch.Tensor:
+    """``ln_final(all tokens) @ text_projection`` under the causal mask  ->  [B, L, embed_dim]."""
+    cast_dtype = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(ids).to(cast_dtype) + clip.positional_embedding.to(cast_dtype)
+    x = clip.transformer(x, attn_mask=clip.attn_mask)
+    return clip.ln_final(x) @ clip.text_projection

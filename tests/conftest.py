@@ -1,0 +1,61 @@
+"""Shared fixtures: the golden folder (skip with a reason where absent) and tiny models."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configs.defaults import Config, ModelConfig  # noqa: E402
+from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID  # noqa: E402
+
+GOLDEN = Path(os.environ.get("FMFA_GOLDEN", ROOT.parent / "shared" / "golden"))
+
+
+@pytest.fixture(scope="session")
+def golden() -> Path:
+    if not GOLDEN.is_dir():
+        pytest.skip(f"golden folder {GOLDEN} not found (set FMFA_GOLDEN to the reference's recorded outputs)")
+    return GOLDEN
+
+
+def load_golden(golden: Path, name: str):
+    return torch.load(golden / name, map_location="cpu", weights_only=True)
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:
+    """Relative error ``max|actual - expected| / max|expected|`` at most ``rtol`` (the SPEC's
+    criterion: float32 rounding of the same computation in another operation order)."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    error = (actual.detach().double() - expected.double()).abs().max()
+    scale = expected.double().abs().max().clamp_min(1e-12)
+    assert error <= rtol * scale, f"relative error {float(error / scale):.2e} > {rtol:.0e}"
+
+
+def tiny_config(**model_overrides) -> Config:
+    """A CLIP of width 64, 2 layers per tower, 64 x 32 images (4 x 2 patches), IRR depth 1."""
+    model = dict(pretrain="none", image_size=[64, 32], embed_dim=64, vision_width=64, vision_layers=2,
+                 text_width=64, text_layers=2, cmt_depth=1)
+    model.update(model_overrides)
+    return Config(model=ModelConfig(**model))
+
+
+def tiny_batch(batch_size: int = 6, image_size=(64, 32), seed: int = 0) -> dict:
+    """Random images, captions of 3-8 tokens with one masked token each, repeated identities."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(batch_size, 77, dtype=torch.long)
+    labels = torch.zeros_like(ids)
+    for row in range(batch_size):
+        length = int(torch.randint(3, 9, (1,), generator=gen))
+        ids[row, 0], ids[row, length + 1] = SOT_ID, EOT_ID
+        ids[row, 1:length + 1] = torch.randint(1, MASK_ID, (length,), generator=gen)
+    mlm_ids = ids.clone()
+    labels[:, 1] = ids[:, 1]
+    mlm_ids[:, 1] = MASK_ID
+    return {"images": torch.randn(batch_size, 3, *image_size, generator=gen), "caption_ids": ids,
+            "mlm_ids": mlm_ids, "mlm_labels": labels, "pids": torch.arange(batch_size) % 4}

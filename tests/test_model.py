@@ -1,0 +1,94 @@
+"""The FMFA model: heads per loss, one forward returning losses and metrics, errors."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_batch, tiny_config
+from model.build import build_model
+from model.fmfa import LOSS_NAMES, parse_loss_names
+
+PAPER_LOSSES = ["a-sdm", "mlm", "id", "efa"]
+
+
+def _config(names="a-sdm+mlm+id+efa", weights=None):
+    cfg = tiny_config()
+    return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, names=names, weights=weights or {}))
+
+
+def test_full_forward_backward_with_the_paper_losses():
+    torch.manual_seed(0)
+    model = build_model(_config(), num_classes=4).train()
+    losses, metrics = model(tiny_batch())
+    assert list(losses) == PAPER_LOSSES
+    assert set(metrics) == {"img_acc", "txt_acc", "mlm_acc"}
+    for value in list(losses.values()) + list(metrics.values()):
+        assert value.dim() == 0 and torch.isfinite(value)
+    assert all(not m.requires_grad for m in metrics.values())
+    sum(losses.values()).backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), \
+        [n for n, g in grads.items() if g is None]
+    for part in ("base_model.visual.conv1.weight", "base_model.token_embedding.weight", "classifier.weight",
+                 "cross_attn.in_proj_weight", "mlm_head.fc.weight"):
+        assert grads[part].abs().sum() > 0, part
+
+
+def test_heads_exist_only_for_enabled_losses():
+    plain = build_model(_config("sdm"), num_classes=4)
+    assert not any(hasattr(plain, h) for h in ("classifier", "cross_attn", "mlm_head"))
+    with_id = build_model(_config("itc+id"), num_classes=4)
+    assert with_id.classifier.out_features == 4 and not hasattr(with_id, "mlm_head")
+
+
+@pytest.mark.parametrize("names", ["sdm", "itc", "cmpm", "a-sdm+efa", "sdm+id+mlm", "+".join(LOSS_NAMES)])
+def test_each_loss_set_runs(names):
+    losses, _ = build_model(_config(names), num_classes=4)(tiny_batch())
+    assert list(losses) == parse_loss_names(names)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_loss_weights_scale_the_terms():
+    torch.manual_seed(0)
+    base, _ = build_model(_config("sdm+id"), num_classes=4)(tiny_batch())
+    torch.manual_seed(0)
+    weighted, _ = build_model(_config("sdm+id", {"id": 0.5}), num_classes=4)(tiny_batch())
+    torch.testing.assert_close(weighted["id"], 0.5 * base["id"])
+    torch.testing.assert_close(weighted["sdm"], base["sdm"])
+
+
+@pytest.mark.parametrize("spec", ["a-sdm+triplet", "", "sdm+sdm", "SDM"])
+def test_unknown_or_malformed_loss_names_are_errors(spec):
+    with pytest.raises(ValueError, match="loss.names"):
+        build_model(_config(spec), num_classes=4)
+
+
+def test_weight_for_a_disabled_loss_is_an_error():
+    with pytest.raises(ValueError, match=r"loss.weights has \['efa'\]"):
+        build_model(_config("sdm", {"efa": 2.0}), num_classes=4)
+
+
+def test_mlm_scored_on_labelled_positions_equals_scoring_every_position():
+    torch.manual_seed(0)
+    model = build_model(_config("sdm+mlm"), num_classes=0)
+    batch = tiny_batch()
+    batch["mlm_labels"][:, 3] = batch["caption_ids"][:, 3]  # two targets per caption
+    losses, metrics = model(batch)
+    ours = torch.autograd.grad(losses["mlm"], model.mlm_head.dense.weight)[0]
+    image_tokens = model.encode_image_tokens(batch["images"])
+    x = model.cross_former(model.encode_text_tokens(batch["mlm_ids"]), image_tokens)
+    scores = model.mlm_head(x).reshape(-1, model.vocab_size)
+    full = F.cross_entropy(scores, batch["mlm_labels"].reshape(-1), ignore_index=0)
+    torch.testing.assert_close(losses["mlm"], full)
+    torch.testing.assert_close(ours, torch.autograd.grad(full, model.mlm_head.dense.weight)[0])
+
+
+def test_encoders_return_float32_global_embeddings():
+    model = build_model(_config("sdm"), num_classes=0).eval()
+    batch = tiny_batch(batch_size=3)
+    assert model.encode_image(batch["images"]).shape == (3, 64)
+    text = model.encode_text(batch["caption_ids"])
+    assert text.dtype == torch.float32 and text.shape == (3, 64)
+    eot = batch["caption_ids"].argmax(dim=1)
+    torch.testing.assert_close(text, model.encode_text_tokens(batch["caption_ids"])[torch.arange(3), eot])
