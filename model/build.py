@@ -1,6 +1,7 @@
 """Building FMFA models: from a config for training, or from any weight file for use."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Dict, Tuple
@@ -18,10 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 def arch_from_config(cfg: Config) -> ClipArch:
-    m = cfg.model
-    return ClipArch(embed_dim=m.embed_dim, vision_width=m.vision_width, vision_layers=m.vision_layers,
-                    patch_size=m.patch_size, text_width=m.text_width, text_layers=m.text_layers,
-                    context_length=m.context_length, vocab_size=m.vocab_size)
+    """The random-init backbone sizes named in ``cfg.model`` (same field names as ClipArch)."""
+    return ClipArch(**{f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(ClipArch)})
 
 
 def build_model(cfg: Config, num_classes: int) -> FMFA:

@@ -18,6 +18,8 @@ import open_clip
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg, resize_pos_embed
 
+from .checkpoint import load_weights_file, unwrap_state_dict
+
 logger = logging.getLogger(__name__)
 
 HEAD_WIDTH = 64  # OpenAI CLIP: attention heads = width // 64 in both towers
@@ -110,8 +112,6 @@ def read_clip_state_dict(source: str) -> Dict[str, torch.Tensor]:
             warnings.simplefilter("ignore", FutureWarning)
             state_dict = torch.jit.load(source, map_location="cpu").state_dict()
     else:
-        from .checkpoint import load_weights_file, unwrap_state_dict  # avoid an import cycle
-
         state_dict = unwrap_state_dict(load_weights_file(source), source)
     return clean_clip_state_dict(state_dict, source)
 

@@ -105,7 +105,7 @@ class FMFA(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Global image embeddings (class token), float32, not normalised: [B, embed_dim]."""
-        return self.encode_image_tokens(images)[:, 0].float()
+        return self.base_model.visual(images)[0].float()  # the projected class token only
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         """Global text embeddings (token at EOT = argmax id), float32, not normalised."""

@@ -92,3 +92,24 @@ def test_encoders_return_float32_global_embeddings():
     assert text.dtype == torch.float32 and text.shape == (3, 64)
     eot = batch["caption_ids"].argmax(dim=1)
     torch.testing.assert_close(text, model.encode_text_tokens(batch["caption_ids"])[torch.arange(3), eot])
+
+
+def test_irr_heads_use_the_reference_initialisation():
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(_config("sdm+mlm+id"), model=dataclasses.replace(
+        tiny_config().model, embed_dim=256, cmt_depth=4)), num_classes=4000)
+    width, layers = 256, 4
+    expected = {
+        "cross_attn.in_proj_weight": width ** -0.5,
+        "cross_attn.out_proj.weight": width ** -0.5 * (2 * layers) ** -0.5,
+        "cross_modal_transformer.resblocks.3.attn.in_proj_weight": width ** -0.5,
+        "cross_modal_transformer.resblocks.0.mlp.c_fc.weight": (2 * width) ** -0.5,
+        "cross_modal_transformer.resblocks.2.mlp.c_proj.weight": width ** -0.5 * (2 * layers) ** -0.5,
+        "mlm_head.dense.weight": (2 * width) ** -0.5,
+        "mlm_head.fc.weight": width ** -0.5 * (2 * layers) ** -0.5,
+        "classifier.weight": 0.001,
+    }
+    params = dict(model.named_parameters())
+    for name, std in expected.items():
+        assert abs(params[name].std().item() / std - 1) < 0.05, (name, params[name].std().item(), std)
+    assert params["classifier.bias"].abs().sum() == 0

@@ -1,7 +1,6 @@
 """Loss behaviour beyond the golden cases: blockwise EFA = broadcast formula, options, errors."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from benchmarks.efa import broadcast_efa
 from model import objectives

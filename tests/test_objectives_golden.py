@@ -1,6 +1,5 @@
 """Every loss and its gradients against the reference's recorded values (golden/losses.pt)."""
 import pytest
-import torch
 
 from conftest import assert_rel_close, load_golden
 from model import objectives
