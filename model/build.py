@@ -48,7 +48,8 @@ def _heads_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, in
 
 
 def _fmfa_from_state_dict(state_dict: Dict[str, torch.Tensor], image_size, source: str) -> FMFA:
-    clip_sd = {k[len(FMFA_PREFIX):]: v.float() for k, v in state_dict.items() if k.startswith(FMFA_PREFIX)}
+    clip_sd = {k[len(FMFA_PREFIX):]: v for k, v in state_dict.items() if k.startswith(FMFA_PREFIX)}
+    clip_sd = clean_clip_state_dict(clip_sd, source)
     arch = arch_from_state_dict(clip_sd)
     num_classes, depth, vocab = _heads_from_state_dict(state_dict)
     names = ["sdm"] + (["id"] if num_classes else []) + (["mlm"] if depth else [])

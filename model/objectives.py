@@ -14,9 +14,14 @@ EPSILON = 1e-8
 ASDM_MODES = ("cosine", "probability")
 
 
+def _same_identity(pids: torch.Tensor) -> torch.Tensor:
+    """y[i, j] = [pid_i == pid_j] as float  ->  [B, B]."""
+    return (pids.reshape(-1, 1) == pids.reshape(1, -1)).float()
+
+
 def _identity_targets(pids: torch.Tensor) -> torch.Tensor:
     """q[i, j] = [pid_i == pid_j] / #{k: pid_k == pid_i}  ->  [B, B]."""
-    same = (pids.reshape(-1, 1) == pids.reshape(1, -1)).float()
+    same = _same_identity(pids)
     return same / same.sum(dim=1, keepdim=True)
 
 
@@ -85,7 +90,7 @@ def cmpm_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.T
     Each embedding is projected on the *normalised* embeddings of the other modality;
     the target rows are the identity mask divided by its L2 norm.
     """
-    same = (pids.reshape(-1, 1) == pids.reshape(1, -1)).float()
+    same = _same_identity(pids)
     log_targets = torch.log(same / same.norm(dim=1, keepdim=True) + EPSILON)
     image_proj_text = image_feats @ F.normalize(text_feats, dim=1, eps=0.0).t()
     text_proj_image = text_feats @ F.normalize(image_feats, dim=1, eps=0.0).t()
