@@ -54,8 +54,85 @@ class EfaConfig:
 
 
 @dataclass
+class DataConfig:
+    # Dataset names: CUHK-PEDES, ICFG-PEDES, RSTPReid, Synthetic-PEDES (CUHK-PEDES format,
+    # made by `python -m datasets.synthetic`). Each lives in ROOT/<name>/ (SPEC section 5).
+    root: str = "data"
+    dataset: str = "CUHK-PEDES"
+    train_split: str = "train"
+    batch_size: int = 64
+    sampler: str = "random"  # "random" (paper) or "identity" (P identities x K instances)
+    num_instance: int = 4  # K of the identity sampler
+    augment: bool = True  # flip + pad/crop + random erasing (the paper's runs: on)
+    text_length: int = 77
+    num_workers: int = 8
+    pin_memory: bool = True
+    persistent_workers: bool = True
+
+
+@dataclass
+class SolverConfig:
+    optimizer: str = "Adam"  # Adam, AdamW or SGD
+    lr: float = 5e-6  # authors' CUHK-PEDES log; paper text: 1e-5
+    weight_decay: float = 4e-5
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-3  # the reference's Adam epsilon (chosen for fp16 weights)
+    momentum: float = 0.9  # SGD only
+    # Per-group factors (1.0 = the paper: one lr and weight decay for every parameter).
+    # "New" modules are the heads absent from CLIP (IRR, MLM head, ID classifier).
+    new_module_lr_factor: float = 1.0
+    bias_lr_factor: float = 1.0
+    bias_weight_decay: float = -1.0  # < 0: same as weight_decay
+    fused: bool = False  # fused/foreach optimizer kernels where the device supports them
+    # Schedule, a function of the epoch: warm-up then "cosine", "step", "linear",
+    # "exponential" or "poly".
+    scheduler: str = "cosine"
+    epochs: int = 60
+    warmup_epochs: int = 5
+    warmup_factor: float = 0.1  # warm-up starts at warmup_factor x lr
+    warmup_method: str = "linear"  # "linear" or "constant"
+    milestones: List[int] = field(default_factory=lambda: [20, 50])  # step
+    gamma: float = 0.1  # step and exponential
+    power: float = 0.9  # poly
+    target_lr: float = 0.0  # cosine/linear/poly end value
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = ""  # run folder; "" = runs/<dataset>/<YYYYmmdd_HHMMSS>_<name>
+    name: str = "fmfa"
+    seed: int = 1
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    # fp32 | amp_bf16 | amp_fp16 (fp32 weights, loss scaling) | pure_fp16 (the authors':
+    # half weights, fp16 autocast, no loss scaling).
+    precision: str = "pure_fp16"
+    log_period: int = 50  # steps between logged/TensorBoard losses
+    eval_period: int = 1  # epochs between evaluations
+    resume: str = ""  # a run folder or a last.pth to continue from
+    auto_resume: bool = False  # continue from output_dir/last.pth when it exists
+    # Several GPUs: compute the batch losses over features gathered from all ranks
+    # (deviation from the single-GPU reference, which sees only its own batch).
+    gather_features: bool = False
+
+
+@dataclass
+class EvalConfig:
+    # The reference selects its best epoch on the test split (its reported protocol);
+    # "val" gives a clean model selection on datasets that have one.
+    split: str = "test"
+    cross_domain: List[str] = field(default_factory=list)  # other datasets evaluated too
+    batch_size: int = 512
+    query_chunk: int = 1024  # queries ranked at once on the device
+    i2t: bool = False  # also report image-to-text
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     asdm: AsdmConfig = field(default_factory=AsdmConfig)
     efa: EfaConfig = field(default_factory=EfaConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

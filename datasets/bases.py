@@ -1,0 +1,135 @@
+"""Torch datasets: image-caption pairs with MLM masking (training), gallery images and
+caption queries (evaluation).
+
+Captions are tokenized once, when a dataset is built. Training randomness (augmentation,
+MLM masking) is drawn from a generator seeded by (seed, epoch, index), so a sample is the
+same whatever the number of workers and after a resume; samplers pass ``(epoch, index)``
+keys (see ``datasets.samplers``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Sequence, Tuple, Union
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from datasets.readers import DataError, EvalSet, TrainPairs
+from datasets.tokenizer import MASK_ID, tokenize
+
+MLM_PROBABILITY = 0.15
+SampleKey = Union[int, Tuple[int, int]]
+
+
+def load_image(path: Path) -> Image.Image:
+    """The image as RGB; a missing or undecodable file raises :class:`DataError` naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image file {path} not found") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise DataError(f"image file {path} cannot be decoded: {error}") from None
+
+
+def tokenize_captions(captions: Sequence[str], text_length: int) -> torch.Tensor:
+    """[N, text_length] int32 token ids (int32 halves the memory shared with workers)."""
+    if not captions:
+        return torch.zeros(0, text_length, dtype=torch.int32)
+    return torch.stack([tokenize(caption, text_length) for caption in captions]).to(torch.int32)
+
+
+def mask_tokens(tokens: torch.Tensor, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """MLM masking of one caption (SPEC 3): ``tokens`` [L] -> (masked ids [L], labels [L]).
+
+    Each token with 0 < id < MASK_ID is selected with p = 0.15; a selected token becomes
+    MASK_ID (p = 0.8), a uniform random id in [1, MASK_ID - 1] (p = 0.1) or stays (p = 0.1);
+    its label is the original id, other labels are 0. If none is selected, position 1 is
+    masked and labelled. SOT, EOT and padding are never touched.
+    """
+    tokens = tokens.long()
+    draw = torch.rand(tokens.shape, generator=generator)
+    random_ids = torch.randint(1, MASK_ID, tokens.shape, generator=generator)
+    selected = (tokens > 0) & (tokens < MASK_ID) & (draw < MLM_PROBABILITY)
+    within = draw / MLM_PROBABILITY  # uniform on [0, 1) given selection, as the reference rescales
+    masked = tokens.clone()
+    masked[selected & (within < 0.8)] = MASK_ID
+    swap = selected & (within >= 0.8) & (within < 0.9)
+    masked[swap] = random_ids[swap]
+    labels = torch.where(selected, tokens, torch.zeros_like(tokens))
+    if not selected.any():
+        labels[1] = tokens[1]
+        masked[1] = MASK_ID
+    return masked, labels
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that differs for every (seed, epoch, index)."""
+    mixed = (seed * 1_000_003 + epoch) * 2_000_000_011 + index
+    return (mixed * 0x9E3779B97F4A7C15) % (2 ** 63)
+
+
+def split_key(key: SampleKey) -> Tuple[int, int]:
+    return (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (0, int(key))
+
+
+class ImageTextMLMDataset(Dataset):
+    """Training pairs -> dicts with pids, image_ids, images, caption_ids, mlm_ids, mlm_labels."""
+
+    def __init__(self, pairs: TrainPairs, transform: Callable, text_length: int = 77, seed: int = 0,
+                 masked_language: bool = True):
+        self.pids = torch.tensor(pairs.pids, dtype=torch.long)
+        self.image_ids = torch.tensor(pairs.image_ids, dtype=torch.long)
+        self.image_paths = [str(path) for path in pairs.image_paths]
+        self.tokens = tokenize_captions(pairs.captions, text_length)
+        self.transform = transform
+        self.seed = seed
+        self.masked_language = masked_language
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def __getitem__(self, key: SampleKey) -> Dict[str, torch.Tensor]:
+        epoch, index = split_key(key)
+        seed = sample_seed(self.seed, epoch, index)
+        image = load_image(Path(self.image_paths[index]))
+        # torchvision draws from the global generator: seed a private copy of it.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            image = self.transform(image)
+        tokens = self.tokens[index].long()
+        item = {"pids": self.pids[index], "image_ids": self.image_ids[index], "images": image,
+                "caption_ids": tokens}
+        if self.masked_language:
+            item["mlm_ids"], item["mlm_labels"] = mask_tokens(tokens, torch.Generator().manual_seed(seed))
+        return item
+
+
+class ImageDataset(Dataset):
+    """Gallery images of an evaluation split -> (pid, image)."""
+
+    def __init__(self, eval_set: EvalSet, transform: Callable):
+        self.pids = torch.tensor(eval_set.image_pids, dtype=torch.long)
+        self.image_paths = [str(path) for path in eval_set.image_paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.pids[index], self.transform(load_image(Path(self.image_paths[index])))
+
+
+class TextDataset(Dataset):
+    """Caption queries of an evaluation split -> (pid, token ids [text_length])."""
+
+    def __init__(self, eval_set: EvalSet, text_length: int = 77):
+        self.pids = torch.tensor(eval_set.caption_pids, dtype=torch.long)
+        self.tokens = tokenize_captions(eval_set.captions, text_length)
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.pids[index], self.tokens[index].long()

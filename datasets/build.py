@@ -1,0 +1,78 @@
+"""DataLoaders for training and evaluation, built from the config."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from configs.defaults import Config, DataConfig
+from datasets.bases import ImageDataset, ImageTextMLMDataset, TextDataset
+from datasets.readers import RetrievalDataset
+from datasets.samplers import IdentitySampler, RandomSampler
+from datasets.transforms import build_transform
+
+logger = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=8)
+def read_dataset(root: str, name: str) -> RetrievalDataset:
+    """Each annotation file is read and validated once per process."""
+    return RetrievalDataset(root, name)
+
+
+def make_loader(dataset: Dataset, data: DataConfig, batch_size: int, sampler: Optional[Sampler] = None,
+                num_workers: Optional[int] = None) -> DataLoader:
+    workers = data.num_workers if num_workers is None else num_workers
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                      num_workers=workers, pin_memory=data.pin_memory and torch.cuda.is_available(),
+                      persistent_workers=data.persistent_workers and workers > 0, drop_last=False)
+
+
+def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1,
+                       masked_language: bool = True) -> tuple[DataLoader, int]:
+    """(loader over the training split, number of training identities). ``data.batch_size``
+    is the global batch; each of ``world_size`` ranks loads its share."""
+    data = cfg.data
+    if data.batch_size % world_size:
+        raise ValueError(f"data.batch_size={data.batch_size} is not divisible by the {world_size} ranks")
+    per_rank = data.batch_size // world_size
+    source = read_dataset(data.root, data.dataset)
+    pairs = source.train_pairs(data.train_split)
+    transform = build_transform(cfg.model.image_size, train=True, augment=data.augment)
+    dataset = ImageTextMLMDataset(pairs, transform, data.text_length, seed=cfg.train.seed,
+                                  masked_language=masked_language)
+    if data.sampler == "identity":
+        sampler = IdentitySampler(pairs.pids, per_rank, data.num_instance, cfg.train.seed, rank, world_size)
+    elif data.sampler == "random":
+        sampler = RandomSampler(len(dataset), cfg.train.seed, rank, world_size)
+    else:
+        raise ValueError(f"data.sampler={data.sampler!r}; expected 'random' or 'identity'")
+    return make_loader(dataset, data, per_rank, sampler), pairs.num_classes
+
+
+@dataclass
+class EvalLoaders:
+    dataset: str
+    split: str
+    texts: DataLoader  # (pid, token ids)
+    images: DataLoader  # (pid, image)
+
+
+def build_eval_loaders(cfg: Config, dataset: Optional[str] = None, split: Optional[str] = None,
+                       root: Optional[str] = None) -> EvalLoaders:
+    """Query and gallery loaders for any dataset and split (cross-domain included)."""
+    name, split = dataset or cfg.data.dataset, split or cfg.eval.split
+    source = read_dataset(str(Path(root or cfg.data.root)), name)
+    eval_set = source.eval_set(split)
+    transform = build_transform(cfg.model.image_size, train=False)
+    # Evaluation runs once per epoch: persistent workers would only hold memory.
+    workers = min(cfg.data.num_workers, 4)
+    data = DataConfig(**{**vars(cfg.data), "persistent_workers": False})
+    texts = make_loader(TextDataset(eval_set, cfg.data.text_length), data, cfg.eval.batch_size, num_workers=0)
+    images = make_loader(ImageDataset(eval_set, transform), data, cfg.eval.batch_size, num_workers=workers)
+    return EvalLoaders(name, split, texts, images)

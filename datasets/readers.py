@@ -1,0 +1,195 @@
+"""Annotation readers for CUHK-PEDES, ICFG-PEDES, RSTPReid and the synthetic set (SPEC 5).
+
+All four share one record format, ``{"id": int, <image key>: str, "captions": [str, ...],
+"split": str}``, and differ in folder, annotation file name, image key and splits, so one
+reader driven by a :class:`DatasetLayout` serves them all. A split can be viewed as
+training pairs (one per caption, identities remapped to 0..N-1) or as an evaluation set
+(one gallery entry per image, one query per caption), whichever split it is, so a model
+trained on one dataset can be evaluated on any split of another.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+from prettytable import PrettyTable
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A dataset file or record is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    name: str
+    annotation_files: Tuple[str, ...]  # accepted names, first found wins
+    image_key: str
+    splits: Tuple[str, ...]
+
+    def describe(self, root: Path) -> str:
+        folder = root / self.name
+        return (f"{folder}/{self.annotation_files[0]} (a JSON list of records "
+                f'{{"id": int, "{self.image_key}": str, "captions": [str, ...], "split": '
+                f"{'|'.join(self.splits)}}}) and the images under {folder}/imgs/")
+
+
+LAYOUTS: Dict[str, DatasetLayout] = {
+    "CUHK-PEDES": DatasetLayout("CUHK-PEDES", ("reid_raw.json",), "file_path", ("train", "val", "test")),
+    "ICFG-PEDES": DatasetLayout("ICFG-PEDES", ("ICFG-PEDES.json", "ICFG_PEDES.json"), "file_path",
+                                ("train", "test")),
+    "RSTPReid": DatasetLayout("RSTPReid", ("data_captions.json",), "img_path", ("train", "val", "test")),
+    # Written by `python -m datasets.synthetic` in the CUHK-PEDES format.
+    "Synthetic-PEDES": DatasetLayout("Synthetic-PEDES", ("reid_raw.json",), "file_path",
+                                     ("train", "val", "test")),
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    pid: int  # identity as written in the file
+    image_path: Path
+    captions: Tuple[str, ...]
+    split: str
+
+
+def get_layout(name: str) -> DatasetLayout:
+    if name not in LAYOUTS:
+        raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(LAYOUTS)}")
+    return LAYOUTS[name]
+
+
+def find_annotation_file(root: Path, layout: DatasetLayout) -> Path:
+    folder = root / layout.name
+    if not folder.is_dir():
+        raise DataError(f"dataset folder {folder} not found; expected {layout.describe(root)}")
+    for file_name in layout.annotation_files:
+        if (folder / file_name).is_file():
+            return folder / file_name
+    raise DataError(f"annotation file {folder / layout.annotation_files[0]} not found "
+                    f"(accepted names: {', '.join(layout.annotation_files)}); expected {layout.describe(root)}")
+
+
+def load_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: malformed JSON at line {error.lineno} column {error.colno} "
+                        f"(character {error.pos}): {error.msg}") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text at byte {error.start}: {error.reason}") from None
+
+
+def record_problems(index: int, record, layout: DatasetLayout) -> List[str]:
+    """Every problem of one raw record, each naming its index and key (empty when valid)."""
+    where = f"record {index}"
+    if not isinstance(record, dict):
+        return [f"{where}: expected an object, got {type(record).__name__}"]
+    problems = []
+    expected = {"id": int, layout.image_key: str, "captions": list, "split": str}
+    for key, kind in expected.items():
+        if key not in record:
+            problems.append(f"{where}: missing key {key!r}")
+        elif not isinstance(record[key], kind) or isinstance(record[key], bool):
+            problems.append(f"{where}: key {key!r} should be {kind.__name__}, got {type(record[key]).__name__}")
+    if problems:
+        return problems
+    if record["split"] not in layout.splits:
+        problems.append(f"{where}: key 'split' is {record['split']!r}; expected one of {', '.join(layout.splits)}")
+    if not record["captions"]:
+        problems.append(f"{where}: key 'captions' is an empty list")
+    for position, caption in enumerate(record["captions"]):
+        if not isinstance(caption, str):
+            problems.append(f"{where}: captions[{position}] should be str, got {type(caption).__name__}")
+        elif not caption.strip():
+            problems.append(f"{where}: captions[{position}] is empty")
+    if not record[layout.image_key].strip():
+        problems.append(f"{where}: key {layout.image_key!r} is empty")
+    return problems
+
+
+def parse_records(raw, layout: DatasetLayout, source: Path) -> List[Record]:
+    """Validated records; raises :class:`DataError` listing the first problems found."""
+    if not isinstance(raw, list):
+        raise DataError(f"{source}: expected a JSON list of records, got {type(raw).__name__}")
+    problems = [problem for index, record in enumerate(raw) for problem in record_problems(index, record, layout)]
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DataError(f"{source}: {len(problems)} invalid record field(s):\n  {shown}{more}")
+    images = source.parent / "imgs"
+    return [Record(r["id"], images / r[layout.image_key], tuple(r["captions"]), r["split"]) for r in raw]
+
+
+@dataclass
+class TrainPairs:
+    """One entry per caption; ``pids`` are remapped to 0..num_classes-1 (sorted file ids)."""
+    pids: List[int]
+    image_ids: List[int]
+    image_paths: List[Path]
+    captions: List[str]
+    num_classes: int
+
+
+@dataclass
+class EvalSet:
+    """Gallery (one entry per image) and queries (one per caption), file identities."""
+    image_pids: List[int]
+    image_paths: List[Path]
+    caption_pids: List[int]
+    captions: List[str]
+
+
+class RetrievalDataset:
+    """One dataset's annotation, read and validated once, viewed by split."""
+
+    def __init__(self, root: str | Path, name: str):
+        self.root = Path(root)
+        self.layout = get_layout(name)
+        self.name = name
+        self.annotation_file = find_annotation_file(self.root, self.layout)
+        self.records = parse_records(load_json(self.annotation_file), self.layout, self.annotation_file)
+
+    def split_records(self, split: str) -> List[Record]:
+        if split not in self.layout.splits:
+            raise DataError(f"{self.name} has no {split!r} split; its splits are {', '.join(self.layout.splits)}")
+        records = [record for record in self.records if record.split == split]
+        if not records:
+            raise DataError(f"{self.annotation_file}: no record has split {split!r}")
+        return records
+
+    def train_pairs(self, split: str = "train") -> TrainPairs:
+        records = self.split_records(split)
+        remap = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
+        pairs = TrainPairs([], [], [], [], len(remap))
+        for image_id, record in enumerate(records):
+            for caption in record.captions:
+                pairs.pids.append(remap[record.pid])
+                pairs.image_ids.append(image_id)
+                pairs.image_paths.append(record.image_path)
+                pairs.captions.append(caption)
+        return pairs
+
+    def eval_set(self, split: str = "test") -> EvalSet:
+        records = self.split_records(split)
+        captions = [(record.pid, caption) for record in records for caption in record.captions]
+        return EvalSet([r.pid for r in records], [r.image_path for r in records],
+                       [pid for pid, _ in captions], [caption for _, caption in captions])
+
+    def statistics(self) -> PrettyTable:
+        table = PrettyTable(["split", "ids", "images", "captions"], title=self.name)
+        for split in self.layout.splits:
+            records = [r for r in self.records if r.split == split]
+            table.add_row([split, len({r.pid for r in records}), len(records),
+                           sum(len(r.captions) for r in records)])
+        return table
+
+
+def log_statistics(datasets: Sequence[RetrievalDataset]) -> None:
+    for dataset in datasets:
+        logger.info("%s (%s)\n%s", dataset.name, dataset.annotation_file, dataset.statistics())

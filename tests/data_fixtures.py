@@ -1,0 +1,55 @@
+"""Small dataset folders in the real formats (SPEC 5), written by the tests."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+from PIL import Image
+
+from datasets.readers import LAYOUTS
+
+# name -> (first train id, captions per image, split -> number of identities)
+FIXTURES: Dict[str, Tuple[int, int, Dict[str, int]]] = {
+    "CUHK-PEDES": (1, 2, {"train": 5, "val": 2, "test": 3}),  # CUHK ids are 1-based
+    "ICFG-PEDES": (0, 1, {"train": 4, "test": 3}),
+    "RSTPReid": (0, 2, {"train": 4, "val": 2, "test": 2}),
+    "Synthetic-PEDES": (1, 2, {"train": 4, "val": 2, "test": 2}),
+}
+IMAGES_PER_ID = 2
+COLOURS = ["red", "blue", "green", "black", "white", "grey", "yellow", "pink"]
+
+
+def write_image(path: Path, seed: int, size=(24, 8)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[0], size[1], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=95)
+
+
+def fixture_records(name: str) -> List[dict]:
+    first_id, captions, splits = FIXTURES[name]
+    key = LAYOUTS[name].image_key
+    records, pid = [], first_id
+    for split, count in splits.items():
+        for _ in range(count):
+            for shot in range(IMAGES_PER_ID):
+                texts = [f"a person {pid} in a {COLOURS[(pid + c) % len(COLOURS)]} shirt, view {shot}"
+                         for c in range(captions)]
+                records.append({"id": pid, key: f"{split}/{pid}_{shot}.jpg", "captions": texts, "split": split})
+            pid += 1
+    return records
+
+
+def make_dataset(root: Path, name: str, records: List[dict] | None = None, annotation_file: str | None = None,
+                 image_size=(24, 8)) -> Path:
+    """Write ROOT/<name>/<annotation file> and its images; returns the dataset folder."""
+    layout = LAYOUTS[name]
+    records = fixture_records(name) if records is None else records
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, record in enumerate(records):
+        if isinstance(record, dict) and isinstance(record.get(layout.image_key), str):
+            write_image(folder / "imgs" / record[layout.image_key], index, image_size)
+    (folder / (annotation_file or layout.annotation_files[0])).write_text(json.dumps(records))
+    return folder

@@ -1,0 +1,178 @@
+"""MLM masking, samplers, torch datasets and loaders."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from configs.defaults import Config, DataConfig, ModelConfig, TrainConfig
+from data_fixtures import fixture_records, make_dataset
+from datasets.bases import ImageTextMLMDataset, mask_tokens
+from datasets.build import build_eval_loaders, build_train_loader, read_dataset
+from datasets.readers import DataError, RetrievalDataset
+from datasets.samplers import IdentitySampler, RandomSampler
+from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID
+from datasets.transforms import build_transform
+
+
+def long_captions(count: int, length: int = 60, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(count, 77, dtype=torch.long)
+    tokens[:, 0], tokens[:, length + 1] = SOT_ID, EOT_ID
+    tokens[:, 1:length + 1] = torch.randint(1, MASK_ID, (count, length), generator=gen)
+    return tokens
+
+
+def test_masking_rates_match_the_spec():
+    tokens = long_captions(2000)
+    gen = torch.Generator().manual_seed(1)
+    masked, labels = zip(*(mask_tokens(row, gen) for row in tokens))
+    masked, labels = torch.stack(masked), torch.stack(labels)
+    eligible = (tokens > 0) & (tokens < MASK_ID)
+    selected = labels > 0
+    assert abs(selected.sum() / eligible.sum() - 0.15) < 0.005
+    assert torch.equal(labels[selected], tokens[selected])  # labels are the original ids
+    to_mask = (masked[selected] == MASK_ID).float().mean()
+    kept = (masked[selected] == tokens[selected]).float().mean()
+    assert abs(to_mask - 0.8) < 0.015 and abs(kept - 0.1) < 0.01
+    assert abs(1 - to_mask - kept - 0.1) < 0.01  # replaced by a random id
+    assert ((masked[selected] >= 1) & (masked[selected] <= MASK_ID)).all()
+    assert torch.equal(masked[~selected], tokens[~selected])  # unselected tokens never change
+    assert not selected[~eligible].any()  # never SOT, EOT or padding
+
+
+def test_masking_falls_back_to_position_one():
+    tokens = long_captions(400, length=1)
+    gen = torch.Generator().manual_seed(2)
+    fallbacks = 0
+    for row in tokens:
+        masked, labels = mask_tokens(row, gen)
+        assert labels.nonzero().flatten().tolist() == [1] and labels[1] == row[1]
+        assert masked[0] == SOT_ID and masked[2] == EOT_ID and not masked[3:].any()
+        fallbacks += int(masked[1] == MASK_ID)
+    assert fallbacks > 0.85 * 400 - 30  # fallback (p = 0.85) always masks; selection 80% of the rest
+
+
+def test_random_sampler_every_index_once_and_epoch_dependent():
+    sampler = RandomSampler(103, seed=3)
+    first = [index for _, index in sampler]
+    assert sorted(first) == list(range(103))
+    sampler.set_epoch(1)
+    keys = list(sampler)
+    assert {epoch for epoch, _ in keys} == {1} and [index for _, index in keys] != first
+    sampler.set_epoch(0)
+    assert [index for _, index in sampler] == first  # a function of (seed, epoch) only
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_distributed_random_sampler_disjoint_shares(world_size):
+    shares = [[i for _, i in RandomSampler(103, seed=3, rank=r, world_size=world_size)] for r in range(world_size)]
+    assert all(len(share) == 103 // world_size for share in shares)
+    union = [index for share in shares for index in share]
+    assert len(set(union)) == len(union) == (103 // world_size) * world_size
+
+
+def identity_pids(num_ids: int = 20) -> list:
+    return [pid for pid in range(num_ids) for _ in range(2 + pid % 5)]  # 2..6 samples per identity
+
+
+def test_identity_sampler_p_by_k_batches():
+    pids = identity_pids()
+    sampler = IdentitySampler(pids, batch_size=8, num_instance=2, seed=0)
+    order = [index for _, index in sampler]
+    assert len(order) == len(sampler) and len(order) % 8 == 0
+    for start in range(0, len(order), 8):
+        counts = Counter(pids[index] for index in order[start:start + 8])
+        assert len(counts) == 4 and set(counts.values()) == {2}
+
+
+def test_identity_sampler_pads_small_identities():
+    pids = [0, 1, 1, 1, 1, 2, 2, 2, 2, 3]  # identities 0 and 3 have one sample for K = 2
+    order = [i for _, i in IdentitySampler(pids, batch_size=4, num_instance=2, seed=1)]
+    counts = Counter(pids[i] for i in order)
+    assert all(count % 2 == 0 for count in counts.values())
+
+
+def test_distributed_identity_sampler_disjoint_and_structured():
+    pids = identity_pids(40)
+    samplers = [IdentitySampler(pids, 8, 2, seed=5, rank=r, world_size=2) for r in range(2)]
+    shares = [[i for _, i in s] for s in samplers]
+    assert len(shares[0]) == len(shares[1]) > 0
+    assert not set(shares[0]) & set(shares[1])
+    for share in shares:
+        for start in range(0, len(share), 8):
+            assert set(Counter(pids[i] for i in share[start:start + 8]).values()) == {2}
+
+
+def test_samplers_reject_impossible_settings():
+    with pytest.raises(ValueError, match="batch size 6 is not a multiple of num_instance 4"):
+        IdentitySampler(identity_pids(), 6, 4)
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        RandomSampler(10, rank=2, world_size=2)
+
+
+def tiny_data_config(root, **data) -> Config:
+    values = dict(root=str(root), dataset="CUHK-PEDES", batch_size=4, num_workers=0, augment=True)
+    values.update(data)
+    return Config(model=ModelConfig(pretrain="none", image_size=[32, 16]), data=DataConfig(**values),
+                  train=TrainConfig(seed=7))
+
+
+def test_training_items_are_seeded_by_epoch_and_index(tmp_path):
+    make_dataset(tmp_path, "CUHK-PEDES")
+    pairs = RetrievalDataset(tmp_path, "CUHK-PEDES").train_pairs()
+    dataset = ImageTextMLMDataset(pairs, build_transform((32, 16), train=True), seed=7)
+    item = dataset[(2, 5)]
+    assert set(item) == {"pids", "image_ids", "images", "caption_ids", "mlm_ids", "mlm_labels"}
+    assert item["images"].shape == (3, 32, 16) and item["caption_ids"].shape == (77,)
+    again = dataset[(2, 5)]
+    assert all(torch.equal(item[key], again[key]) for key in item)
+    other_epochs = [dataset[(epoch, 5)] for epoch in range(3, 8)]
+    assert any(not torch.equal(item["images"], other["images"]) for other in other_epochs)
+    assert any(not torch.equal(item["mlm_ids"], other["mlm_ids"]) for other in other_epochs)
+
+
+def batches(loader, epoch):
+    loader.sampler.set_epoch(epoch)
+    return list(loader)
+
+
+def test_loader_batches_independent_of_worker_count(tmp_path):
+    make_dataset(tmp_path, "CUHK-PEDES")
+    read_dataset.cache_clear()
+    serial, num_classes = build_train_loader(tiny_data_config(tmp_path))
+    parallel, _ = build_train_loader(tiny_data_config(tmp_path, num_workers=2, persistent_workers=True))
+    assert num_classes == 5
+    for epoch in (0, 1):
+        for a, b in zip(batches(serial, epoch), batches(parallel, epoch), strict=True):
+            assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_identity_sampler_loader(tmp_path):
+    make_dataset(tmp_path, "CUHK-PEDES")
+    read_dataset.cache_clear()
+    loader, _ = build_train_loader(tiny_data_config(tmp_path, sampler="identity", num_instance=2))
+    for batch in batches(loader, 0):
+        assert set(Counter(batch["pids"].tolist()).values()) == {2}
+
+
+def test_eval_loaders_cross_dataset(tmp_path):
+    make_dataset(tmp_path, "CUHK-PEDES")
+    make_dataset(tmp_path, "RSTPReid")
+    read_dataset.cache_clear()
+    cfg = tiny_data_config(tmp_path)
+    loaders = build_eval_loaders(cfg, "RSTPReid", "val")
+    pids, images = next(iter(loaders.images))
+    assert images.shape[1:] == (3, 32, 16) and len(loaders.images.dataset) == 4
+    pids, tokens = next(iter(loaders.texts))
+    assert tokens.shape[1] == 77 and tokens[0, 0] == SOT_ID and len(loaders.texts.dataset) == 8
+
+
+def test_missing_image_at_training_time_names_the_file(tmp_path):
+    folder = make_dataset(tmp_path, "CUHK-PEDES")
+    read_dataset.cache_clear()
+    (folder / "imgs" / fixture_records("CUHK-PEDES")[0]["file_path"]).unlink()
+    loader, _ = build_train_loader(tiny_data_config(tmp_path, num_workers=1, persistent_workers=False))
+    with pytest.raises(DataError, match=r"image file .*train/1_0.jpg not found"):
+        list(loader)

@@ -1,0 +1,115 @@
+"""Readers of the three datasets (and the synthetic one) on fixture folders in the real formats."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data_fixtures import FIXTURES, IMAGES_PER_ID, fixture_records, make_dataset
+from datasets.check import check_dataset, main as check_main
+from datasets.readers import DataError, RetrievalDataset
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_split_counts_and_identity_remapping(tmp_path, name):
+    make_dataset(tmp_path, name)
+    first_id, captions, splits = FIXTURES[name]
+    dataset = RetrievalDataset(tmp_path, name)
+    pairs = dataset.train_pairs("train")
+    assert pairs.num_classes == splits["train"]
+    assert sorted(set(pairs.pids)) == list(range(splits["train"]))  # 0-based, contiguous
+    assert len(pairs.captions) == splits["train"] * IMAGES_PER_ID * captions
+    assert max(pairs.image_ids) + 1 == splits["train"] * IMAGES_PER_ID
+    # The remapping keeps the file's order of identities: CUHK-PEDES id 1 -> 0.
+    records = [r for r in fixture_records(name) if r["split"] == "train"]
+    assert pairs.captions[0] == records[0]["captions"][0] and pairs.pids[0] == records[0]["id"] - first_id
+    for path in pairs.image_paths:
+        assert path.is_file()
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_gallery_and_queries_of_every_split(tmp_path, name):
+    make_dataset(tmp_path, name)
+    _, captions, splits = FIXTURES[name]
+    dataset = RetrievalDataset(tmp_path, name)
+    for split, identities in splits.items():
+        eval_set = dataset.eval_set(split)
+        assert len(eval_set.image_paths) == identities * IMAGES_PER_ID  # one entry per image
+        assert len(eval_set.captions) == identities * IMAGES_PER_ID * captions  # one query per caption
+        assert set(eval_set.caption_pids) == set(eval_set.image_pids)
+        assert len(set(eval_set.image_pids)) == identities
+    table = dataset.statistics().get_string()
+    assert all(split in table for split in splits)
+
+
+def test_icfg_accepts_the_underscore_file_name(tmp_path):
+    make_dataset(tmp_path, "ICFG-PEDES", annotation_file="ICFG_PEDES.json")
+    assert RetrievalDataset(tmp_path, "ICFG-PEDES").annotation_file.name == "ICFG_PEDES.json"
+
+
+def test_missing_split_is_named(tmp_path):
+    make_dataset(tmp_path, "ICFG-PEDES")
+    with pytest.raises(DataError, match="ICFG-PEDES has no 'val' split; its splits are train, test"):
+        RetrievalDataset(tmp_path, "ICFG-PEDES").eval_set("val")
+
+
+def test_missing_folder_names_path_and_layout(tmp_path):
+    with pytest.raises(DataError, match=r"dataset folder .*CUHK-PEDES not found; expected .*reid_raw.json"):
+        RetrievalDataset(tmp_path, "CUHK-PEDES")
+
+
+def test_missing_annotation_file(tmp_path):
+    (tmp_path / "RSTPReid").mkdir()
+    with pytest.raises(DataError, match=r"annotation file .*data_captions.json not found.*img_path"):
+        RetrievalDataset(tmp_path, "RSTPReid")
+
+
+def test_unknown_dataset_name(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'CUHK'; expected one of CUHK-PEDES"):
+        RetrievalDataset(tmp_path, "CUHK")
+
+
+def test_malformed_json_names_file_and_position(tmp_path):
+    folder = make_dataset(tmp_path, "CUHK-PEDES")
+    (folder / "reid_raw.json").write_text('[{"id": 1,\n "file_path": "a.jpg",, }]')
+    with pytest.raises(DataError, match=r"reid_raw.json: malformed JSON at line 2 column 23"):
+        RetrievalDataset(tmp_path, "CUHK-PEDES")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r.pop("captions"), "record 3: missing key 'captions'"),
+    (lambda r: r.update(id="7"), "record 3: key 'id' should be int, got str"),
+    (lambda r: r.update(id=True), "record 3: key 'id' should be int, got bool"),
+    (lambda r: r.update(file_path=["x.jpg"]), "record 3: key 'file_path' should be str, got list"),
+    (lambda r: r.update(captions=[]), "record 3: key 'captions' is an empty list"),
+    (lambda r: r.update(captions=["ok", "  "]), r"record 3: captions\[1\] is empty"),
+    (lambda r: r.update(captions=["ok", 5]), r"record 3: captions\[1\] should be str, got int"),
+    (lambda r: r.update(split="dev"), "record 3: key 'split' is 'dev'; expected one of train, val, test"),
+])
+def test_bad_record_names_index_and_key(tmp_path, mutate, message):
+    records = fixture_records("CUHK-PEDES")
+    mutate(records[3])
+    make_dataset(tmp_path, "CUHK-PEDES", records)
+    with pytest.raises(DataError, match=message):
+        RetrievalDataset(tmp_path, "CUHK-PEDES")
+    assert any(message.replace("\\", "") in p for p in check_dataset(tmp_path, "CUHK-PEDES", show_progress=False))
+
+
+def test_top_level_not_a_list(tmp_path):
+    folder = make_dataset(tmp_path, "RSTPReid")
+    (folder / "data_captions.json").write_text(json.dumps({"id": 1}))
+    with pytest.raises(DataError, match="data_captions.json: expected a JSON list of records, got dict"):
+        RetrievalDataset(tmp_path, "RSTPReid")
+
+
+def test_checker_reports_every_problem_and_exit_status(tmp_path, capsys):
+    folder = make_dataset(tmp_path, "RSTPReid")
+    assert check_main([str(tmp_path), "RSTPReid", "--quiet"]) == 0
+    records = fixture_records("RSTPReid")
+    (folder / "imgs" / records[0]["img_path"]).unlink()
+    (folder / "imgs" / records[1]["img_path"]).write_bytes(b"not a jpeg")
+    problems = check_dataset(tmp_path, "RSTPReid", show_progress=False)
+    assert len(problems) == 2
+    assert "record 0: image file" in problems[0] and "not found" in problems[0]
+    assert "record 1: image file" in problems[1] and "cannot be decoded" in problems[1]
+    assert check_main([str(tmp_path), "RSTPReid", "--quiet"]) == 1
