@@ -124,6 +124,7 @@ class EvalConfig:
     batch_size: int = 512
     query_chunk: int = 1024  # queries ranked at once on the device
     i2t: bool = False  # also report image-to-text
+    at_start: bool = False  # also evaluate the untrained model (epoch 0) before training
 
 
 @dataclass

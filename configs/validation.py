@@ -1,0 +1,113 @@
+"""Range and choice checks of a :class:`Config`, run before anything heavy is built.
+
+:func:`validate` collects every problem and raises one :class:`ConfigError` listing them,
+each naming the dotted key, the value given and what is allowed.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, List
+
+from configs.defaults import Config
+from configs.loader import ConfigError
+
+DATASETS = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid", "Synthetic-PEDES")  # datasets/readers.py LAYOUTS
+SPLITS = ("train", "val", "test")
+NO_VAL = ("ICFG-PEDES",)  # datasets without a val split (SPEC section 5)
+PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_fp16")
+SAMPLERS = ("random", "identity")
+OPTIMIZERS = ("Adam", "AdamW", "SGD")
+SCHEDULERS = ("cosine", "step", "linear", "exponential", "poly")
+WARMUP_METHODS = ("linear", "constant")
+ASDM_MODES = ("cosine", "probability")
+
+
+def validate(cfg: Config) -> None:
+    """Raise one :class:`ConfigError` listing every out-of-range or unknown value of ``cfg``."""
+    problems: List[str] = []
+
+    def need(ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            problems.append(f"{key}={value!r}: must be {allowed}")
+
+    def choice(key: str, value: Any, allowed: Iterable[str]) -> None:
+        allowed = tuple(allowed)
+        need(value in allowed, key, value, f"one of {', '.join(allowed)}")
+
+    m, d, s, t, e = cfg.model, cfg.data, cfg.solver, cfg.train, cfg.eval
+
+    # model
+    need(m.patch_size >= 1, "model.patch_size", m.patch_size, ">= 1")
+    size_ok = len(m.image_size) == 2 and all(v >= 1 for v in m.image_size)
+    need(size_ok, "model.image_size", m.image_size, "two positive ints [height, width]")
+    if size_ok and m.patch_size >= 1:
+        need(all(v % m.patch_size == 0 for v in m.image_size), "model.image_size", m.image_size,
+             f"multiples of model.patch_size={m.patch_size}")
+    for key in ("embed_dim", "vision_width", "vision_layers", "text_width", "text_layers",
+                "context_length", "vocab_size", "cmt_depth"):
+        need(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
+    need(m.temperature > 0, "model.temperature", m.temperature, "> 0")
+
+    # losses
+    from model.fmfa import parse_loss_names  # imported here: it brings torch and open_clip
+    try:
+        enabled = parse_loss_names(cfg.loss.names)
+    except ValueError as exc:
+        problems.append(f"loss.names: {exc}")
+    else:
+        extra = sorted(set(cfg.loss.weights) - set(enabled))
+        need(not extra, "loss.weights", cfg.loss.weights,
+             f"keyed by enabled losses ({', '.join(enabled)}); not enabled: {', '.join(extra)}")
+    choice("asdm.mode", cfg.asdm.mode, ASDM_MODES)
+    for key in ("text_margin", "image_margin", "threshold"):
+        need(getattr(cfg.efa, key) >= 0, f"efa.{key}", getattr(cfg.efa, key), ">= 0")
+    need(cfg.efa.lse_lambda > 0, "efa.lse_lambda", cfg.efa.lse_lambda, "> 0")
+    need(cfg.efa.block_elems >= 1, "efa.block_elems", cfg.efa.block_elems, ">= 1")
+
+    # data
+    choice("data.dataset", d.dataset, DATASETS)
+    choice("data.train_split", d.train_split, SPLITS)
+    need(d.batch_size >= 1, "data.batch_size", d.batch_size, ">= 1")
+    choice("data.sampler", d.sampler, SAMPLERS)
+    need(d.num_instance >= 1, "data.num_instance", d.num_instance, ">= 1")
+    if d.sampler == "identity" and d.batch_size >= 1 and d.num_instance >= 1:
+        need(d.batch_size % d.num_instance == 0, "data.batch_size", d.batch_size,
+             f"divisible by data.num_instance={d.num_instance} with the identity sampler")
+    need(1 <= d.text_length <= m.context_length, "data.text_length", d.text_length,
+         f"in 1..model.context_length={m.context_length}")
+    need(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
+
+    # solver
+    choice("solver.optimizer", s.optimizer, OPTIMIZERS)
+    need(s.lr > 0, "solver.lr", s.lr, "> 0")
+    need(s.weight_decay >= 0, "solver.weight_decay", s.weight_decay, ">= 0")
+    need(len(s.betas) == 2 and all(0 <= b < 1 for b in s.betas), "solver.betas", s.betas,
+         "two values in [0, 1)")
+    need(s.eps > 0, "solver.eps", s.eps, "> 0")
+    for key in ("new_module_lr_factor", "bias_lr_factor"):
+        need(getattr(s, key) >= 0, f"solver.{key}", getattr(s, key), ">= 0")
+    choice("solver.scheduler", s.scheduler, SCHEDULERS)
+    need(s.epochs >= 1, "solver.epochs", s.epochs, ">= 1")
+    need(0 <= s.warmup_epochs < max(s.epochs, 1), "solver.warmup_epochs", s.warmup_epochs,
+         f"in 0..solver.epochs-1 (solver.epochs={s.epochs})")
+    need(s.warmup_factor >= 0, "solver.warmup_factor", s.warmup_factor, ">= 0")
+    choice("solver.warmup_method", s.warmup_method, WARMUP_METHODS)
+    need(s.target_lr >= 0, "solver.target_lr", s.target_lr, ">= 0")
+
+    # train
+    choice("train.precision", t.precision, PRECISIONS)
+    need(t.log_period >= 1, "train.log_period", t.log_period, ">= 1")
+    need(t.eval_period >= 1, "train.eval_period", t.eval_period, ">= 1")
+
+    # eval
+    choice("eval.split", e.split, SPLITS)
+    for name in e.cross_domain:
+        choice("eval.cross_domain", name, DATASETS)
+    if d.dataset in NO_VAL:
+        for key, split in (("eval.split", e.split), ("data.train_split", d.train_split)):
+            need(split != "val", key, split, f"train or test ({d.dataset} has no val split)")
+    need(e.batch_size >= 1, "eval.batch_size", e.batch_size, ">= 1")
+    need(e.query_chunk >= 1, "eval.query_chunk", e.query_chunk, ">= 1")
+
+    if problems:
+        raise ConfigError(f"invalid configuration ({len(problems)} problem"
+                          f"{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems))

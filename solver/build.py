@@ -1,0 +1,127 @@
+"""Optimizer with a few parameter groups (backbone / heads x weights / biases).
+
+Grouping rules (IRRA gives every tensor its own group; here tensors sharing the same
+settings share a group, which changes nothing numerically):
+
+* "backbone" parameters are those whose names start with ``base_model.`` (the CLIP
+  encoders, ``logit_scale`` included if it lives there); every other trainable parameter
+  belongs to the "heads" (cross_attn, cross_modal_transformer, ln_pre_t, ln_pre_i,
+  ln_post, mlm_head, classifier, ...).  A leading ``module.`` (DataParallel /
+  DistributedDataParallel wrappers) is ignored.  IRRA instead picks its "new" modules
+  by the substrings ``cross``, ``classifier`` and ``mlm_head``, and misses ln_pre_t /
+  ln_pre_i / ln_post; with the paper's factor of 1.0 both give identical lrs.
+* "bias" parameters are those whose own (last) name component contains ``bias``:
+  ``*.bias`` and also ``nn.MultiheadAttention``'s ``in_proj_bias`` / ``bias_k`` /
+  ``bias_v``, as IRRA's ``"bias" in name`` test catches them too.  LayerNorm weights and
+  other 1-D tensors are *not* biases: they get the weight settings, as in IRRA.
+* lr = ``lr`` x ``new_module_lr_factor`` (heads) x ``bias_lr_factor`` (biases).  IRRA
+  lets the bias factor replace the new-module factor; here they multiply (identical
+  whenever one of them is 1, the default).
+* weight decay = ``bias_weight_decay`` for biases when it is >= 0, else ``weight_decay``.
+
+Frozen parameters (``requires_grad=False``) are left out; empty groups are dropped.
+Each group carries a ``name`` entry ('backbone', 'backbone_bias', 'heads',
+'heads_bias') for logging.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "param_group_name"]
+
+OPTIMIZERS = ("Adam", "AdamW", "SGD")
+BACKBONE_PREFIX = "base_model."
+
+
+def _strip_wrapper(name: str) -> str:
+    while name.startswith("module."):
+        name = name[len("module."):]
+    return name
+
+
+def _is_new(name: str) -> bool:
+    return not _strip_wrapper(name).startswith(BACKBONE_PREFIX)
+
+
+def _is_bias(name: str) -> bool:
+    return "bias" in name.rsplit(".", 1)[-1]
+
+
+def param_group_name(name: str) -> str:
+    """The group a parameter called ``name`` (as in ``named_parameters()``) falls in."""
+    return ("heads" if _is_new(name) else "backbone") + ("_bias" if _is_bias(name) else "")
+
+
+def _optimizer_class(cfg) -> type:
+    by_lower = {n.lower(): n for n in OPTIMIZERS}
+    key = by_lower.get(str(cfg.optimizer).lower())
+    if key is None:
+        raise ValueError(
+            f"solver.optimizer={cfg.optimizer!r} is not supported; "
+            f"allowed values: {', '.join(OPTIMIZERS)}"
+        )
+    return getattr(torch.optim, key)
+
+
+def _param_groups(model: nn.Module, cfg) -> list[dict]:
+    order: list[tuple[bool, bool]] = [(False, False), (False, True), (True, False), (True, True)]
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {k: [] for k in order}
+    for name, param in model.named_parameters():  # shared tensors are listed once
+        if param.requires_grad:
+            buckets[(_is_new(name), _is_bias(name))].append(param)
+
+    groups = []
+    for is_new, is_bias in order:
+        params = buckets[(is_new, is_bias)]
+        if not params:
+            continue
+        lr = float(cfg.lr)
+        if is_new:
+            lr *= float(cfg.new_module_lr_factor)
+        if is_bias:
+            lr *= float(cfg.bias_lr_factor)
+        wd = float(cfg.weight_decay)
+        if is_bias and cfg.bias_weight_decay >= 0:
+            wd = float(cfg.bias_weight_decay)
+        groups.append({
+            "name": ("heads" if is_new else "backbone") + ("_bias" if is_bias else ""),
+            "params": params,
+            "lr": lr,
+            "weight_decay": wd,
+        })
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """Adam / AdamW / SGD over the grouped trainable parameters of ``model``.
+
+    ``cfg`` is a ``SolverConfig``.  Adam and AdamW use ``betas`` and ``eps`` (the paper:
+    0.9/0.999, 1e-3); SGD uses ``momentum``.  With ``fused=True`` the fused kernels are
+    requested when every parameter is on CUDA, otherwise the multi-tensor (foreach)
+    ones; with ``fused=False`` PyTorch picks its default implementation.
+    """
+    cls = _optimizer_class(cfg)
+    if not cfg.lr > 0:
+        raise ValueError(f"solver.lr must be > 0, got {cfg.lr}")
+    groups = _param_groups(model, cfg)
+    if not groups:
+        raise ValueError("build_optimizer: the model has no parameter with requires_grad=True")
+
+    kwargs: dict = {"lr": float(cfg.lr)}
+    if cls is torch.optim.SGD:
+        kwargs["momentum"] = float(cfg.momentum)
+    else:
+        kwargs["betas"] = tuple(float(b) for b in cfg.betas)
+        kwargs["eps"] = float(cfg.eps)
+
+    if cfg.fused:
+        accepted = inspect.signature(cls).parameters
+        all_cuda = all(p.is_cuda for g in groups for p in g["params"])
+        if all_cuda and "fused" in accepted:
+            kwargs["fused"] = True
+        elif "foreach" in accepted:
+            kwargs["foreach"] = True
+    return cls(groups, **kwargs)
