@@ -231,22 +231,20 @@ def test_optimizer_kinds(name, cls):
     assert opt.defaults.get("fused") in (None, False) and opt.defaults.get("foreach") is None
 
 
-def test_fused_falls_back_to_foreach_on_cpu():
-    model = _Toy()
-    opt = build_optimizer(model, replace(SolverConfig(), fused=True))
-    assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
-    nn.functional.cross_entropy(model(torch.randn(2, 4)), torch.tensor([0, 1])).backward()
-    opt.step()
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fused_on_cuda():
-    model = _Toy().cuda()
-    opt = build_optimizer(model, replace(SolverConfig(), fused=True))
-    assert opt.defaults["fused"] is True
-    nn.functional.cross_entropy(model(torch.randn(2, 4, device="cuda")),
-                                torch.tensor([0, 1], device="cuda")).backward()
-    opt.step()
+def test_fused_kernels_on_cpu_match_the_default():
+    torch.manual_seed(0)
+    reference, fused_model = _Toy(), _Toy()
+    fused_model.load_state_dict(reference.state_dict())
+    inputs, labels = torch.randn(2, 4), torch.tensor([0, 1])
+    for model, fused in ((reference, False), (fused_model, True)):
+        opt = build_optimizer(model, replace(SolverConfig(), fused=fused, lr=1e-2))
+        assert bool(opt.defaults.get("fused")) is fused
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(inputs), labels).backward()
+            opt.step()
+    for a, b in zip(reference.parameters(), fused_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 # ---------------------------------------------------------------- errors
