@@ -8,7 +8,7 @@ load without renaming.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -75,6 +75,10 @@ class FMFA(nn.Module):
         self.loss_weights = {name: float((loss_weights or {}).get(name, 1.0)) for name in self.loss_names}
         self.logit_scale = 1.0 / temperature
         self.asdm, self.efa = asdm or AsdmConfig(), efa or EfaConfig()
+        # Several GPUs with train.gather_features: a differentiable all-gather applied to the
+        # global features and identities before SDM/ITC/CMPM (batch-wide losses see the
+        # global batch; a deviation from the single-GPU reference). None = this rank only.
+        self.feature_gather: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.num_classes, self.cmt_depth, self.vocab_size = num_classes, cmt_depth, vocab_size
         if num_classes:
             self.classifier = nn.Linear(embed_dim, num_classes)
@@ -155,6 +159,9 @@ class FMFA(nn.Module):
                    ) -> Tuple[Tensors, Tensors]:
         """The one place that composes the enabled losses with their weights (float32 inputs)."""
         image_feats, text_feats = image_tokens[:, 0], _at_eot(text_tokens, ids)
+        batch_feats = (image_feats, text_feats, pids)
+        if self.feature_gather is not None:
+            batch_feats = tuple(self.feature_gather(x) for x in batch_feats)
         terms: Tensors = {}
         metrics: Tensors = {}
         for name in self.loss_names:
@@ -170,12 +177,12 @@ class FMFA(nn.Module):
                     text_tokens, image_tokens, self.efa.text_margin, self.efa.image_margin,
                     self.efa.lse_lambda, self.efa.threshold, self.efa.block_elems)
             elif name == "itc":
-                terms[name] = objectives.itc_loss(image_feats, text_feats, self.logit_scale)
+                terms[name] = objectives.itc_loss(*batch_feats[:2], self.logit_scale)
             elif name == "cmpm":
-                terms[name] = objectives.cmpm_loss(image_feats, text_feats, pids)
+                terms[name] = objectives.cmpm_loss(*batch_feats)
             else:  # sdm, a-sdm
                 terms[name] = objectives.sdm_loss(
-                    image_feats, text_feats, pids, self.logit_scale, adaptive=name == "a-sdm",
+                    *batch_feats, self.logit_scale, adaptive=name == "a-sdm",
                     adaptive_factor=self.asdm.factor, adaptive_mode=self.asdm.mode)
         terms = {name: self.loss_weights[name] * value for name, value in terms.items()}
         return terms, {k: v.detach() for k, v in metrics.items()}

@@ -1,0 +1,43 @@
+"""Precision modes: fp32, amp_bf16, amp_fp16 (fp32 weights + loss scaling) and pure_fp16
+(the authors' set-up: half weights, fp16 autocast, no loss scaling, Adam on fp16 params)."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ContextManager, Optional
+
+import torch
+from open_clip.model import convert_weights_to_lp
+
+PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_fp16")
+
+
+@dataclass
+class Precision:
+    mode: str
+    device: torch.device
+
+    def __post_init__(self):
+        if self.mode not in PRECISIONS:
+            raise ValueError(f"train.precision={self.mode!r}; expected one of {', '.join(PRECISIONS)}")
+
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        return {"fp32": None, "amp_bf16": torch.bfloat16}.get(self.mode, torch.float16)
+
+    def autocast(self) -> ContextManager:
+        dtype = self.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """pure_fp16: cast Linear/Conv/attention weights and the CLIP projections to half
+        (LayerNorms stay float32), as the reference's convert_weights; other modes: as is."""
+        if self.mode == "pure_fp16":
+            convert_weights_to_lp(model, torch.float16)
+        return model
+
+    def make_scaler(self) -> Optional[torch.amp.GradScaler]:
+        """Loss scaling only for amp_fp16 (fp32 master weights); the reference uses none."""
+        return torch.amp.GradScaler(self.device.type) if self.mode == "amp_fp16" else None

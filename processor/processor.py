@@ -1,0 +1,137 @@
+"""A whole training run: set-up, the epoch loop, evaluation, checkpoints and logs."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+
+from configs.defaults import Config
+from configs.loader import config_to_dict
+from datasets.build import EvalLoaders, build_eval_loaders, build_train_loader, read_dataset
+from datasets.readers import log_statistics
+from model.build import build_model
+from processor import checkpointing as ckpt
+from processor.evaluator import evaluate, results_table
+from processor.precision import Precision
+from processor.trainer import append_jsonl, train_one_epoch
+from solver import build_lr_scheduler, build_optimizer
+from utils.distributed import DistInfo, all_gather_with_grad, barrier
+
+logger = logging.getLogger(__name__)
+
+
+def eval_targets(cfg: Config) -> List[EvalLoaders]:
+    """The training dataset's evaluation split first (it selects best.pth), then the
+    cross-domain datasets on the same split name (test where the split is absent)."""
+    targets = [build_eval_loaders(cfg)]
+    for name in cfg.eval.cross_domain:
+        split = cfg.eval.split if cfg.eval.split in read_dataset(cfg.data.root, name).layout.splits else "test"
+        targets.append(build_eval_loaders(cfg, name, split))
+    return targets
+
+
+def run_evaluation(model, targets: List[EvalLoaders], cfg: Config, precision: Precision, epoch: int,
+                   output_dir: Path, writer: Optional[SummaryWriter]) -> Dict[str, float]:
+    """Evaluate every target; log, write metrics.jsonl and TensorBoard; return the first's t2i."""
+    first = {}
+    for loaders in targets:
+        results = evaluate(model, loaders, precision.device, precision.autocast(), cfg.eval.i2t, cfg.eval.query_chunk)
+        logger.info("epoch %d, %s %s\n%s", epoch, loaders.dataset, loaders.split, results_table(results))
+        for task, values in results.items():
+            append_jsonl(output_dir / "metrics.jsonl", {"epoch": epoch, "dataset": loaders.dataset,
+                                                        "split": loaders.split, "task": task, **values})
+            if writer is not None:
+                for name, value in values.items():
+                    writer.add_scalar(f"{loaders.dataset}/{loaders.split}/{task}/{name}", value, epoch)
+        first = first or results["t2i"]
+    return first
+
+
+class Run:
+    """Everything a training run holds; ``train`` runs the remaining epochs."""
+
+    def __init__(self, cfg: Config, info: DistInfo, output_dir: Path):
+        self.cfg, self.info, self.output_dir = cfg, info, output_dir
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+        self.precision = Precision(cfg.train.precision, info.device)
+        if info.is_main:
+            log_statistics([read_dataset(cfg.data.root, cfg.data.dataset)])
+        self.loader, self.num_classes = build_train_loader(
+            cfg, info.rank, info.world_size, masked_language="mlm" in cfg.loss.names.split("+"))
+        model = self.precision.prepare_model(build_model(cfg, self.num_classes)).to(info.device)
+        self.model = model
+        if info.distributed and cfg.train.gather_features:
+            model.feature_gather = all_gather_with_grad
+        self.train_model = DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
+            if info.distributed else model
+        self.optimizer = build_optimizer(model, cfg.solver)
+        self.scheduler = build_lr_scheduler(self.optimizer, cfg.solver)
+        self.scaler = self.precision.make_scaler()
+        self.epoch, self.step = 0, 0
+        self.best: Dict[str, float] = {"R1": -math.inf, "epoch": 0}
+        self.targets = eval_targets(cfg) if info.is_main else []
+        self.writer = SummaryWriter(str(output_dir / "tensorboard")) if info.is_main else None
+
+    def resume(self, path: str | Path) -> None:
+        file = ckpt.find_resume_file(path)
+        state = ckpt.load_training_state(file)
+        ckpt.restore_training_state(state, self.model, self.optimizer, self.scheduler, self.scaler)
+        self.epoch, self.step, self.best = state["epoch"], state["step"], dict(state["best"])
+        logger.info("resumed from %s after epoch %d (step %d, best R1 %.3f)", file, self.epoch, self.step,
+                    self.best["R1"])
+
+    def evaluate(self, epoch: int) -> Dict[str, float]:
+        return run_evaluation(self.model, self.targets, self.cfg, self.precision, epoch, self.output_dir,
+                              self.writer)
+
+    def save(self, best_metrics: Optional[Dict[str, float]]) -> None:
+        config = config_to_dict(self.cfg)
+        if best_metrics is not None:
+            ckpt.save_atomic({"model": self.model.state_dict(), "epoch": self.epoch, "metrics": best_metrics,
+                              "config": config, "num_classes": self.num_classes}, self.output_dir / ckpt.BEST)
+        ckpt.save_atomic(ckpt.training_state(self.model, self.optimizer, self.scheduler, self.scaler, self.epoch,
+                                             self.step, self.best, config, self.num_classes),
+                         self.output_dir / ckpt.LAST)
+
+    def train(self, evaluate_first: bool = False) -> Dict[str, float]:
+        cfg = self.cfg
+        if evaluate_first and self.epoch == 0 and self.info.is_main:
+            self.evaluate(0)
+        barrier(self.info)
+        while self.epoch < cfg.solver.epochs:
+            self.loader.sampler.set_epoch(self.epoch)
+            self.step, averages = train_one_epoch(
+                self.train_model, self.loader, self.optimizer, self.precision, self.scaler, self.epoch,
+                self.step, cfg.train.log_period, self.writer, progress=self.info.is_main)
+            self.epoch += 1
+            self.scheduler.step()
+            best_metrics = None
+            if self.info.is_main:
+                logger.info("epoch %d/%d: %s", self.epoch, cfg.solver.epochs,
+                            ", ".join(f"{k} {v:.4f}" for k, v in averages.items()))
+                if self.epoch % cfg.train.eval_period == 0 or self.epoch == cfg.solver.epochs:
+                    metrics = self.evaluate(self.epoch)
+                    if metrics["R1"] > self.best["R1"]:
+                        self.best, best_metrics = {"R1": metrics["R1"], "epoch": self.epoch}, metrics
+                self.save(best_metrics)
+            barrier(self.info)
+        if self.writer is not None:
+            self.writer.close()
+        return self.best
+
+
+def train(cfg: Config, info: DistInfo, output_dir: Path) -> Dict[str, float]:
+    """Build a run in ``output_dir``, resume it where asked, and train to the last epoch."""
+    run = Run(cfg, info, output_dir)
+    resume_from = cfg.train.resume or (str(output_dir) if cfg.train.auto_resume and
+                                       (output_dir / ckpt.LAST).is_file() else "")
+    if resume_from:
+        run.resume(resume_from)
+    return run.train(evaluate_first=cfg.eval.at_start)
+

@@ -1,0 +1,116 @@
+"""The training loop: ``train_one_epoch`` and ``fit`` (epochs, evaluation, checkpoints)."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from processor.precision import Precision
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; the message names the term and the step."""
+
+
+@dataclass
+class StepLog:
+    """Device-side running sums of the loss terms and metrics between two log points, and
+    the first step at which each term was non-finite (-1: none). Nothing here syncs the
+    host with the device; ``flush`` does, once every ``log_period`` steps."""
+    device: torch.device
+    names: List[str] = field(default_factory=list)
+    sums: Optional[torch.Tensor] = None
+    first_bad: Optional[torch.Tensor] = None
+    count: int = 0
+
+    def add(self, step: int, terms: Dict[str, torch.Tensor], metrics: Dict[str, torch.Tensor]) -> None:
+        if self.sums is None:
+            self.names = [*terms, "loss", *metrics]
+            self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=self.device)
+            self.first_bad = torch.full((len(terms) + 1,), -1, dtype=torch.long, device=self.device)
+        values = torch.stack([*(t.detach().float() for t in terms.values()), sum(terms.values()).detach().float(),
+                              *(m.float() for m in metrics.values())])
+        bad = ~torch.isfinite(values[:len(terms) + 1])
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        self.sums += values.double()
+        self.count += 1
+
+    def check_finite(self) -> None:
+        if self.first_bad is None:
+            return
+        first_bad = self.first_bad.tolist()
+        bad = [(step, name) for step, name in zip(first_bad, self.names) if step >= 0]
+        if bad:
+            step, name = min(bad)
+            raise NonFiniteLossError(f"non-finite loss '{name}' at step {step}; training stopped "
+                                     "(the last checkpoint written is intact)")
+
+    def flush(self) -> Dict[str, float]:
+        """Averages since the last flush (after the non-finite check), then reset."""
+        self.check_finite()
+        if self.sums is None or not self.count:
+            return {}
+        averages = dict(zip(self.names, (self.sums / self.count).tolist()))
+        self.sums.zero_()
+        self.count = 0
+        return averages
+
+
+def move_batch(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    precision: Precision, scaler: Optional[torch.amp.GradScaler], epoch: int, step: int,
+                    log_period: int, writer=None, progress: bool = True) -> tuple[int, Dict[str, float]]:
+    """One pass over ``loader``; returns the global step and the epoch's mean losses/metrics."""
+    model.train()
+    log, epoch_log = StepLog(precision.device), StepLog(precision.device)
+    started, seen = time.perf_counter(), 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not progress, dynamic_ncols=True, leave=False)
+    for batch in bar:
+        batch = move_batch(batch, precision.device)
+        with precision.autocast():
+            terms, metrics = model(batch)
+        loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        step += 1
+        seen += batch["pids"].shape[0]
+        log.add(step, terms, metrics)
+        epoch_log.add(step, terms, metrics)
+        if step % log_period == 0:
+            averages = log.flush()
+            rate = seen / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{averages['loss']:.3f}", samples_s=f"{rate:.1f}")
+            if writer is not None:
+                for name, value in averages.items():
+                    writer.add_scalar(f"train/{name}", value, step)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+                writer.add_scalar("train/samples_per_s", rate, step)
+    log.check_finite()
+    averages = epoch_log.flush()
+    averages["samples_per_s"] = seen / max(time.perf_counter() - started, 1e-9)
+    return step, averages
+
+
+def append_jsonl(path: Path, record: Dict) -> None:
+    """One JSON object per line; written and flushed at once so a crash leaves whole lines."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()

@@ -1,0 +1,84 @@
+"""Evaluate a run folder, a checkpoint (ours or the reference's) or bare CLIP weights.
+
+    python test.py runs/CUHK-PEDES/<run>                       # its config and best.pth
+    python test.py runs/CUHK-PEDES/<run> --which last eval.cross_domain=[ICFG-PEDES,RSTPReid]
+    python test.py reference_best.pth --config configs/rstpreid.yaml eval.split=val
+    python test.py data/ViT-B-16.pt data.dataset=CUHK-PEDES    # zero-shot CLIP
+
+Prints one table per dataset and writes the metrics as JSON (``--output``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+from configs.defaults import Config
+from configs.loader import ConfigError, build_parser, load_config, validate
+from model.build import model_from_checkpoint
+from processor.checkpointing import BEST, LAST
+from processor.evaluator import evaluate, results_table
+from processor.precision import Precision
+from processor.processor import eval_targets
+from utils.distributed import pick_device
+from utils.logger import setup_logging
+
+logger = logging.getLogger("test")
+
+
+def parser() -> argparse.ArgumentParser:
+    result = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=build_parser().epilog)
+    result.add_argument("weights", help="run folder, checkpoint file, or CLIP weights")
+    result.add_argument("--config", metavar="FILE", default=None,
+                        help="YAML config (default: the run folder's config.yaml, else the defaults)")
+    result.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    result.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder")
+    result.add_argument("--output", default=None, help="metrics JSON (default: beside the weights)")
+    return result
+
+
+def resolve(args) -> tuple[Config, Path, Path]:
+    """(config, weights file, output JSON) for a run folder or a weights file."""
+    source = Path(args.weights)
+    if source.is_dir():
+        saved = source / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"{source} is a folder without config.yaml; give a run folder or a weights file")
+        cfg = load_config(args.config or saved, args.overrides)
+        weights = source / (BEST if args.which == "best" else LAST)
+        output = source / f"test_metrics_{args.which}.json"
+    else:
+        cfg, weights = load_config(args.config, args.overrides), source
+        output = source.with_name(source.name + ".metrics.json")
+    validate(cfg)
+    return cfg, weights, Path(args.output) if args.output else output
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cli = parser()
+    args = cli.parse_intermixed_args(argv)
+    setup_logging()
+    try:
+        cfg, weights, output = resolve(args)
+    except ConfigError as error:
+        cli.error(str(error))
+    device = pick_device(cfg.train.device)
+    model = model_from_checkpoint(str(weights), image_size=tuple(cfg.model.image_size)).to(device)
+    mode = "amp_fp16" if cfg.train.precision == "pure_fp16" else cfg.train.precision
+    autocast = Precision(mode, device).autocast()
+    results: Dict[str, dict] = {}
+    for loaders in eval_targets(cfg):
+        metrics = evaluate(model, loaders, device, autocast, cfg.eval.i2t, cfg.eval.query_chunk, progress=True)
+        results[loaders.dataset] = {"split": loaders.split, **metrics}
+        print(f"{loaders.dataset} ({loaders.split}) - {weights}\n{results_table(metrics)}")
+    output.write_text(json.dumps({"weights": str(weights), "results": results}, indent=2))
+    logger.info("metrics written to %s", output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

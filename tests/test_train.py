@@ -1,0 +1,149 @@
+"""train.py / test.py end to end on fixture data, precision modes, the NaN guard, resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import importlib.util
+from dataclasses import replace
+
+import pytest
+import torch
+
+import train as train_cli
+from conftest import ROOT, tiny_batch, tiny_config
+from configs.loader import load_config
+from model import objectives
+from model.build import build_model, model_from_checkpoint
+from processor import checkpointing as ckpt
+from processor.precision import Precision
+from processor.trainer import NonFiniteLossError, StepLog, train_one_epoch
+from solver import build_optimizer
+from train_fixtures import make_fixture, read_metrics, tiny_run_args
+
+# test.py by path: the name "test" is also a standard-library package.
+_spec = importlib.util.spec_from_file_location("fmfa_test_cli", ROOT / "test.py")
+test_cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_cli)
+
+METRIC_KEYS = {"epoch", "dataset", "split", "task", "R1", "R5", "R10", "mAP", "mINP"}
+
+
+def test_run_folder_contents_and_test_cli(tmp_path):
+    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
+    assert train_cli.main(tiny_run_args(root, run, 2, "eval.at_start=true", "eval.i2t=true")) == 0
+    for name in ("config.yaml", "train.log", "metrics.jsonl", "last.pth", "best.pth"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    rows = read_metrics(run)
+    assert all(set(row) == METRIC_KEYS for row in rows)
+    assert [(r["epoch"], r["task"]) for r in rows] == [(e, t) for e in (0, 1, 2) for t in ("t2i", "i2t")]
+    saved = load_config(run / "config.yaml")
+    assert saved.solver.epochs == 2 and saved.model.vision_width == 64
+    state = ckpt.load_training_state(run / "last.pth")
+    assert state["epoch"] == 2 and state["num_classes"] == 5
+    best = torch.load(run / "best.pth", weights_only=True)
+    t2i = {r["epoch"]: r for r in rows if r["task"] == "t2i"}
+    assert best["metrics"]["R1"] == max(t2i[e]["R1"] for e in (1, 2))
+    # test.py rebuilds the model from the run folder and reproduces the best epoch's figures.
+    assert test_cli.main([str(run)]) == 0
+    tested = json.loads((run / "test_metrics_best.json").read_text())["results"]["CUHK-PEDES"]
+    for key in ("R1", "R5", "R10", "mAP", "mINP"):
+        assert tested["t2i"][key] == pytest.approx(t2i[best["epoch"]][key], abs=1e-4)
+    assert model_from_checkpoint(str(run / "best.pth"), image_size=(32, 16)).classifier.out_features == 5
+
+
+@pytest.mark.parametrize("mode", ["fp32", "amp_bf16", "amp_fp16", "pure_fp16"])
+def test_precision_modes_train(mode):
+    torch.manual_seed(0)
+    precision = Precision(mode, torch.device("cpu"))
+    model = precision.prepare_model(build_model(tiny_config(), num_classes=4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # lr 1e-3: the recipe's 5e-6 steps are below fp16 resolution for pure_fp16 weights.
+    optimizer = build_optimizer(model, replace(tiny_config().solver, lr=1e-3))
+    scaler = precision.make_scaler()
+    # amp_fp16 skips its first steps while the loss scale falls from 2^16 to a finite range.
+    batches = [tiny_batch(seed=s) for s in range(10)]
+    step, averages = train_one_epoch(model, batches, optimizer, precision, scaler, 0, 0, 1, progress=False)
+    assert step == 10 and all(torch.isfinite(torch.tensor(v)) for v in averages.values())
+    weight_dtype = model.base_model.visual.conv1.weight.dtype
+    assert weight_dtype == (torch.float16 if mode == "pure_fp16" else torch.float32)
+    assert model.ln_post.weight.dtype == torch.float32  # LayerNorms stay float32 in every mode
+    assert (scaler is not None) == (mode == "amp_fp16")
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert "base_model.visual.conv1.weight" in changed and "classifier.weight" in changed
+
+
+def test_step_log_reports_the_first_non_finite_term():
+    log = StepLog(torch.device("cpu"))
+    good = {"sdm": torch.tensor(1.0), "efa": torch.tensor(2.0)}
+    log.add(1, good, {"acc": torch.tensor(0.5)})
+    log.add(2, {"sdm": torch.tensor(1.0), "efa": torch.tensor(float("inf"))}, {"acc": torch.tensor(0.5)})
+    log.add(3, {"sdm": torch.tensor(float("nan")), "efa": torch.tensor(2.0)}, {"acc": torch.tensor(0.5)})
+    with pytest.raises(NonFiniteLossError, match="non-finite loss 'efa' at step 2"):
+        log.flush()
+
+
+def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
+    assert train_cli.main(tiny_run_args(root, run, 1)) == 0
+    saved = (run / "last.pth").read_bytes()
+    real_efa, calls = objectives.efa_loss, []
+
+    def efa_nan_at_third_call(*args, **kwargs):
+        calls.append(1)
+        value = real_efa(*args, **kwargs)
+        return value * float("nan") if len(calls) == 3 else value
+    monkeypatch.setattr(objectives, "efa_loss", efa_nan_at_third_call)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss 'efa' at step 8"):  # 5 steps per epoch
+        train_cli.main(tiny_run_args(root, run, 2, f"train.resume={run}", "train.log_period=50"))
+    assert (run / "last.pth").read_bytes() == saved
+    assert ckpt.load_training_state(run / "last.pth")["epoch"] == 1
+
+
+def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    target = tmp_path / "last.pth"
+    ckpt.save_atomic({"epoch": 1, "w": torch.ones(3)}, target)
+
+    def crash(obj, stream, *args, **kwargs):
+        stream.write(b"partial")
+        raise OSError("No space left on device")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save_atomic({"epoch": 2, "w": torch.zeros(3)}, target)
+    assert torch.load(target, weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left
+
+
+def test_killed_run_resumes_to_identical_results(tmp_path):
+    root = make_fixture(tmp_path / "data", identities=12)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert train_cli.main(tiny_run_args(root, whole, 3)) == 0
+    process = subprocess.Popen([sys.executable, "train.py", *tiny_run_args(root, killed, 3)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "last.pth").is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert ckpt.load_training_state(killed / "last.pth")["epoch"] == 1, "the run was not killed after epoch 1"
+    assert train_cli.main(tiny_run_args(root, killed, 3, f"train.resume={killed}")) == 0
+    assert read_metrics(killed)[-1] == read_metrics(whole)[-1]
+    final_whole, final_killed = (ckpt.load_training_state(run / "last.pth") for run in (whole, killed))
+    assert all(torch.equal(final_whole["model"][k], v) for k, v in final_killed["model"].items())
+
+
+@pytest.mark.parametrize("gather", ["false", "true"])
+def test_torchrun_two_processes_gloo(tmp_path, gather):
+    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "train.py", *tiny_run_args(root, run, 1, f"train.gather_features={gather}")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["epoch"] for r in read_metrics(run)] == [1]  # rank 0 alone evaluates and writes
+    assert ckpt.load_training_state(run / "last.pth")["epoch"] == 1
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".pth") == ["best.pth", "last.pth"]

@@ -1,0 +1,53 @@
+"""Train FMFA: ``python train.py --config configs/cuhk_pedes.yaml [key=value ...]``.
+
+Several GPUs: ``torchrun --nproc_per_node=N train.py --config ...`` (gloo on the CPU).
+The run folder gets config.yaml, train.log, metrics.jsonl, tensorboard/, last.pth, best.pth.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from configs.defaults import Config
+from configs.loader import build_parser, parse_args, save_config
+from processor.processor import train
+from utils.distributed import DistInfo, broadcast_object, cleanup, init_distributed
+from utils.logger import setup_logging
+
+logger = logging.getLogger("train")
+
+
+def resolve_output_dir(cfg: Config, info: DistInfo) -> Path:
+    """train.output_dir; else the folder being resumed; else runs/<dataset>/<time>_<name>.
+    Rank 0 decides (the time stamp) and tells the other ranks."""
+    if cfg.train.output_dir:
+        folder = cfg.train.output_dir
+    elif cfg.train.resume:
+        resume = Path(cfg.train.resume)
+        folder = str(resume if resume.is_dir() else resume.parent)
+    else:
+        folder = f"runs/{cfg.data.dataset}/{time.strftime('%Y%m%d_%H%M%S')}_{cfg.train.name}"
+    return Path(broadcast_object(folder, info))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg, _ = parse_args(argv, build_parser(__doc__.splitlines()[0]))
+    info = init_distributed(cfg.train.device)
+    try:
+        output_dir = resolve_output_dir(cfg, info)
+        setup_logging(output_dir, info.rank)
+        if info.is_main:
+            save_config(cfg, output_dir / "config.yaml")
+            logger.info("run folder %s, %d process(es) on %s", output_dir, info.world_size, info.device)
+        best = train(cfg, info, output_dir)
+        logger.info("best t2i R1 %.3f at epoch %d", best["R1"], best["epoch"])
+    finally:
+        cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

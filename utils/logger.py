@@ -1,0 +1,26 @@
+"""Console + file logging; only rank 0 writes the run's log."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+
+
+def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, file_name: str = "train.log") -> None:
+    """INFO to the console (rank 0) and to ``output_dir/file_name``; other ranks log warnings."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter(FORMAT if rank == 0 else f"[rank {rank}] " + FORMAT, "%H:%M:%S"))
+    root.addHandler(console)
+    if output_dir is not None and rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(output_dir / file_name)
+        to_file.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(to_file)
