@@ -46,6 +46,9 @@ def validate(cfg: Config) -> None:
                 "context_length", "vocab_size", "cmt_depth"):
         need(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
     need(m.temperature > 0, "model.temperature", m.temperature, "> 0")
+    # Attention heads are width / 64 (CLIP's convention; the IRR head uses embed_dim / 64).
+    for key in ("embed_dim", "vision_width", "text_width"):
+        need(getattr(m, key) % 64 == 0, f"model.{key}", getattr(m, key), "a multiple of 64 (64 per attention head)")
 
     # losses
     from model.fmfa import parse_loss_names  # imported here: it brings torch and open_clip
@@ -95,6 +98,10 @@ def validate(cfg: Config) -> None:
 
     # train
     choice("train.precision", t.precision, PRECISIONS)
+    # fp16 optimizer state: an epsilon below fp16's smallest step (6e-8) rounds to 0 and
+    # Adam divides by zero where a gradient is 0 (the reference uses 1e-3 for this reason).
+    need(t.precision != "pure_fp16" or s.optimizer == "SGD" or s.eps >= 6e-8, "solver.eps", s.eps,
+         ">= 6e-8 with train.precision=pure_fp16 (fp16 Adam state; the reference uses 1e-3)")
     need(t.log_period >= 1, "train.log_period", t.log_period, ">= 1")
     need(t.eval_period >= 1, "train.eval_period", t.eval_period, ">= 1")
 

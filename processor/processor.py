@@ -1,6 +1,7 @@
 """A whole training run: set-up, the epoch loop, evaluation, checkpoints and logs."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from datasets.readers import log_statistics
 from model.build import build_model
 from processor import checkpointing as ckpt
 from processor.evaluator import evaluate, results_table
+from utils.metrics import format_table
 from processor.precision import Precision
 from processor.trainer import append_jsonl, train_one_epoch
 from solver import build_lr_scheduler, build_optimizer
@@ -123,7 +125,22 @@ class Run:
             barrier(self.info)
         if self.writer is not None:
             self.writer.close()
+        if self.info.is_main:
+            logger.info("%s %s, text-to-image\n%s", self.targets[0].dataset, self.targets[0].split,
+                        summary_table(self.output_dir / "metrics.jsonl", self.targets[0]))
         return self.best
+
+
+def summary_table(metrics_file: Path, target: EvalLoaders) -> str:
+    """Untrained (epoch 0, when evaluated), best and final t2i rows of metrics.jsonl."""
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    rows = [r for r in rows if (r["dataset"], r["split"], r["task"]) == (target.dataset, target.split, "t2i")]
+    if not rows:
+        return "(no evaluation)"
+    best = max((r for r in rows if r["epoch"] > 0), key=lambda r: r["R1"], default=rows[-1])
+    picked = [("untrained", rows[0])] if rows[0]["epoch"] == 0 else []
+    picked += [(f"best (epoch {best['epoch']})", best), (f"final (epoch {rows[-1]['epoch']})", rows[-1])]
+    return format_table([{**row, "task": label} for label, row in picked])
 
 
 def train(cfg: Config, info: DistInfo, output_dir: Path) -> Dict[str, float]:

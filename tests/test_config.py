@@ -243,6 +243,9 @@ def test_overrides_must_be_a_sequence():
     (["data.num_workers=-1"], "data.num_workers"),
     (["eval.batch_size=0"], "eval.batch_size"),
     (["eval.query_chunk=0"], "eval.query_chunk"),
+    (["model.text_width=96"], "model.text_width"),
+    (["model.embed_dim=32"], "model.embed_dim"),
+    (["train.precision=pure_fp16", "solver.eps=1e-8"], "solver.eps"),
 ])
 def test_validate_catches(overrides, key):
     cfg = load_config(None, overrides)
