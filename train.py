@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from configs.defaults import Config
 from configs.loader import build_parser, parse_args, save_config
+from processor.checkpointing import prepare_run_folder
 from processor.processor import train
 from utils.distributed import DistInfo, broadcast_object, cleanup, init_distributed
 from utils.logger import setup_logging
@@ -33,17 +36,25 @@ def resolve_output_dir(cfg: Config, info: DistInfo) -> Path:
     return Path(broadcast_object(folder, info))
 
 
+@record  # under torchrun: the failing rank's traceback goes into torchrun's error report
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg, _ = parse_args(argv, build_parser(__doc__.splitlines()[0]))
     info = init_distributed(cfg.train.device)
     try:
         output_dir = resolve_output_dir(cfg, info)
+        if info.is_main:
+            prepare_run_folder(output_dir)
         setup_logging(output_dir, info.rank)
         if info.is_main:
             save_config(cfg, output_dir / "config.yaml")
             logger.info("run folder %s, %d process(es) on %s", output_dir, info.world_size, info.device)
         best = train(cfg, info, output_dir)
         logger.info("best t2i R1 %.3f at epoch %d", best["R1"], best["epoch"])
+    except Exception as error:
+        # Every rank logs its own failure (non-zero ranks append errors to the run's log);
+        # torchrun then stops the other ranks and exits non-zero.
+        logger.error("rank %d of %d failed: %s: %s", info.rank, info.world_size, type(error).__name__, error)
+        raise
     finally:
         cleanup()
     return 0

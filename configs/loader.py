@@ -209,6 +209,13 @@ def config_to_dict(cfg: Config) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def config_differences(before: Dict[str, Any], after: Dict[str, Any]) -> List[str]:
+    """``section.key: before -> after`` for every value that differs between two config dicts."""
+    return [f"{section}.{key}: {value!r} -> {after.get(section, {}).get(key)!r}"
+            for section, values in before.items() for key, value in values.items()
+            if after.get(section, {}).get(key) != value]
+
+
 def save_config(cfg: Config, path: PathLike) -> None:
     """Write ``cfg`` as YAML (readable back by :func:`load_config`), atomically."""
     path = Path(path)

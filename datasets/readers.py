@@ -83,6 +83,17 @@ def load_json(path: Path):
                         f"(character {error.pos}): {error.msg}") from None
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text at byte {error.start}: {error.reason}") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be an annotation file (a list of flat records)") from None
+
+
+def _text_problem(text: str) -> str:
+    """Why ``text`` cannot be used as a caption or file name ("" when it can)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (lone surrogate escape)"
+    return "is empty" if not text.strip() else ""
 
 
 def record_problems(index: int, record, layout: DatasetLayout) -> List[str]:
@@ -106,10 +117,11 @@ def record_problems(index: int, record, layout: DatasetLayout) -> List[str]:
     for position, caption in enumerate(record["captions"]):
         if not isinstance(caption, str):
             problems.append(f"{where}: captions[{position}] should be str, got {type(caption).__name__}")
-        elif not caption.strip():
-            problems.append(f"{where}: captions[{position}] is empty")
-    if not record[layout.image_key].strip():
-        problems.append(f"{where}: key {layout.image_key!r} is empty")
+        elif _text_problem(caption):
+            problems.append(f"{where}: captions[{position}] {_text_problem(caption)}")
+    image = record[layout.image_key]
+    if _text_problem(image) or "\0" in image:
+        problems.append(f"{where}: key {layout.image_key!r} {_text_problem(image) or 'holds a NUL character'}")
     return problems
 
 

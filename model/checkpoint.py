@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 
@@ -68,3 +68,24 @@ def is_fmfa_state_dict(state_dict: Dict[str, torch.Tensor]) -> bool:
 
 def is_clip_state_dict(state_dict: Dict[str, torch.Tensor]) -> bool:
     return "visual.conv1.weight" in state_dict and "token_embedding.weight" in state_dict
+
+
+def state_dict_mismatches(expected: Dict[str, torch.Tensor], given: Dict[str, torch.Tensor]) -> List[str]:
+    """What stops ``given`` from loading into a model whose state dict is ``expected``:
+    missing keys, unexpected keys and shape mismatches, one line each (empty when it fits)."""
+    lines = [f"missing {key} {list(expected[key].shape)}" for key in expected if key not in given]
+    lines += [f"unexpected {key} {list(given[key].shape)}" for key in given if key not in expected]
+    lines += [f"shape of {key}: checkpoint {list(given[key].shape)}, model {list(expected[key].shape)}"
+              for key in expected if key in given and given[key].shape != expected[key].shape]
+    return lines
+
+
+def load_matching_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str,
+                             hint: str = "") -> None:
+    """``model.load_state_dict`` after checking keys and shapes; a mismatch raises one
+    ValueError naming ``source`` and the mismatching keys (the first 12)."""
+    lines = state_dict_mismatches(model.state_dict(), state_dict)
+    if lines:
+        shown = "\n  ".join(lines[:12]) + (f"\n  ... and {len(lines) - 12} more" if len(lines) > 12 else "")
+        raise ValueError(f"{source}: weights do not fit this model ({len(lines)} mismatch(es)){hint}:\n  {shown}")
+    model.load_state_dict(state_dict)

@@ -7,19 +7,25 @@ tensors and plain Python values and load with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
-from model.checkpoint import load_weights_file
+from model.checkpoint import load_matching_state_dict, load_weights_file
 
 LAST, BEST = "last.pth", "best.pth"
 
 
+class RunFolderError(RuntimeError):
+    """The run folder cannot hold the run (not writable, too little space, or already holds one)."""
+
+
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to ``path`` via a temporary file and ``os.replace``."""
+    """torch.save to ``path`` via a temporary file and ``os.replace``; on any failure the
+    temporary file is removed and the previous ``path`` is left as it was."""
     path = Path(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -28,10 +34,48 @@ def save_atomic(obj: Any, path: Path) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(error, OSError):
+            raise OSError(error.errno, f"could not write {path} ({error.strerror or error}); "
+                          f"the previous {path.name}, if any, is intact") from error
         raise
+
+
+def prepare_run_folder(path: Path) -> None:
+    """Create ``path`` and prove it writable with a probe file, before anything heavy starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_probe"):
+            pass
+    except OSError as error:
+        raise RunFolderError(f"run folder {path} is not writable ({error.strerror or error}); "
+                             "fix its permissions or choose another train.output_dir") from None
+
+
+def checkpoint_bytes_needed(model: torch.nn.Module, path: Path) -> int:
+    """Disk space the run's checkpoints still need in ``path``: last.pth holds the weights and
+    Adam's two moments and is written beside the previous one, best.pth holds the weights;
+    10% margin; files already there count as used."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    existing = sum((path / name).stat().st_size for name in (LAST, BEST) if (path / name).is_file())
+    return max(int(1.1 * weights * (3 + 3 + 1)) - existing, 0)
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise RunFolderError(f"run folder {path}: {free / 2**30:.2f} GiB free, but its checkpoints need about "
+                             f"{needed / 2**30:.2f} GiB (last.pth, its temporary copy while written, best.pth); "
+                             "free some space or choose another train.output_dir")
+
+
+def refuse_overwrite(path: Path) -> None:
+    """A run folder that already holds a run is continued on request, never overwritten."""
+    if (path / LAST).is_file():
+        raise RunFolderError(f"run folder {path} already holds a run ({LAST}); continue it with "
+                             f"train.auto_resume=true (or train.resume={path}), or choose another train.output_dir")
 
 
 def rng_state() -> Dict[str, Any]:
@@ -74,8 +118,9 @@ def load_training_state(path: Path) -> Dict[str, Any]:
     return state
 
 
-def restore_training_state(state: Dict[str, Any], model, optimizer, scheduler, scaler: Optional[Any]) -> None:
-    model.load_state_dict(state["model"])
+def restore_training_state(state: Dict[str, Any], model, optimizer, scheduler, scaler: Optional[Any],
+                           source: str = "checkpoint", hint: str = "") -> None:
+    load_matching_state_dict(model, state["model"], source, hint)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler") is not None:

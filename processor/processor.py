@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -12,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from configs.defaults import Config
-from configs.loader import config_to_dict
+from configs.loader import config_differences, config_to_dict
 from datasets.build import EvalLoaders, build_eval_loaders, build_train_loader, read_dataset
 from datasets.readers import log_statistics
 from model.build import build_model
@@ -22,7 +23,8 @@ from utils.metrics import format_table
 from processor.precision import Precision
 from processor.trainer import append_jsonl, train_one_epoch
 from solver import build_lr_scheduler, build_optimizer
-from utils.distributed import DistInfo, all_gather_with_grad, barrier
+from utils.distributed import DistInfo, all_gather_with_grad, barrier, broadcast_object
+from utils.memory import memory_figures
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class Run:
             cfg, info.rank, info.world_size, masked_language="mlm" in cfg.loss.names.split("+"))
         model = self.precision.prepare_model(build_model(cfg, self.num_classes)).to(info.device)
         self.model = model
+        if info.is_main:
+            ckpt.check_free_space(output_dir, ckpt.checkpoint_bytes_needed(model, output_dir))
         if info.distributed and cfg.train.gather_features:
             model.feature_gather = all_gather_with_grad
         self.train_model = DistributedDataParallel(
@@ -78,13 +82,23 @@ class Run:
         self.epoch, self.step = 0, 0
         self.best: Dict[str, float] = {"R1": -math.inf, "epoch": 0}
         self.targets = eval_targets(cfg) if info.is_main else []
-        self.writer = SummaryWriter(str(output_dir / "tensorboard")) if info.is_main else None
+        self.writer: Optional[SummaryWriter] = None  # opened by train(), after a resume
 
     def resume(self, path: str | Path) -> None:
         file = ckpt.find_resume_file(path)
         state = ckpt.load_training_state(file)
-        ckpt.restore_training_state(state, self.model, self.optimizer, self.scheduler, self.scaler)
+        ignored = {"resume", "auto_resume", "output_dir"}
+        changed = [line for line in config_differences(state.get("config", {}), config_to_dict(self.cfg))
+                   if line.split(":")[0] not in {f"train.{key}" for key in ignored}]
+        if changed:
+            logger.warning("resuming %s with a config that differs from the saved one:\n  %s", file,
+                           "\n  ".join(changed))
+        hint = "; the run was saved with a different config:\n  " + "\n  ".join(changed) if changed else ""
+        ckpt.restore_training_state(state, self.model, self.optimizer, self.scheduler, self.scaler, str(file),
+                                    hint)
         self.epoch, self.step, self.best = state["epoch"], state["step"], dict(state["best"])
+        if self.info.is_main:
+            drop_metrics_after(self.output_dir / "metrics.jsonl", self.epoch)
         logger.info("resumed from %s after epoch %d (step %d, best R1 %.3f)", file, self.epoch, self.step,
                     self.best["R1"])
 
@@ -103,6 +117,8 @@ class Run:
 
     def train(self, evaluate_first: bool = False) -> Dict[str, float]:
         cfg = self.cfg
+        if self.info.is_main:  # purge_step: a resumed run overwrites curves past its checkpoint
+            self.writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=self.step or None)
         if evaluate_first and self.epoch == 0 and self.info.is_main:
             self.evaluate(0)
         barrier(self.info)
@@ -115,8 +131,12 @@ class Run:
             self.scheduler.step()
             best_metrics = None
             if self.info.is_main:
-                logger.info("epoch %d/%d: %s", self.epoch, cfg.solver.epochs,
-                            ", ".join(f"{k} {v:.4f}" for k, v in averages.items()))
+                memory = memory_figures(self.info.device)
+                logger.info("epoch %d/%d: %s; memory %s", self.epoch, cfg.solver.epochs,
+                            ", ".join(f"{k} {v:.4f}" for k, v in averages.items()),
+                            ", ".join(f"{k} {v:.0f}" for k, v in memory.items()))
+                for name, value in memory.items():
+                    self.writer.add_scalar(f"memory/{name}", value, self.epoch)
                 if self.epoch % cfg.train.eval_period == 0 or self.epoch == cfg.solver.epochs:
                     metrics = self.evaluate(self.epoch)
                     if metrics["R1"] > self.best["R1"]:
@@ -129,6 +149,20 @@ class Run:
             logger.info("%s %s, text-to-image\n%s", self.targets[0].dataset, self.targets[0].split,
                         summary_table(self.output_dir / "metrics.jsonl", self.targets[0]))
         return self.best
+
+
+def drop_metrics_after(metrics_file: Path, epoch: int) -> None:
+    """Remove metrics.jsonl rows of epochs after ``epoch`` (evaluated before a crash that
+    came before their checkpoint): the resumed run writes them again."""
+    if not metrics_file.is_file():
+        return
+    lines = metrics_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line)["epoch"] <= epoch]
+    if len(kept) < len(lines):
+        tmp = metrics_file.with_name(metrics_file.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, metrics_file)
+        logger.info("%s: dropped %d row(s) of epochs after %d", metrics_file, len(lines) - len(kept), epoch)
 
 
 def summary_table(metrics_file: Path, target: EvalLoaders) -> str:
@@ -145,10 +179,21 @@ def summary_table(metrics_file: Path, target: EvalLoaders) -> str:
 
 def train(cfg: Config, info: DistInfo, output_dir: Path) -> Dict[str, float]:
     """Build a run in ``output_dir``, resume it where asked, and train to the last epoch."""
+    resume_from = broadcast_object(resume_source(cfg, output_dir) if info.is_main else "", info)
     run = Run(cfg, info, output_dir)
-    resume_from = cfg.train.resume or (str(output_dir) if cfg.train.auto_resume and
-                                       (output_dir / ckpt.LAST).is_file() else "")
     if resume_from:
         run.resume(resume_from)
     return run.train(evaluate_first=cfg.eval.at_start)
+
+
+def resume_source(cfg: Config, output_dir: Path) -> str:
+    """train.resume; else the run folder itself under train.auto_resume when it holds last.pth;
+    else "" (a fresh run, refused when the folder already holds one)."""
+    if cfg.train.resume:
+        return str(ckpt.find_resume_file(cfg.train.resume))
+    if (output_dir / ckpt.LAST).is_file():
+        if cfg.train.auto_resume:
+            return str(output_dir / ckpt.LAST)
+        ckpt.refuse_overwrite(output_dir)
+    return ""
 

@@ -48,8 +48,15 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # Keys of each torchrun restart under their own prefix: the agent's store outlives a
+        # failed attempt, and gloo would otherwise connect to the dead workers' addresses.
+        store, rank, size = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+                                store=dist.PrefixStore(f"fmfa_attempt_{attempt}", store), rank=rank,
+                                world_size=size, device_id=device if device.type == "cuda" else None)
+        if attempt != "0":
+            logger.warning("torchrun restart %s: rank %d rejoined", attempt, rank)
     return DistInfo(dist.get_rank(), world_size, local_rank, device)
 
 

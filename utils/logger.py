@@ -10,7 +10,8 @@ FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 
 def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, file_name: str = "train.log") -> None:
-    """INFO to the console (rank 0) and to ``output_dir/file_name``; other ranks log warnings."""
+    """INFO to the console (rank 0) and to ``output_dir/file_name``; other ranks log
+    warnings to the console and append their errors to the same file."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -19,8 +20,9 @@ def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, file_name: s
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter(FORMAT if rank == 0 else f"[rank {rank}] " + FORMAT, "%H:%M:%S"))
     root.addHandler(console)
-    if output_dir is not None and rank == 0:
+    if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        to_file = logging.FileHandler(output_dir / file_name)
-        to_file.setFormatter(logging.Formatter(FORMAT))
+        to_file = logging.FileHandler(output_dir / file_name)  # append mode: one write per record
+        to_file.setFormatter(logging.Formatter(FORMAT if rank == 0 else f"[rank {rank}] " + FORMAT))
+        to_file.setLevel(logging.INFO if rank == 0 else logging.ERROR)
         root.addHandler(to_file)

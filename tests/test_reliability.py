@@ -1,0 +1,165 @@
+"""Faults and bad input never lose a run, hang, or run foreign code (issue 7)."""
+from __future__ import annotations
+
+import os
+import pickle
+import statistics
+import subprocess
+import sys
+import time
+from collections import namedtuple
+
+import pytest
+import torch
+
+import train as train_cli
+from conftest import ROOT
+from processor import checkpointing as ckpt
+from processor import processor
+from train_fixtures import make_fixture, read_metrics, tiny_run_args
+from utils.memory import resident_mb
+
+
+def test_crash_inside_checkpoint_write_then_auto_resume_continues_identically(tmp_path, monkeypatch):
+    root = make_fixture(tmp_path / "data")
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    assert train_cli.main(tiny_run_args(root, whole, 3)) == 0
+    real_save = torch.save
+
+    def disk_full_while_writing_epoch_2(obj, stream, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch") == 2 and "optimizer" in obj:
+            stream.write(b"half a checkpoint")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, stream, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", disk_full_while_writing_epoch_2)
+    with pytest.raises(OSError, match=r"could not write .*last\.pth \(No space left on device\); the previous"):
+        train_cli.main(tiny_run_args(root, crashed, 3))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert ckpt.load_training_state(crashed / "last.pth")["epoch"] == 1
+    assert not [p for p in crashed.iterdir() if p.name.endswith(".tmp")]
+    assert max(row["epoch"] for row in read_metrics(crashed)) == 2  # evaluated, then the save failed
+    assert train_cli.main(tiny_run_args(root, crashed, 3, "train.auto_resume=true")) == 0
+    assert read_metrics(crashed) == read_metrics(whole)  # epoch 2's stale row was replaced, not duplicated
+    final = ckpt.load_training_state(crashed / "last.pth")["model"]
+    assert all(torch.equal(v, final[k]) for k, v in ckpt.load_training_state(whole / "last.pth")["model"].items())
+
+
+def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path):
+    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
+    assert train_cli.main(tiny_run_args(root, run, 1)) == 0
+    saved = (run / "last.pth").read_bytes()
+    with pytest.raises(ckpt.RunFolderError, match=r"already holds a run .*train\.auto_resume=true"):
+        train_cli.main(tiny_run_args(root, run, 2))
+    assert (run / "last.pth").read_bytes() == saved
+    assert train_cli.main(tiny_run_args(root, run, 2, "train.auto_resume=true")) == 0
+    assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
+
+
+def test_unwritable_run_folder_is_refused_before_anything_heavy(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    missing_data = tmp_path / "no_data_here"  # the folder check must come before the data is read
+    with pytest.raises(ckpt.RunFolderError, match=rf"run folder {blocker}/run is not writable"):
+        train_cli.main(tiny_run_args(missing_data, blocker / "run", 1))
+
+
+def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch):
+    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 4096, 4096))
+    with pytest.raises(ckpt.RunFolderError, match=r"0\.00 GiB free, but its checkpoints need about"):
+        train_cli.main(tiny_run_args(root, run, 1))
+    assert not (run / "last.pth").exists() and not (run / "metrics.jsonl").exists()
+
+
+def test_checkpoint_space_estimate_counts_adam_state_and_existing_files(tmp_path):
+    model = torch.nn.Linear(1000, 250)  # 250,250 float32 parameters
+    weights = 250_250 * 4
+    assert ckpt.checkpoint_bytes_needed(model, tmp_path) == int(1.1 * weights * 7)
+    (tmp_path / "last.pth").write_bytes(b"x" * weights)
+    assert ckpt.checkpoint_bytes_needed(model, tmp_path) == int(1.1 * weights * 7) - weights
+
+
+def test_resume_with_a_different_architecture_names_keys_and_config(tmp_path):
+    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
+    assert train_cli.main(tiny_run_args(root, run, 1)) == 0
+    with pytest.raises(ValueError) as caught:
+        train_cli.main(tiny_run_args(root, run, 2, "train.auto_resume=true", "model.embed_dim=128"))
+    message = str(caught.value)
+    assert "last.pth: weights do not fit this model" in message
+    assert "shape of base_model.text_projection: checkpoint [64, 64], model [64, 128]" in message
+    assert "model.embed_dim: 64 -> 128" in message
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['FMFA_PAYLOAD_PROOF']}",))
+
+
+def test_resuming_from_a_code_carrying_pickle_is_refused(tmp_path, monkeypatch):
+    root, proof = make_fixture(tmp_path / "data"), tmp_path / "payload_ran"
+    monkeypatch.setenv("FMFA_PAYLOAD_PROOF", str(proof))
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"model": _Payload()}))
+    with pytest.raises(ValueError, match="evil.pth: refused to load"):
+        train_cli.main(tiny_run_args(root, tmp_path / "run", 1, f"train.resume={evil}"))
+    assert not proof.exists()
+
+
+def _torchrun(tmp_path, args, fault, *torchrun_options):
+    env = {**os.environ, "FMFA_FAULT": fault, "FMFA_FAULT_MARKER": str(tmp_path / "fault_fired")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               *torchrun_options, "tests/fault_injection.py", *args]
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    return result, time.monotonic() - started
+
+
+def test_an_exception_on_one_rank_ends_the_whole_job(tmp_path):
+    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
+    result, seconds = _torchrun(tmp_path, tiny_run_args(root, run, 2), "1:0:1")
+    assert result.returncode != 0
+    assert seconds < 120, f"the job took {seconds:.0f} s to end"
+    log = (run / "train.log").read_text()
+    assert "[rank 1]" in log and "rank 1 of 2 failed: RuntimeError: injected fault" in log
+    assert "injected fault" in result.stderr  # torchrun's report names the failing rank's error
+
+
+def test_torchrun_restart_continues_from_last_checkpoint(tmp_path):
+    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
+    args = tiny_run_args(root, run, 2, "train.auto_resume=true")
+    result, _ = _torchrun(tmp_path, args, "1:1:0", "--max-restarts=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "fault_fired").exists()
+    assert "resumed from" in (run / "train.log").read_text()
+    assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
+
+
+def test_resident_memory_does_not_grow_across_epochs(tmp_path, monkeypatch):
+    root, run = make_fixture(tmp_path / "data", identities=30), tmp_path / "run"
+    real, resident = processor.train_one_epoch, []
+
+    def measured(*args, **kwargs):
+        result = real(*args, **kwargs)
+        resident.append(resident_mb())
+        return result
+    monkeypatch.setattr(processor, "train_one_epoch", measured)
+    assert train_cli.main(tiny_run_args(root, run, 8, "train.eval_period=2")) == 0
+    # Medians of epochs 3-5 and 6-8: evaluation epochs swing RSS by ~12 MiB either way; a
+    # leak of each step's graph (tried) grows it by ~7 MiB per epoch here.
+    growth = statistics.median(resident[5:8]) - statistics.median(resident[2:5])
+    assert growth < 8, f"resident memory grew {growth:.1f} MiB from epochs 3-5 to 6-8: {resident}"
+
+
+def test_bad_config_values_stop_train_py_before_anything_is_created(tmp_path, capsys):
+    run = tmp_path / "run"
+    bad = ["data.batch_size=0", "solver.lr=-1e-5", "loss.names=a-sdm+foo", "data.dataset=Market-1501",
+           "model.image_size=[36,16]"]
+    with pytest.raises(SystemExit) as caught:
+        train_cli.main(tiny_run_args(tmp_path / "data", run, 1, *bad))
+    assert caught.value.code == 2
+    message = capsys.readouterr().err
+    for key in ("data.batch_size=0", "solver.lr=-1e-05", "loss.names", "foo", "data.dataset='Market-1501'",
+                "CUHK-PEDES, ICFG-PEDES, RSTPReid", "model.image_size", "multiples of model.patch_size=8"):
+        assert key in message, key
+    assert not run.exists()
