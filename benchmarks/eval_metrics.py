@@ -57,7 +57,8 @@ def make_problem(num_queries: int, num_gallery: int, num_ids: int, dim: int = 25
     gen = torch.Generator().manual_seed(seed)
     g_pids = torch.cat([torch.arange(num_ids), torch.randint(num_ids, (num_gallery - num_ids,), generator=gen)])
     per_image, extra = divmod(num_queries, num_gallery)
-    images = torch.cat([torch.arange(num_gallery).repeat(per_image), torch.randperm(num_gallery, generator=gen)[:extra]])
+    images = torch.cat([torch.arange(num_gallery).repeat(per_image),
+                        torch.randperm(num_gallery, generator=gen)[:extra]])
     q_pids = g_pids[images]
     centres = torch.randn(num_ids, dim, generator=gen)
 

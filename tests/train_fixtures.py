@@ -16,8 +16,8 @@ def tiny_run_args(root: Path, output_dir: Path, epochs: int = 2, *extra: str) ->
     """train.py arguments: tiny CLIP, fixture CUHK-PEDES, fp32 on the CPU, no workers."""
     return [*TINY_MODEL, f"data.root={root}", "data.dataset=CUHK-PEDES", "data.batch_size=4",
             "data.num_workers=0", "solver.lr=1e-3", "solver.eps=1e-8", f"solver.epochs={epochs}",
-            f"solver.warmup_epochs={min(1, epochs - 1)}", "train.precision=fp32", "train.device=cpu", "train.log_period=2",
-            f"train.output_dir={output_dir}", *extra]
+            f"solver.warmup_epochs={min(1, epochs - 1)}", "train.precision=fp32", "train.device=cpu",
+            "train.log_period=2", f"train.output_dir={output_dir}", *extra]
 
 
 def make_fixture(root: Path, identities: int = 5) -> Path:
