@@ -1,0 +1,105 @@
+"""Evaluation time at CUHK-PEDES test scale: encode 3,074 gallery images and 6,156 caption
+queries with the evaluator's ``extract_features``, then rank with ``retrieval_metrics``.
+
+Inputs are random tensors already on the device (model cost only) in ``eval.batch_size``
+batches; ``--jpeg`` also times the real evaluation loaders on synthetic JPEGs at the
+preset's image size. Paper preset (ViT-B/16, 384 x 128) on a GPU; tiny on a CPU, where
+``--images/--captions`` default to a tenth of the split.
+
+    python benchmarks/eval_speed.py [--mode amp_bf16] [--jpeg --workers 8]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from benchmarks.presets import (CUHK_TEST_CAPTIONS, CUHK_TEST_IMAGES, CUHK_TRAIN_IDS, preset_config,  # noqa: E402
+                                synchronize)
+from datasets.build import EvalLoaders, build_eval_loaders, read_dataset  # noqa: E402
+from datasets.synthetic import generate  # noqa: E402
+from model.build import build_model  # noqa: E402
+from processor.evaluator import extract_features, retrieval_metrics  # noqa: E402
+from processor.precision import PRECISIONS, Precision  # noqa: E402
+
+
+def tensor_loaders(cfg, images: int, captions: int, device: torch.device) -> EvalLoaders:
+    """(pids, inputs) batches of random images and token ids, already on ``device``."""
+    gen, size = torch.Generator().manual_seed(0), cfg.eval.batch_size
+    ids = torch.randint(1, 49405, (captions, cfg.data.text_length), generator=gen)
+    ids[:, 0], ids[:, 31] = 49406, 49407
+    ids[:, 32:] = 0
+    pixels = [torch.randn(min(size, images - start), 3, *cfg.model.image_size, generator=gen).to(device)
+              for start in range(0, images, size)]
+    image_pids = torch.arange(images) % 1000
+    texts = [(image_pids[torch.arange(start, min(start + size, captions)) // 2 % images], ids[start:start + size]
+              .to(device)) for start in range(0, captions, size)]
+    gallery = [(image_pids[start:start + len(batch)], batch) for start, batch in zip(range(0, images, size), pixels)]
+    return EvalLoaders("random", "test", texts, gallery)
+
+
+def time_evaluation(model, loaders: EvalLoaders, precision: Precision, chunk: int) -> tuple[float, float]:
+    """(seconds to encode, seconds to rank), device synchronised."""
+    device = precision.device
+    synchronize(device)
+    started = time.perf_counter()
+    features = extract_features(model, loaders, device, precision.autocast())
+    synchronize(device)
+    encoded = time.perf_counter()
+    retrieval_metrics(features, chunk_size=chunk)
+    synchronize(device)
+    return encoded - started, time.perf_counter() - encoded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["paper", "tiny"], default=None)
+    parser.add_argument("--mode", choices=PRECISIONS, default=None, help="default: amp_bf16 on a GPU, fp32 on a CPU")
+    parser.add_argument("--images", type=int, default=None)
+    parser.add_argument("--captions", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--jpeg", action="store_true", help="also time the real loaders on synthetic JPEGs")
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    preset = args.preset or ("paper" if device.type == "cuda" else "tiny")
+    scale = 1 if preset == "paper" else 10
+    images, captions = args.images or CUHK_TEST_IMAGES // scale, args.captions or CUHK_TEST_CAPTIONS // scale
+    cfg = preset_config(preset)
+    precision = Precision(args.mode or ("amp_bf16" if device.type == "cuda" else "fp32"), device)
+    model = precision.prepare_model(build_model(cfg, num_classes=CUHK_TRAIN_IDS)).to(device).eval()
+    loaders = tensor_loaders(cfg, images, captions, device)
+    time_evaluation(model, loaders, precision, cfg.eval.query_chunk)  # warm-up
+    runs = [time_evaluation(model, loaders, precision, cfg.eval.query_chunk) for _ in range(args.repeats)]
+    encode, ranking = (statistics.median(values) for values in zip(*runs))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{name}, preset {preset}, {precision.mode}, eval batch {cfg.eval.batch_size}: {images} images + "
+          f"{captions} captions encoded in {encode:.2f} s ({images / encode:.0f} images/s with the captions), "
+          f"ranked in {ranking:.3f} s; total {encode + ranking:.2f} s (median of {args.repeats})")
+    if args.jpeg:
+        with tempfile.TemporaryDirectory() as root:
+            height, width = cfg.model.image_size
+            ids = max(images // 3, 1)
+            generate(root, num_train_ids=1, num_val_ids=1, num_test_ids=ids, image_size=(height, width), seed=0)
+            read_dataset.cache_clear()
+            data = replace(cfg.data, root=root, dataset="Synthetic-PEDES", num_workers=args.workers,
+                           pin_memory=device.type == "cuda")
+            jpeg_loaders = build_eval_loaders(replace(cfg, data=data))
+            encode, ranking = time_evaluation(model, jpeg_loaders, precision, cfg.eval.query_chunk)
+            count = len(jpeg_loaders.images.dataset)
+            print(f"from JPEGs ({args.workers} workers): {count} images + {len(jpeg_loaders.texts.dataset)} captions"
+                  f" in {encode:.2f} s ({count / encode:.0f} images/s), ranked in {ranking:.3f} s")
+
+
+if __name__ == "__main__":
+    main()

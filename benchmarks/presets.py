@@ -1,0 +1,48 @@
+"""Model sizes and random device-resident batches shared by the GPU benchmarks.
+
+``paper``: ViT-B/16 at 384 x 128, batch 64, 77 tokens, ``a-sdm+mlm+id+efa`` with the
+CUHK-PEDES identity count (11,003), random init (the weights do not change the cost).
+``tiny``: the same code path at toy sizes, so CI can run the scripts on a CPU.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from configs.defaults import Config, DataConfig, ModelConfig
+from datasets.bases import mask_tokens
+from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID
+
+CUHK_TRAIN_IDS, CUHK_TRAIN_PAIRS = 11003, 68126  # SPEC section 5
+CUHK_TEST_IMAGES, CUHK_TEST_CAPTIONS = 3074, 6156
+CAPTION_TOKENS = 32  # typical CUHK-PEDES caption length (words + SOT/EOT), padded to 77
+
+
+def preset_config(name: str) -> Config:
+    if name == "paper":
+        return Config(model=ModelConfig(pretrain="none"), data=DataConfig(batch_size=64))
+    if name == "tiny":
+        model = ModelConfig(pretrain="none", image_size=[96, 32], patch_size=16, embed_dim=64, vision_width=64,
+                            vision_layers=2, text_width=64, text_layers=2, context_length=77, cmt_depth=1)
+        return Config(model=model, data=DataConfig(batch_size=8))
+    raise ValueError(f"unknown preset {name!r}; expected paper or tiny")
+
+
+def random_batch(cfg: Config, num_classes: int, device: torch.device, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """A training batch like the loader's (two captions per identity, 15% MLM masking), on ``device``."""
+    gen = torch.Generator().manual_seed(seed)
+    size, length = cfg.data.batch_size, cfg.data.text_length
+    ids = torch.zeros(size, length, dtype=torch.long)
+    ids[:, 0], ids[:, CAPTION_TOKENS - 1] = SOT_ID, EOT_ID
+    ids[:, 1:CAPTION_TOKENS - 1] = torch.randint(1, MASK_ID, (size, CAPTION_TOKENS - 2), generator=gen)
+    masked = [mask_tokens(row, gen) for row in ids]
+    batch = {"images": torch.randn(size, 3, *cfg.model.image_size, generator=gen), "caption_ids": ids,
+             "mlm_ids": torch.stack([m for m, _ in masked]), "mlm_labels": torch.stack([lab for _, lab in masked]),
+             "pids": torch.randint(num_classes, (size // 2,), generator=gen).repeat_interleave(2)[:size]}
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

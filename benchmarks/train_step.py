@@ -1,0 +1,180 @@
+"""Training-step throughput, peak memory and model FLOPs utilisation per precision mode.
+
+Step only: the trainer's own ``train_one_epoch`` over batches already on the device
+(paper preset: ViT-B/16, 384 x 128, batch 64, ``a-sdm+mlm+id+efa``, Adam, random init).
+Samples/s is the median over ``--repeats`` timed runs of ``--steps`` steps each, after
+``--warmup`` steps, with the device synchronised around each run. FLOPs per step are
+counted once with ``torch.utils.flop_counter`` (forward + backward; the same in every
+mode); MFU = FLOPs x steps/s / ``--peak-tflops`` (default: the GPU's dense bf16 peak when
+known). Full pipeline (``--pipeline``): the same step fed by the real training DataLoader
+on synthetic JPEGs at the preset's image size.
+
+    python benchmarks/train_step.py                      # paper preset on a GPU, tiny on a CPU
+    python benchmarks/train_step.py --modes amp_bf16 --pipeline --workers 8
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from prettytable import PrettyTable  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from benchmarks.presets import (CUHK_TRAIN_IDS, CUHK_TRAIN_PAIRS, preset_config, random_batch,  # noqa: E402
+                                synchronize)
+from configs.defaults import Config  # noqa: E402
+from datasets.build import build_train_loader, read_dataset  # noqa: E402
+from datasets.synthetic import generate  # noqa: E402
+from model.build import build_model  # noqa: E402
+from processor.precision import PRECISIONS, Precision  # noqa: E402
+from processor.trainer import train_one_epoch  # noqa: E402
+from solver import build_optimizer  # noqa: E402
+
+# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
+DENSE_BF16_PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H200": 989.4,
+                          "A100": 312.0, "A6000": 154.8, "L40S": 362.1, "4090": 165.2}
+
+
+def known_peak(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in DENSE_BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
+class StepBench:
+    """One precision mode's model, optimizer and scaler, as the trainer builds them."""
+
+    def __init__(self, cfg: Config, mode: str, device: torch.device, num_classes: int, compile_model: bool):
+        torch.manual_seed(0)
+        self.precision = Precision(mode, device)
+        self.model = self.precision.prepare_model(build_model(cfg, num_classes)).to(device)
+        self.optimizer = build_optimizer(self.model, cfg.solver)
+        self.scaler = self.precision.make_scaler()
+        self.runner = torch.compile(self.model) if compile_model else self.model
+
+    def run(self, batches: Iterable[Dict[str, torch.Tensor]]) -> float:
+        """Samples/s of ``train_one_epoch`` over ``batches`` (device synchronised)."""
+        seen = [0]
+
+        def counted():
+            for batch in batches:
+                seen[0] += batch["pids"].shape[0]
+                yield batch
+        synchronize(self.precision.device)
+        started = time.perf_counter()
+        train_one_epoch(self.runner, counted(), self.optimizer, self.precision, self.scaler, 0, 0,
+                        log_period=50, progress=False)
+        synchronize(self.precision.device)
+        return seen[0] / (time.perf_counter() - started)
+
+
+def count_step_flops(cfg: Config, device: torch.device, num_classes: int) -> int:
+    model = build_model(cfg, num_classes).to(device)
+    batch = random_batch(cfg, num_classes, device)
+    with FlopCounterMode(display=False) as counter:
+        terms, _ = model(batch)
+        sum(terms.values()).backward()
+    return counter.get_total_flops()
+
+
+def step_figures(cfg: Config, mode: str, device: torch.device, args, num_classes: int,
+                 flops: int) -> Dict[str, float]:
+    bench = StepBench(cfg, mode, device, num_classes, args.compile)
+    batch = random_batch(cfg, num_classes, device)
+    bench.run([batch] * args.warmup)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rates = [bench.run([batch] * args.steps) for _ in range(args.repeats)]
+    rate = statistics.median(rates)
+    figures = {"samples_s": rate, "step_ms": 1000 * cfg.data.batch_size / rate,
+               "tflops": flops * rate / cfg.data.batch_size / 1e12}
+    if device.type == "cuda":
+        figures["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    del bench
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return figures
+
+
+def pipeline_rate(cfg: Config, mode: str, device: torch.device, args, root: str) -> float:
+    """Samples/s of the same step fed by the training DataLoader (after one warm-up pass)."""
+    data = replace(cfg.data, root=root, dataset="Synthetic-PEDES", num_workers=args.workers,
+                   pin_memory=device.type == "cuda", persistent_workers=True)
+    cfg = replace(cfg, data=data)
+    read_dataset.cache_clear()
+    loader, num_classes = build_train_loader(cfg)
+    bench = StepBench(cfg, mode, device, num_classes, args.compile)
+    loader.sampler.set_epoch(0)
+    bench.run(list(itertools.islice(loader, args.warmup)))  # starts the persistent workers
+    rates = [bench.run(itertools.islice(loader, args.steps)) for _ in range(args.repeats)]
+    return statistics.median(rates)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["paper", "tiny"], default=None,
+                        help="default: paper on a GPU, tiny on a CPU")
+    parser.add_argument("--modes", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: known GPUs)")
+    parser.add_argument("--pipeline", action="store_true", help="also time the DataLoader-fed step")
+    parser.add_argument("--pipeline-mode", choices=PRECISIONS, default="amp_bf16")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    preset = args.preset or ("paper" if device.type == "cuda" else "tiny")
+    cfg = preset_config(preset)
+    cfg = replace(cfg, solver=replace(cfg.solver, fused=True))
+    num_classes = CUHK_TRAIN_IDS if preset == "paper" else 50
+    peak = args.peak_tflops or known_peak(device)
+    flops = count_step_flops(cfg, device, num_classes)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{name}, preset {preset}: batch {cfg.data.batch_size}, {cfg.model.image_size[0]} x "
+          f"{cfg.model.image_size[1]}, {cfg.loss.names}; {flops / 1e9:.1f} GFLOP per step (fwd + bwd, "
+          f"torch.utils.flop_counter); MFU against {f'{peak:.1f} TFLOP/s dense bf16' if peak else 'n/a'}")
+    table = PrettyTable(["mode", "samples/s", "step ms", "TFLOP/s", "MFU %", "peak GiB"])
+    rates = {}
+    for mode in args.modes:
+        fig = step_figures(cfg, mode, device, args, num_classes, flops)
+        rates[mode] = fig["samples_s"]
+        mfu = f"{100 * fig['tflops'] / peak:.1f}" if peak else "n/a"
+        table.add_row([mode, f"{fig['samples_s']:.1f}", f"{fig['step_ms']:.1f}", f"{fig['tflops']:.3g}", mfu,
+                       f"{fig['peak_gib']:.2f}" if "peak_gib" in fig else "n/a"])
+    print(table)
+    if preset == "paper":
+        for mode, rate in rates.items():
+            print(f"projected 60-epoch CUHK-PEDES training, {mode}: {60 * CUHK_TRAIN_PAIRS / rate / 3600:.1f} h "
+                  "(steps only; add the per-epoch evaluation)")
+    if args.pipeline:
+        with tempfile.TemporaryDirectory() as root:
+            height, width = cfg.model.image_size
+            generate(root, num_train_ids=200, num_val_ids=1, num_test_ids=1, image_size=(height, width), seed=0)
+            rate = pipeline_rate(cfg, args.pipeline_mode, device, args, root)
+        step_only = rates.get(args.pipeline_mode) or step_figures(
+            cfg, args.pipeline_mode, device, args, num_classes, flops)["samples_s"]
+        print(f"full pipeline ({args.pipeline_mode}, {args.workers} workers, synthetic JPEGs): {rate:.1f} samples/s"
+              f" = {100 * rate / step_only:.1f}% of the step-only {step_only:.1f}")
+
+
+if __name__ == "__main__":
+    main()

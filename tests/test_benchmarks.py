@@ -1,0 +1,32 @@
+"""The GPU benchmark scripts run on the CPU with their tiny preset and print positive figures."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run_script(*args: str) -> str:
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_train_step_benchmark_tiny_preset():
+    out = run_script("benchmarks/train_step.py", "--modes", "fp32", "amp_fp16", "--steps", "2", "--repeats", "1",
+                     "--warmup", "1", "--pipeline", "--pipeline-mode", "fp32", "--workers", "0")
+    assert "preset tiny" in out and re.search(r"[\d.]+ GFLOP per step", out)
+    rows = {m.group(1): float(m.group(2)) for m in re.finditer(r"\|\s+(fp32|amp_fp16)\s+\|\s+([\d.]+)\s+\|", out)}
+    assert set(rows) == {"fp32", "amp_fp16"} and all(rate > 0 for rate in rows.values())
+    pipeline = re.search(r"full pipeline \(fp32, 0 workers, synthetic JPEGs\): ([\d.]+) samples/s = ([\d.]+)%", out)
+    assert pipeline and float(pipeline.group(1)) > 0
+
+
+def test_eval_speed_benchmark_tiny_preset():
+    out = run_script("benchmarks/eval_speed.py", "--repeats", "1", "--images", "60", "--captions", "120",
+                     "--jpeg", "--workers", "0")
+    match = re.search(r"60 images \+ 120 captions encoded in ([\d.]+) s .* ranked in ([\d.]+) s", out)
+    assert match and float(match.group(1)) > 0
+    assert re.search(r"from JPEGs \(0 workers\): \d+ images \+ \d+ captions in [\d.]+ s", out)
