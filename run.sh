@@ -4,11 +4,13 @@
 #   bash run.sh authors_code       # the same with the authors' code-at-HEAD values
 #   bash run.sh ablation           # CUHK-PEDES loss ablation (paper table 3)
 #   bash run.sh sweeps             # A-SDM factor, EFA margins and threshold
+#   bash run.sh finetune           # from Re-ID-domain pre-training (HAM, NAM / MLLM4Text-ReID)
 # Every run writes runs/<dataset>/<time>_<name>/ (see README "Training").
 set -euo pipefail
 
 DATA_ROOT=${DATA_ROOT:-data}                  # holds CUHK-PEDES/ ICFG-PEDES/ RSTPReid/
 CLIP_WEIGHTS=${CLIP_WEIGHTS:-data/ViT-B-16.pt}  # OpenAI CLIP ViT-B/16
+PRETRAINED=${PRETRAINED:-pretrained}          # Re-ID pre-trained checkpoints (reference key layout)
 export CUDA_VISIBLE_DEVICES=${GPU:-0}
 PYTHON=${PYTHON:-python}
 
@@ -48,6 +50,13 @@ sweeps() {  # one knob at a time around the CUHK-PEDES paper setting
   for margin in 0.05 0.1 0.2 0.5; do train cuhk_pedes.yaml efa_text_margin_$margin efa.text_margin=$margin; done
   for margin in 0.1 0.5 0.9 1.0; do train cuhk_pedes.yaml efa_image_margin_$margin efa.image_margin=$margin; done
   for threshold in 0 0.5 1 2; do train cuhk_pedes.yaml efa_threshold_$threshold efa.threshold=$threshold; done
+}
+
+finetune() {  # the paper's "with pre-training" rows: batch 128 from Re-ID-domain checkpoints
+  for dataset in cuhk_pedes icfg_pedes rstpreid; do
+    train $dataset.yaml ham_ft model.init_from="$PRETRAINED/ham.pth" data.batch_size=128
+    train $dataset.yaml mllm4text_ft model.init_from="$PRETRAINED/mllm4text_reid.pth" data.batch_size=128
+  done
 }
 
 "${1:-paper}"

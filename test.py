@@ -17,13 +17,10 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from configs.defaults import Config
-from configs.loader import ConfigError, build_parser, load_config, validate
-from model.build import model_from_checkpoint
-from processor.checkpointing import BEST, LAST
+from configs.loader import ConfigError, build_parser
 from processor.evaluator import evaluate, results_table
-from processor.precision import Precision
 from processor.processor import eval_targets
-from utils.distributed import pick_device
+from utils.inference import model_for, resolve_source
 from utils.logger import setup_logging
 
 logger = logging.getLogger("test")
@@ -42,19 +39,10 @@ def parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> tuple[Config, Path, Path]:
     """(config, weights file, output JSON) for a run folder or a weights file."""
-    source = Path(args.weights)
-    if source.is_dir():
-        saved = source / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"{source} is a folder without config.yaml; give a run folder or a weights file")
-        cfg = load_config(args.config or saved, args.overrides)
-        weights = source / (BEST if args.which == "best" else LAST)
-        output = source / f"test_metrics_{args.which}.json"
-    else:
-        cfg, weights = load_config(args.config, args.overrides), source
-        output = source.with_name(source.name + ".metrics.json")
-    validate(cfg)
-    return cfg, weights, Path(args.output) if args.output else output
+    cfg, weights = resolve_source(args.weights, args.config, args.overrides, args.which)
+    default = (Path(args.weights) / f"test_metrics_{args.which}.json" if Path(args.weights).is_dir()
+               else weights.with_name(weights.name + ".metrics.json"))
+    return cfg, weights, Path(args.output) if args.output else default
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -63,15 +51,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     try:
         cfg, weights, output = resolve(args)
-    except ConfigError as error:
+    except (ConfigError, FileNotFoundError) as error:
         cli.error(str(error))
-    device = pick_device(cfg.train.device)
-    model = model_from_checkpoint(str(weights), image_size=tuple(cfg.model.image_size)).to(device)
-    mode = "amp_fp16" if cfg.train.precision == "pure_fp16" else cfg.train.precision
-    autocast = Precision(mode, device).autocast()
+    loaded = model_for(cfg, weights)
     results: Dict[str, dict] = {}
     for loaders in eval_targets(cfg):
-        metrics = evaluate(model, loaders, device, autocast, cfg.eval.i2t, cfg.eval.query_chunk, progress=True)
+        metrics = evaluate(loaded.model, loaders, loaded.device, loaded.autocast, cfg.eval.i2t, cfg.eval.query_chunk,
+                           progress=True)
         results[loaders.dataset] = {"split": loaders.split, **metrics}
         print(f"{loaders.dataset} ({loaders.split}) - {weights}\n{results_table(metrics)}")
     output.write_text(json.dumps({"weights": str(weights), "results": results}, indent=2))

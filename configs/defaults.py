@@ -16,6 +16,10 @@ class ModelConfig:
     # state dict / open_clip checkpoint; "open_clip:MODEL/TAG" downloads through
     # open_clip; "none" = random init with the sizes below (tests, synthetic quick start).
     pretrain: str = "data/ViT-B-16.pt"
+    # Then initialise from an FMFA-layout checkpoint (the reference's keys, e.g. Re-ID-domain
+    # pre-training such as HAM or MLLM4Text-ReID): matching weights are copied, the rest kept
+    # and reported (loaded / new / ignored). "" = none.
+    init_from: str = ""
     image_size: List[int] = field(default_factory=lambda: [384, 128])  # H, W; multiples of patch_size
     # Sizes used only when pretrain == "none" (loaded weights bring their own): ViT-B/16.
     embed_dim: int = 512

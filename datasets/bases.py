@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Dict, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -81,7 +82,9 @@ class ImageTextMLMDataset(Dataset):
                  masked_language: bool = True):
         self.pids = torch.tensor(pairs.pids, dtype=torch.long)
         self.image_ids = torch.tensor(pairs.image_ids, dtype=torch.long)
-        self.image_paths = [str(path) for path in pairs.image_paths]
+        # One numpy buffer, not a list of str objects: workers touching Python objects' refcounts
+        # would copy the pages they sit on (copy-on-write growth, pytorch/pytorch#13246).
+        self.image_paths = np.array([str(path) for path in pairs.image_paths])
         self.tokens = tokenize_captions(pairs.captions, text_length)
         self.transform = transform
         self.seed = seed
@@ -93,7 +96,7 @@ class ImageTextMLMDataset(Dataset):
     def __getitem__(self, key: SampleKey) -> Dict[str, torch.Tensor]:
         epoch, index = split_key(key)
         seed = sample_seed(self.seed, epoch, index)
-        image = load_image(Path(self.image_paths[index]))
+        image = load_image(Path(str(self.image_paths[index])))
         # torchvision draws from the global generator: seed a private copy of it.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

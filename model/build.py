@@ -9,8 +9,8 @@ from typing import Dict, Tuple
 import torch
 
 from configs.defaults import Config
-from .checkpoint import (FMFA_PREFIX, LAYOUTS, is_clip_state_dict, is_fmfa_state_dict,
-                         load_weights_file, unwrap_state_dict)
+from .checkpoint import (FMFA_PREFIX, LAYOUTS, PartialLoad, is_clip_state_dict, is_fmfa_state_dict,
+                         load_weights_file, load_what_fits, unwrap_state_dict)
 from .clip import (ClipArch, arch_from_state_dict, build_clip, clean_clip_state_dict, clip_from_state_dict,
                    create_clip, fit_position_embedding, is_torchscript_archive, read_clip_state_dict)
 from .fmfa import FMFA, parse_loss_names
@@ -33,10 +33,33 @@ def build_model(cfg: Config, num_classes: int) -> FMFA:
     if unknown:
         raise ValueError(f"loss.weights has {unknown}, which are not in loss.names={cfg.loss.names!r}")
     clip, arch = create_clip(cfg.model.pretrain, tuple(cfg.model.image_size), arch_from_config(cfg))
-    return FMFA(clip, arch.embed_dim, names, dict(cfg.loss.weights),
-                num_classes=num_classes if "id" in names else 0,
-                cmt_depth=cfg.model.cmt_depth if "mlm" in names else 0,
-                vocab_size=arch.vocab_size, temperature=cfg.model.temperature, asdm=cfg.asdm, efa=cfg.efa)
+    model = FMFA(clip, arch.embed_dim, names, dict(cfg.loss.weights),
+                 num_classes=num_classes if "id" in names else 0,
+                 cmt_depth=cfg.model.cmt_depth if "mlm" in names else 0,
+                 vocab_size=arch.vocab_size, temperature=cfg.model.temperature, asdm=cfg.asdm, efa=cfg.efa)
+    if cfg.model.init_from:
+        initialise_from(model, cfg.model.init_from)
+    return model
+
+
+def initialise_from(model: FMFA, path: str) -> PartialLoad:
+    """Copy the weights of an FMFA-layout checkpoint (e.g. Re-ID-domain pre-training) that fit
+    ``model``; the position embedding is resized to the model's patch grid. Logs what was
+    loaded, what is new and what was ignored (e.g. an ID head for other identities)."""
+    state_dict = unwrap_state_dict(load_weights_file(path), path)
+    if not is_fmfa_state_dict(state_dict):
+        raise ValueError(f"{path}: model.init_from needs an FMFA-layout checkpoint ('{FMFA_PREFIX}*' keys); "
+                         "CLIP weights go in model.pretrain")
+    position = FMFA_PREFIX + "visual.positional_embedding"
+    try:  # a square grid (CLIP-style pre-training) is resized; another grid must match as is
+        resized = fit_position_embedding({"visual.positional_embedding": state_dict[position].float()},
+                                         model.base_model, path)
+        state_dict = {**state_dict, position: resized["visual.positional_embedding"]}
+    except (KeyError, ValueError):
+        pass  # reported below among the ignored tensors, with both shapes
+    report = load_what_fits(model, state_dict, path)
+    logger.info("%s", report.summary(path))
+    return report
 
 
 def _heads_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, int, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass
 from typing import Any, Dict, List
 
 import torch
@@ -89,3 +90,33 @@ def load_matching_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch
         shown = "\n  ".join(lines[:12]) + (f"\n  ... and {len(lines) - 12} more" if len(lines) > 12 else "")
         raise ValueError(f"{source}: weights do not fit this model ({len(lines)} mismatch(es)){hint}:\n  {shown}")
     model.load_state_dict(state_dict)
+
+
+@dataclass
+class PartialLoad:
+    """What :func:`load_what_fits` did: copied keys, model keys left as they were (new), and
+    checkpoint keys not used (absent from the model, or of another shape)."""
+    loaded: List[str]
+    new: List[str]
+    ignored: List[str]
+
+    def summary(self, source: str) -> str:
+        def head(keys: List[str]) -> str:
+            return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+        return (f"initialised from {source}: {len(self.loaded)} tensors loaded; {len(self.new)} new "
+                f"(kept as built){': ' + head(self.new) if self.new else ''}; {len(self.ignored)} ignored"
+                f"{': ' + head(self.ignored) if self.ignored else ''}")
+
+
+def load_what_fits(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> PartialLoad:
+    """Copy every tensor of ``state_dict`` whose key and shape exist in ``model``; report the
+    rest. Nothing matching at all is an error (the file is for another model)."""
+    own = model.state_dict()
+    fits = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    if not fits:
+        raise ValueError(f"{source}: no tensor matches this model by name and shape (checkpoint keys such as "
+                         f"{sorted(state_dict)[:4]}; model keys such as {sorted(own)[:4]})")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in fits.items()}, strict=False)
+    ignored = [f"{k} {list(v.shape)}" + (f" (model {list(own[k].shape)})" if k in own else "")
+               for k, v in state_dict.items() if k not in fits]
+    return PartialLoad(sorted(fits), sorted(k for k in own if k not in fits), ignored)

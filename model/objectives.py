@@ -5,6 +5,8 @@ D = embedding width, C = identities, L = text tokens, P = image patches.
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 
@@ -107,6 +109,19 @@ def mlm_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(scores, labels, ignore_index=0)
 
 
+def text_patch_affinity(text_tokens: torch.Tensor, patch_tokens: torch.Tensor,
+                        threshold: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """EFA steps 1-2: each text token's affinity to the patches, min-max normalised per
+    token ([B, L, P], before sparsification), and its sparsified, row-normalised version
+    A_b (entries at or below threshold / P zeroed). Also used for the similarity maps."""
+    affinity = text_tokens @ patch_tokens.transpose(1, 2)  # [B, L, P]
+    low = affinity.min(dim=2, keepdim=True)[0]
+    high = affinity.max(dim=2, keepdim=True)[0]
+    dense = (affinity - low) / (high - low)
+    sparse = torch.where(dense > threshold / dense.shape[2], dense, torch.zeros_like(dense))
+    return dense, sparse / sparse.sum(dim=2, keepdim=True)
+
+
 def language_grouped_vision(text_tokens: torch.Tensor, patch_tokens: torch.Tensor,
                             threshold: float = 1.0) -> torch.Tensor:
     """EFA steps 1-3: G_b = A_b V_b with A_b the sparsified text-to-patch affinity.
@@ -117,13 +132,7 @@ def language_grouped_vision(text_tokens: torch.Tensor, patch_tokens: torch.Tenso
     Returns:
         [B, L, D] vision embeddings grouped by each text token.
     """
-    affinity = text_tokens @ patch_tokens.transpose(1, 2)  # [B, L, P]
-    low = affinity.min(dim=2, keepdim=True)[0]
-    high = affinity.max(dim=2, keepdim=True)[0]
-    affinity = (affinity - low) / (high - low)
-    affinity = torch.where(affinity > threshold / affinity.shape[2], affinity, torch.zeros_like(affinity))
-    affinity = affinity / affinity.sum(dim=2, keepdim=True)
-    return affinity @ patch_tokens
+    return text_patch_affinity(text_tokens, patch_tokens, threshold)[1] @ patch_tokens
 
 
 def _ranking_cost(sims: torch.Tensor, margin: float) -> torch.Tensor:

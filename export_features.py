@@ -1,0 +1,92 @@
+"""Export global embeddings (L2-normalised, float32) to a ``.npz`` that numpy and torch read.
+
+    python export_features.py RUN --dataset CUHK-PEDES --split test --output cuhk_test.npz
+    python export_features.py RUN --images photos/ --output photos.npz
+
+A dataset split gives ``image_features [G, D]``, ``image_pids``, ``image_paths``,
+``text_features [Q, D]``, ``text_pids``, ``captions``; an image folder gives
+``image_features`` and ``image_paths`` (unreadable images are named and skipped). Read with
+``numpy.load(path)`` (no pickle needed) or ``torch.from_numpy(numpy.load(path)["image_features"])``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from configs.loader import ConfigError
+from datasets.build import build_eval_loaders, read_dataset
+from datasets.readers import DataError
+from processor.evaluator import extract_features
+from utils.gallery import encode_folder
+from utils.inference import LoadedModel, load_model
+from utils.logger import setup_logging
+
+logger = logging.getLogger("export_features")
+
+
+def split_arrays(loaded: LoadedModel, dataset: str, split: str, root: Optional[str]) -> Dict[str, np.ndarray]:
+    cfg = loaded.cfg
+    eval_set = read_dataset(str(Path(root or cfg.data.root)), dataset).eval_set(split)
+    features = extract_features(loaded.model, build_eval_loaders(cfg, dataset, split, root), loaded.device,
+                                loaded.autocast, progress=True)
+    return {"image_features": features.image.cpu().numpy(), "image_pids": features.image_pids.cpu().numpy(),
+            "image_paths": np.array([str(p) for p in eval_set.image_paths]),
+            "text_features": features.text.cpu().numpy(), "text_pids": features.text_pids.cpu().numpy(),
+            "captions": np.array(eval_set.captions)}
+
+
+def folder_arrays(loaded: LoadedModel, folder: Path) -> Dict[str, np.ndarray]:
+    gallery = encode_folder(folder, loaded)
+    if gallery.skipped:
+        logger.warning("%d unreadable image(s) skipped", len(gallery.skipped))
+    return {"image_features": gallery.features.numpy(), "image_paths": np.array([str(p) for p in gallery.paths])}
+
+
+def write_npz(arrays: Dict[str, np.ndarray], output: Path) -> None:
+    """np.savez to a temporary file, then moved into place (no half-written export)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="run folder, checkpoint file or CLIP weights")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--dataset", help="dataset name (with --split)")
+    target.add_argument("--images", type=Path, help="an image folder")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--root", default=None, help="dataset root (default: the run's data.root)")
+    parser.add_argument("--output", type=Path, required=True, help="the .npz to write")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--which", choices=("best", "last"), default="best")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_intermixed_args(argv)
+    if args.output.suffix != ".npz":
+        parser.error(f"--output {args.output}: expected a .npz file name")
+    setup_logging()
+    try:
+        loaded = load_model(args.source, args.config, args.overrides, args.which)
+        arrays = (folder_arrays(loaded, args.images) if args.images is not None
+                  else split_arrays(loaded, args.dataset, args.split, args.root))
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    write_npz(arrays, args.output)
+    logger.info("wrote %s: %s", args.output, ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

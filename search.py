@@ -1,0 +1,96 @@
+"""Search an image folder with words: rank its images for a description.
+
+    python search.py --checkpoint runs/CUHK-PEDES/<run> --images photos/ --query "a man in a black jacket"
+    python search.py --checkpoint best.pth --images photos/ --query "..." --top-k 5 --output hits.png
+
+Prints the top K (rank, score, file) and writes them as a PNG row with their cosine
+scores. The gallery's embeddings are cached in ``FOLDER/.fmfa_cache/`` and reused while
+the images and the weights are unchanged (new or modified images are encoded, nothing
+else). Unreadable images are named in the log and skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from prettytable import PrettyTable
+
+from configs.loader import ConfigError
+from datasets.bases import load_image
+from datasets.readers import DataError
+from datasets.tokenizer import tokenize
+from utils.figures import ranked_row
+from utils.gallery import Gallery, encode_folder
+from utils.inference import LoadedModel, load_model
+from utils.logger import setup_logging
+
+logger = logging.getLogger("search")
+
+
+@torch.no_grad()
+def rank_gallery(loaded: LoadedModel, gallery: Gallery, query: str, top_k: int) -> List[Tuple[Path, float]]:
+    """The ``top_k`` images of ``gallery`` for ``query`` with their cosine similarity."""
+    ids = tokenize(query, loaded.cfg.data.text_length).unsqueeze(0).to(loaded.device)
+    with loaded.autocast:
+        text = F.normalize(loaded.model.encode_text(ids).float(), dim=-1).cpu()
+    scores = (gallery.features @ text[0])
+    best = scores.topk(min(top_k, len(gallery.paths)))
+    return [(gallery.paths[i], float(s)) for s, i in zip(best.values, best.indices)]
+
+
+def default_output(query: str) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "_", query.lower()).strip("_")[:60] or "query"
+    return Path(f"search_{slug}.png")
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="run folder, checkpoint file or CLIP weights")
+    parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    parser.add_argument("--query", required=True, help="the description to search for")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--output", default=None, help="PNG of the top K (default: search_<query>.png)")
+    parser.add_argument("--config", default=None, help="YAML config (default: the run folder's)")
+    parser.add_argument("--which", choices=("best", "last"), default="best")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--no-cache", action="store_true", help="encode every image again, write no cache")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_intermixed_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        parser.error(f"--top-k and --batch-size must be >= 1 (got {args.top_k}, {args.batch_size})")
+    if not args.query.strip():
+        parser.error("--query is empty")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    try:
+        loaded = load_model(args.checkpoint, args.config, args.overrides, args.which)
+        gallery = encode_folder(Path(args.images), loaded, args.batch_size, use_cache=not args.no_cache)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    logger.info("%d images (%d encoded now, %d from the cache, %d unreadable skipped)", len(gallery.paths),
+                gallery.encoded, len(gallery.paths) - gallery.encoded, len(gallery.skipped))
+    hits = rank_gallery(loaded, gallery, args.query, args.top_k)
+    table = PrettyTable(["rank", "score", "image"], align="l")
+    for place, (path, score) in enumerate(hits, 1):
+        table.add_row([place, f"{score:.3f}", str(path)])
+    print(table)
+    output = Path(args.output) if args.output else default_output(args.query)
+    ranked_row([load_image(path) for path, _ in hits], [f"#{i} {s:.3f}" for i, (_, s) in enumerate(hits, 1)],
+               f'"{args.query}"', output)
+    logger.info("wrote %s", output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

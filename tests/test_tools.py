@@ -1,0 +1,179 @@
+"""search.py, visualize.py, export_features.py and model.init_from on a quick-start-config
+checkpoint trained for one epoch on a small synthetic dataset."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import export_features
+import search
+import train as train_cli
+import visualize
+from configs.loader import load_config
+from datasets.build import build_eval_loaders, read_dataset
+from datasets.synthetic import generate
+from model.build import build_model, initialise_from
+from model.objectives import text_patch_affinity
+from processor.evaluator import extract_features
+from utils.figures import CORRECT, WRONG
+from utils.gallery import encode_folder
+from utils.inference import load_model
+
+SMALL = ["model.vision_width=64", "model.text_width=64", "model.embed_dim=64", "model.vision_layers=1",
+         "model.text_layers=1", "data.batch_size=16", "data.num_workers=0", "solver.epochs=1",
+         "solver.warmup_epochs=0", "train.auto_resume=false"]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """(data root, run folder, test image folder) of a one-epoch quick-start-config run."""
+    base = tmp_path_factory.mktemp("tools")
+    generate(base / "data", num_train_ids=12, num_val_ids=2, num_test_ids=6, image_size=(96, 32), seed=1)
+    run = base / "run"
+    assert train_cli.main(["--config", "configs/quickstart.yaml", *SMALL, f"data.root={base / 'data'}",
+                           f"train.output_dir={run}"]) == 0
+    return base / "data", run, base / "data" / "Synthetic-PEDES" / "imgs" / "test"
+
+
+def _gallery_copy(images, tmp_path):
+    folder = tmp_path / "gallery"
+    shutil.copytree(images, folder)
+    return folder
+
+
+def test_search_ranks_like_the_evaluator_and_caches(quick, tmp_path, capsys, caplog):
+    root, run, images = quick
+    folder = _gallery_copy(images, tmp_path)
+    loaded = load_model(run, overrides=[f"data.root={root}"])
+    first = encode_folder(folder, loaded)
+    assert first.encoded == len(first.paths) == len(list(folder.glob("*.jpg")))
+    assert encode_folder(folder, loaded).encoded == 0  # all from the cache
+    os.utime(first.paths[0], ns=(1, 1))  # one changed file is encoded again, alone
+    assert encode_folder(folder, loaded).encoded == 1
+    # The search scores are the evaluator's similarities (same model, same preprocessing).
+    loaders = build_eval_loaders(loaded.cfg, root=str(root))
+    features = extract_features(loaded.model, loaders, loaded.device)
+    query = read_dataset(str(root), "Synthetic-PEDES").eval_set("test").captions[0]
+    text = features.text[0]
+    row_of = {Path(p).name: i for i, p in enumerate(loaders.images.dataset.image_paths)}
+    hits = search.rank_gallery(loaded, first, query, 5)
+    assert len(hits) == 5
+    for path, score in hits:
+        assert score == pytest.approx(float(features.image[row_of[path.name]] @ text), abs=1e-5)
+    output = tmp_path / "hits.png"
+    assert search.main(["--checkpoint", str(run), "--images", str(folder), "--query", query, "--top-k", "4",
+                        "--output", str(output), f"data.root={root}"]) == 0
+    with Image.open(output) as png:
+        assert png.format == "PNG" and png.width > png.height
+    assert capsys.readouterr().out.count(str(folder)) == 4
+
+
+def test_search_errors(quick, tmp_path, capsys):
+    root, run, images = quick
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert search.main(["--checkpoint", str(run), "--images", str(empty), "--query", "a man"]) == 2
+    assert f"no images in {empty}" in capsys.readouterr().out
+    assert search.main(["--checkpoint", str(tmp_path / "nope.pth"), "--images", str(images), "--query", "x"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().out
+    folder = _gallery_copy(images, tmp_path)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    assert search.main(["--checkpoint", str(run), "--images", str(folder), "--query", "a man in a black jacket",
+                        "--output", str(tmp_path / "s.png"), f"data.root={root}"]) == 0
+    log = capsys.readouterr().out
+    assert "broken.jpg cannot be decoded" in log and "empty.png cannot be decoded" in log
+    assert "2 unreadable skipped" in log
+
+
+def _coloured_pixels(png_path, colour: str) -> int:
+    target = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+    pixels = np.asarray(Image.open(png_path).convert("RGB")).astype(int)
+    return int((np.abs(pixels - target).sum(-1) < 30).sum())
+
+
+def test_retrieval_pictures(quick, tmp_path):
+    root, run, _ = quick
+    out = tmp_path / "figs"
+    assert visualize.main(["retrieval", str(run), "--queries", "0", "3", "--output-dir", str(out),
+                           "--root", str(root)]) == 0
+    pictures = sorted(out.glob("retrieval_*.png"))
+    assert [p.name for p in pictures] == [f"retrieval_Synthetic-PEDES_test_{q}.png" for q in (0, 3)]
+    # 10 framed results per picture; the 6 test identities guarantee both kinds of frame.
+    assert _coloured_pixels(pictures[0], CORRECT) + _coloured_pixels(pictures[1], CORRECT) > 100
+    assert _coloured_pixels(pictures[0], WRONG) > 100
+    assert visualize.main(["retrieval", str(run), "--queries", "100000", "--output-dir", str(out),
+                           "--root", str(root)]) == 2
+
+
+def test_efa_similarity_maps(quick, tmp_path):
+    root, run, _ = quick
+    out = tmp_path / "figs"
+    assert visualize.main(["efa", str(run), "--index", "1", "--output-dir", str(out), "--root", str(root)]) == 0
+    [picture] = out.glob("efa_*.png")
+    with Image.open(picture) as png:
+        assert png.height > png.width  # one row per word
+    loaded = load_model(run, overrides=[f"data.root={root}"])
+    ids = visualize.tokenize("a man in a red coat with a backpack", 48)
+    assert visualize.word_positions(ids, "backpack", 48, "") == [9]  # after SOT and 8 words
+    with pytest.raises(ValueError, match="'umbrella' is not in the caption"):
+        visualize.word_positions(ids, "umbrella", 48, "caption text")
+    dense, sparse = text_patch_affinity(torch.randn(2, 5, 8), torch.randn(2, 12, 8), threshold=3.0)
+    assert torch.allclose(sparse.sum(-1), torch.ones(2, 5))
+    assert torch.equal(sparse == 0, dense <= 3.0 / 12)
+    assert loaded.model.base_model.visual.grid_size == (12, 4)
+
+
+def test_export_features(quick, tmp_path):
+    root, run, images = quick
+    output = tmp_path / "test.npz"
+    assert export_features.main([str(run), "--dataset", "Synthetic-PEDES", "--root", str(root),
+                                 "--output", str(output)]) == 0
+    arrays = np.load(output, allow_pickle=False)
+    loaded = load_model(run, overrides=[f"data.root={root}"])
+    features = extract_features(loaded.model, build_eval_loaders(loaded.cfg, root=str(root)), loaded.device)
+    assert torch.allclose(torch.from_numpy(arrays["image_features"]), features.image, atol=1e-6)
+    assert torch.allclose(torch.from_numpy(arrays["text_features"]), features.text, atol=1e-6)
+    assert arrays["captions"].shape == arrays["text_pids"].shape == (features.text.shape[0],)
+    assert arrays["image_paths"][0].endswith(".jpg")
+    folder_output = tmp_path / "folder.npz"
+    assert export_features.main([str(run), "--images", str(images), "--output", str(folder_output)]) == 0
+    folder = np.load(folder_output, allow_pickle=False)
+    assert folder["image_features"].shape == (len(list(images.glob("*.jpg"))), 64)
+    assert not list(tmp_path.glob("*.tmp.npz"))
+
+
+def test_init_from_a_reference_layout_checkpoint(tmp_path, caplog):
+    base = ["model.pretrain=none", "model.image_size=[64,32]", "model.patch_size=16", "model.embed_dim=64",
+            "model.vision_width=64", "model.vision_layers=1", "model.text_width=64", "model.text_layers=1",
+            "model.cmt_depth=1"]
+    torch.manual_seed(1)
+    source = build_model(load_config(None, [*base, "model.image_size=[64,64]"]), num_classes=11)  # square grid
+    pretrained = tmp_path / "reid_pretrained.pth"  # the reference's layout: {"model": ...} with module.
+    torch.save({"model": {"module." + k: v for k, v in source.state_dict().items()}}, pretrained)
+    caplog.set_level(logging.INFO)
+    torch.manual_seed(2)
+    cfg = load_config(None, [*base, "model.image_size=[96,32]", f"model.init_from={pretrained}"])
+    model = build_model(cfg, num_classes=5)  # other identities, other image size
+    assert "classifier.weight [11, 64] (model [5, 64])" in caplog.text
+    assert "base_model.visual.positional_embedding" not in caplog.text  # resized, so loaded
+    assert torch.equal(model.base_model.token_embedding.weight, source.base_model.token_embedding.weight)
+    assert torch.equal(model.cross_attn.in_proj_weight, source.cross_attn.in_proj_weight)
+    assert not torch.equal(model.classifier.weight, source.classifier.weight[:5])  # kept as built
+    report = initialise_from(build_model(load_config(None, base), num_classes=11), str(pretrained))
+    assert report.new == [] and report.ignored == [] and len(report.loaded) == len(source.state_dict())
+    # A non-square grid that differs cannot be resized: reported as ignored, with both shapes.
+    non_square = build_model(load_config(None, [*base, "model.image_size=[96,32]"]), num_classes=11)
+    torch.save({"model": non_square.state_dict()}, pretrained)
+    report = initialise_from(build_model(load_config(None, base), num_classes=11), str(pretrained))
+    assert report.ignored == ["base_model.visual.positional_embedding [13, 64] (model [9, 64])"]
+    torch.save({"model": {"fc.weight": torch.ones(2, 2)}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="needs an FMFA-layout checkpoint"):
+        initialise_from(model, str(tmp_path / "other.pth"))

@@ -1,0 +1,117 @@
+"""An image folder as a gallery: its images' embeddings, cached beside it and reused while
+the folder and the weights are unchanged; unreadable images are named and skipped."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from datasets.bases import load_image
+from datasets.readers import DataError
+from datasets.transforms import build_transform
+from processor.checkpointing import save_atomic
+from utils.inference import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CACHE_FOLDER = ".fmfa_cache"
+CACHE_VERSION = 1  # bump when the preprocessing changes
+
+
+@dataclass
+class Gallery:
+    paths: List[Path]  # readable images, in sorted order
+    features: torch.Tensor  # [N, D] L2-normalised, float32, CPU
+    skipped: Dict[str, str] = field(default_factory=dict)  # unreadable image -> reason
+    encoded: int = 0  # images encoded now (the rest came from the cache)
+
+
+def list_images(folder: Path) -> List[Path]:
+    """Image files under ``folder`` (recursively, sorted); a clear error when there are none."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                    and CACHE_FOLDER not in p.parts)
+    if not images:
+        raise DataError(f"no images in {folder} (looked for {', '.join(IMAGE_SUFFIXES)}, in subfolders too)")
+    return images
+
+
+def _stamp(path: Path) -> Tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def cache_file(folder: Path, loaded: LoadedModel) -> Path:
+    """One cache per (weights file and its stamp, image size): other weights never mix in."""
+    weights = loaded.weights.resolve()
+    key = f"{CACHE_VERSION}|{weights}|{_stamp(weights)}|{loaded.cfg.model.image_size}"
+    return folder / CACHE_FOLDER / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+
+
+def _read_cache(path: Path) -> Dict[str, Tuple[Tuple[int, int], torch.Tensor]]:
+    if not path.is_file():
+        return {}
+    try:
+        saved = torch.load(path, weights_only=True)
+        return {name: (tuple(stamp), feature) for name, stamp, feature in
+                zip(saved["names"], saved["stamps"], saved["features"])}
+    except Exception as error:  # a damaged cache is rebuilt, never trusted
+        logger.warning("ignoring unreadable embedding cache %s (%s)", path, error)
+        return {}
+
+
+@torch.no_grad()
+def _encode(loaded: LoadedModel, paths: List[Path], batch_size: int) -> Tuple[Dict[Path, torch.Tensor], Dict]:
+    transform = build_transform(loaded.cfg.model.image_size, train=False)
+    features, skipped = {}, {}
+    readable = []
+    for path in paths:
+        try:
+            readable.append((path, transform(load_image(path))))
+        except DataError as error:
+            skipped[str(path)] = str(error)
+    for start in range(0, len(readable), batch_size):
+        chunk = readable[start:start + batch_size]
+        with loaded.autocast:
+            out = loaded.model.encode_image(torch.stack([image for _, image in chunk]).to(loaded.device))
+        for (path, _), feature in zip(chunk, F.normalize(out.float(), dim=-1).cpu()):
+            features[path] = feature
+    return features, skipped
+
+
+def encode_folder(folder: Path, loaded: LoadedModel, batch_size: int = 64, use_cache: bool = True) -> Gallery:
+    """Embeddings of every readable image of ``folder``; only new or changed files are encoded."""
+    folder = Path(folder)
+    paths = list_images(folder)
+    cache = cache_file(folder, loaded)
+    cached = _read_cache(cache) if use_cache else {}
+    stamps = {path: _stamp(path) for path in paths}
+    known = {p: cached[str(p.relative_to(folder))][1] for p in paths
+             if str(p.relative_to(folder)) in cached and cached[str(p.relative_to(folder))][0] == stamps[p]}
+    fresh, skipped = _encode(loaded, [p for p in paths if p not in known], batch_size)
+    known.update(fresh)
+    for path, reason in skipped.items():
+        logger.warning("skipped %s", reason)
+    kept = [p for p in paths if p in known]
+    if not kept:
+        raise DataError(f"none of the {len(paths)} images in {folder} could be read")
+    gallery = Gallery(kept, torch.stack([known[p] for p in kept]), skipped, len(fresh))
+    if use_cache and fresh:
+        _write_cache(cache, folder, gallery, stamps)
+    return gallery
+
+
+def _write_cache(cache: Path, folder: Path, gallery: Gallery, stamps: Dict[Path, Tuple[int, int]]) -> None:
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        save_atomic({"names": [str(p.relative_to(folder)) for p in gallery.paths],
+                     "stamps": [list(stamps[p]) for p in gallery.paths], "features": gallery.features}, cache)
+    except OSError as error:  # a read-only folder still searches, just without a cache
+        logger.warning("embedding cache not written (%s)", error)

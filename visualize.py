@@ -1,0 +1,138 @@
+"""Look at what a model retrieves, and where its words look.
+
+    python visualize.py retrieval RUN [--dataset CUHK-PEDES --split test] [--queries 0 12 | --random 5]
+    python visualize.py efa RUN [--index 3 --caption 0] [--words red jacket backpack]
+
+``retrieval``: per query, its caption, its ground-truth image and the top 10 gallery
+images framed green (same identity) or red. ``efa``: the EFA token-to-patch similarity of
+chosen words over the patch grid (24 x 8 at 384 x 128), before and after sparsification,
+overlaid on the image (the paper's figure 5). PNGs go to ``--output-dir``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from configs.loader import ConfigError
+from datasets.bases import load_image
+from datasets.build import build_eval_loaders, read_dataset
+from datasets.readers import DataError
+from datasets.tokenizer import EOT_ID, SOT_ID, tokenize
+from datasets.transforms import build_transform
+from model.objectives import text_patch_affinity
+from processor.evaluator import extract_features
+from utils.figures import ranked_row, similarity_maps
+from utils.inference import LoadedModel, load_model
+from utils.logger import setup_logging
+
+logger = logging.getLogger("visualize")
+
+
+def pick_queries(count: int, chosen: List[int], how_many: int, seed: int) -> List[int]:
+    bad = [q for q in chosen if not 0 <= q < count]
+    if bad:
+        raise ValueError(f"--queries {bad} out of range: the split has {count} captions (0..{count - 1})")
+    return chosen or sorted(random.Random(seed).sample(range(count), min(how_many, count)))
+
+
+def retrieval_pictures(loaded: LoadedModel, args) -> List[Path]:
+    cfg = loaded.cfg
+    records = read_dataset(str(Path(args.root or cfg.data.root)), args.dataset).split_records(args.split)
+    captions = [(image, caption) for image, record in enumerate(records) for caption in record.captions]
+    loaders = build_eval_loaders(cfg, args.dataset, args.split, args.root)
+    features = extract_features(loaded.model, loaders, loaded.device, loaded.autocast, progress=True)
+    written = []
+    for query in pick_queries(len(captions), args.queries, args.random, args.seed):
+        scores = features.image @ features.text[query]
+        top = scores.topk(min(args.top_k, len(records))).indices.tolist()
+        correct = [records[i].pid == records[captions[query][0]].pid for i in top]
+        output = args.output_dir / f"retrieval_{args.dataset}_{args.split}_{query}.png"
+        ranked_row([load_image(records[i].image_path) for i in top],
+                   [f"#{n} {float(scores[i]):.2f}" for n, i in enumerate(top, 1)],
+                   f"query {query}: {captions[query][1]}", output, correct,
+                   query_image=load_image(records[captions[query][0]].image_path))
+        written.append(output)
+    return written
+
+
+def word_positions(ids: torch.Tensor, word: str, text_length: int, caption: str) -> List[int]:
+    """Positions of ``word``'s BPE tokens inside the caption ``ids`` (first occurrence)."""
+    pieces = [t for t in tokenize(word, text_length).tolist() if t not in (0, SOT_ID, EOT_ID)]
+    row = ids.tolist()
+    for start in range(len(row) - len(pieces) + 1):
+        if row[start:start + len(pieces)] == pieces:
+            return list(range(start, start + len(pieces)))
+    raise ValueError(f"word {word!r} is not in the caption {caption!r}")
+
+
+@torch.no_grad()
+def efa_maps(loaded: LoadedModel, args) -> List[Path]:
+    cfg = loaded.cfg
+    records = read_dataset(str(Path(args.root or cfg.data.root)), args.dataset).split_records(args.split)
+    if not 0 <= args.index < len(records):
+        raise ValueError(f"--index {args.index} out of range: the split has {len(records)} images")
+    record = records[args.index]
+    if not 0 <= args.caption < len(record.captions):
+        raise ValueError(f"--caption {args.caption}: image {args.index} has {len(record.captions)} captions")
+    caption, image = record.captions[args.caption], load_image(record.image_path)
+    ids = tokenize(caption, cfg.data.text_length)
+    words = args.words or [w.strip(".,") for w in caption.split() if len(w.strip(".,")) > 3][:3]
+    pixels = build_transform(cfg.model.image_size, train=False)(image).unsqueeze(0).to(loaded.device)
+    with loaded.autocast:
+        text_tokens = loaded.model.encode_text_tokens(ids.unsqueeze(0).to(loaded.device)).float()
+        patches = loaded.model.encode_image_tokens(pixels).float()[:, 1:]
+    dense, sparse = (a[0].cpu() for a in text_patch_affinity(text_tokens, patches, cfg.efa.threshold))
+    grid = tuple(loaded.model.base_model.visual.grid_size)
+    positions = [word_positions(ids, word, cfg.data.text_length, caption) for word in words]
+    maps = [[a[p].mean(0).reshape(grid).numpy() for p in positions] for a in (dense, sparse)]
+    output = args.output_dir / f"efa_{args.dataset}_{args.split}_{args.index}_{args.caption}.png"
+    shown = image.resize((cfg.model.image_size[1], cfg.model.image_size[0]))
+    return [similarity_maps(shown, words, np.stack(maps[0]), np.stack(maps[1]), caption, output)]
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tool", choices=("retrieval", "efa"))
+    parser.add_argument("source", help="run folder, checkpoint file or CLIP weights")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--which", choices=("best", "last"), default="best")
+    parser.add_argument("--dataset", default=None, help="default: the run's dataset")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--root", default=None, help="dataset root (default: the run's data.root)")
+    parser.add_argument("--output-dir", type=Path, default=Path("figures"))
+    parser.add_argument("--queries", type=int, nargs="*", default=[], help="retrieval: caption indices")
+    parser.add_argument("--random", type=int, default=4, help="retrieval: random queries when none chosen")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--index", type=int, default=0, help="efa: image index in the split")
+    parser.add_argument("--caption", type=int, default=0, help="efa: which of its captions")
+    parser.add_argument("--words", nargs="*", default=[], help="efa: words of the caption to map")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    try:
+        loaded = load_model(args.source, args.config, args.overrides, args.which)
+        args.dataset = args.dataset or loaded.cfg.data.dataset
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        written = (retrieval_pictures if args.tool == "retrieval" else efa_maps)(loaded, args)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    for path in written:
+        logger.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
