@@ -1,9 +1,11 @@
-"""The GPU benchmark scripts run on the CPU with their tiny preset and print positive figures."""
+"""The benchmark scripts run on the CPU with their tiny preset and print positive figures."""
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -30,3 +32,12 @@ def test_eval_speed_benchmark_tiny_preset():
     match = re.search(r"60 images \+ 120 captions encoded in ([\d.]+) s .* ranked in ([\d.]+) s", out)
     assert match and float(match.group(1)) > 0
     assert re.search(r"from JPEGs \(0 workers\): \d+ images \+ \d+ captions in [\d.]+ s", out)
+
+
+def test_efficiency_report_tiny_preset():
+    out = run_script("benchmarks/efficiency.py", "--preset", "tiny", "--batch", "4", "--repeats", "1")
+    counts = dict(re.findall(r"\| (.+?)\s+\| ([\d.]+)\s+\|", out))
+    parts = [key for key in counts if "(used at test)" in key or "(training only)" in key]
+    assert len(parts) == 4 and float(counts["total"]) == pytest.approx(sum(float(counts[k]) for k in parts), abs=0.02)
+    assert re.search(r"caption query \(77 tokens\)\s+\| [\d.e+-]+\s+\| [\d.]+", out)
+    assert re.search(r"gallery image \(96 x 32\)\s+\| [\d.e+-]+\s+\| [\d.]+", out)
