@@ -151,23 +151,41 @@ class Run:
         return self.best
 
 
+def read_metrics_rows(metrics_file: Path) -> List[dict]:
+    """The rows of metrics.jsonl; a line that is not a whole JSON object (a write cut by a
+    power loss) is skipped with a warning."""
+    if not metrics_file.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(metrics_file.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and {"epoch", "dataset", "split", "task", "R1"} <= row.keys():
+            rows.append(row)
+        else:
+            logger.warning("%s line %d is not a whole metrics row; skipped", metrics_file, number)
+    return rows
+
+
 def drop_metrics_after(metrics_file: Path, epoch: int) -> None:
-    """Remove metrics.jsonl rows of epochs after ``epoch`` (evaluated before a crash that
-    came before their checkpoint): the resumed run writes them again."""
+    """Keep only the whole metrics.jsonl rows of epochs up to ``epoch``: rows evaluated
+    before a crash that came before their checkpoint are written again by the resumed run."""
     if not metrics_file.is_file():
         return
-    lines = metrics_file.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if json.loads(line)["epoch"] <= epoch]
+    lines = metrics_file.read_text(encoding="utf-8").splitlines()
+    kept = [json.dumps(row) + "\n" for row in read_metrics_rows(metrics_file) if row["epoch"] <= epoch]
     if len(kept) < len(lines):
         tmp = metrics_file.with_name(metrics_file.name + ".tmp")
         tmp.write_text("".join(kept), encoding="utf-8")
         os.replace(tmp, metrics_file)
-        logger.info("%s: dropped %d row(s) of epochs after %d", metrics_file, len(lines) - len(kept), epoch)
+        logger.info("%s: dropped %d row(s) after epoch %d", metrics_file, len(lines) - len(kept), epoch)
 
 
 def summary_table(metrics_file: Path, target: EvalLoaders) -> str:
     """Untrained (epoch 0, when evaluated), best and final t2i rows of metrics.jsonl."""
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    rows = read_metrics_rows(metrics_file)
     rows = [r for r in rows if (r["dataset"], r["split"], r["task"]) == (target.dataset, target.split, "t2i")]
     if not rows:
         return "(no evaluation)"

@@ -163,3 +163,12 @@ def test_bad_config_values_stop_train_py_before_anything_is_created(tmp_path, ca
                 "CUHK-PEDES, ICFG-PEDES, RSTPReid", "model.image_size", "multiples of model.patch_size=8"):
         assert key in message, key
     assert not run.exists()
+
+
+def test_a_metrics_line_cut_by_a_crash_is_dropped_on_resume(tmp_path):
+    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
+    assert train_cli.main(tiny_run_args(root, run, 1)) == 0
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"epoch": 2, "dataset": "CUHK-PE')  # power loss mid-write
+    assert train_cli.main(tiny_run_args(root, run, 2, "train.auto_resume=true")) == 0
+    assert [row["epoch"] for row in read_metrics(run)] == [1, 2]

@@ -69,16 +69,19 @@ def _read_cache(path: Path) -> Dict[str, Tuple[Tuple[int, int], torch.Tensor]]:
 
 @torch.no_grad()
 def _encode(loaded: LoadedModel, paths: List[Path], batch_size: int) -> Tuple[Dict[Path, torch.Tensor], Dict]:
+    """Embeddings of the readable ``paths``, decoded one batch at a time (bounded memory),
+    and the unreadable ones with the reason."""
     transform = build_transform(loaded.cfg.model.image_size, train=False)
     features, skipped = {}, {}
-    readable = []
-    for path in paths:
-        try:
-            readable.append((path, transform(load_image(path))))
-        except DataError as error:
-            skipped[str(path)] = str(error)
-    for start in range(0, len(readable), batch_size):
-        chunk = readable[start:start + batch_size]
+    for start in range(0, len(paths), batch_size):
+        chunk = []
+        for path in paths[start:start + batch_size]:
+            try:
+                chunk.append((path, transform(load_image(path))))
+            except DataError as error:
+                skipped[str(path)] = str(error)
+        if not chunk:
+            continue
         with loaded.autocast:
             out = loaded.model.encode_image(torch.stack([image for _, image in chunk]).to(loaded.device))
         for (path, _), feature in zip(chunk, F.normalize(out.float(), dim=-1).cpu()):
