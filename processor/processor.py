@@ -87,9 +87,9 @@ class Run:
     def resume(self, path: str | Path) -> None:
         file = ckpt.find_resume_file(path)
         state = ckpt.load_training_state(file)
-        ignored = {"resume", "auto_resume", "output_dir"}
+        ignored = {"train.resume", "train.auto_resume", "train.output_dir"}  # where, not what, to train
         changed = [line for line in config_differences(state.get("config", {}), config_to_dict(self.cfg))
-                   if line.split(":")[0] not in {f"train.{key}" for key in ignored}]
+                   if line.split(":")[0] not in ignored]
         if changed:
             logger.warning("resuming %s with a config that differs from the saved one:\n  %s", file,
                            "\n  ".join(changed))
@@ -115,6 +115,21 @@ class Run:
                                              self.step, self.best, config, self.num_classes),
                          self.output_dir / ckpt.LAST)
 
+    def finish_epoch(self, averages: Dict[str, float]) -> None:
+        """Rank 0 after each epoch: log losses and memory, evaluate when due, write checkpoints."""
+        cfg, best_metrics = self.cfg, None
+        memory = memory_figures(self.info.device)
+        logger.info("epoch %d/%d: %s; memory %s", self.epoch, cfg.solver.epochs,
+                    ", ".join(f"{k} {v:.4f}" for k, v in averages.items()),
+                    ", ".join(f"{k} {v:.0f}" for k, v in memory.items()))
+        for name, value in memory.items():
+            self.writer.add_scalar(f"memory/{name}", value, self.epoch)
+        if self.epoch % cfg.train.eval_period == 0 or self.epoch == cfg.solver.epochs:
+            metrics = self.evaluate(self.epoch)
+            if metrics["R1"] > self.best["R1"]:
+                self.best, best_metrics = {"R1": metrics["R1"], "epoch": self.epoch}, metrics
+        self.save(best_metrics)
+
     def train(self, evaluate_first: bool = False) -> Dict[str, float]:
         cfg = self.cfg
         if self.info.is_main:  # purge_step: a resumed run overwrites curves past its checkpoint
@@ -129,19 +144,8 @@ class Run:
                 self.step, cfg.train.log_period, self.writer, progress=self.info.is_main)
             self.epoch += 1
             self.scheduler.step()
-            best_metrics = None
             if self.info.is_main:
-                memory = memory_figures(self.info.device)
-                logger.info("epoch %d/%d: %s; memory %s", self.epoch, cfg.solver.epochs,
-                            ", ".join(f"{k} {v:.4f}" for k, v in averages.items()),
-                            ", ".join(f"{k} {v:.0f}" for k, v in memory.items()))
-                for name, value in memory.items():
-                    self.writer.add_scalar(f"memory/{name}", value, self.epoch)
-                if self.epoch % cfg.train.eval_period == 0 or self.epoch == cfg.solver.epochs:
-                    metrics = self.evaluate(self.epoch)
-                    if metrics["R1"] > self.best["R1"]:
-                        self.best, best_metrics = {"R1": metrics["R1"], "epoch": self.epoch}, metrics
-                self.save(best_metrics)
+                self.finish_epoch(averages)
             barrier(self.info)
         if self.writer is not None:
             self.writer.close()
