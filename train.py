@@ -17,22 +17,27 @@ from configs.defaults import Config
 from configs.loader import build_parser, parse_args, save_config
 from processor.checkpointing import prepare_run_folder
 from processor.processor import train
-from utils.distributed import DistInfo, broadcast_object, cleanup, init_distributed
+from utils.distributed import (DistInfo, broadcast_object, cleanup, elastic_job_id, init_distributed,
+                               restart_attempt)
 from utils.logger import setup_logging
 
 logger = logging.getLogger("train")
 
 
 def resolve_output_dir(cfg: Config, info: DistInfo) -> Path:
-    """train.output_dir; else the folder being resumed; else runs/<dataset>/<time>_<name>.
-    Rank 0 decides (the time stamp) and tells the other ranks."""
+    """train.output_dir; else the folder being resumed; else runs/<dataset>/<time>_<name>
+    (under torchrun with the job's id appended, so that a restart finds the folder its first
+    attempt made). Rank 0 decides (the time stamp) and tells the other ranks."""
     if cfg.train.output_dir:
         folder = cfg.train.output_dir
     elif cfg.train.resume:
         resume = Path(cfg.train.resume)
         folder = str(resume if resume.is_dir() else resume.parent)
     else:
-        folder = f"runs/{cfg.data.dataset}/{time.strftime('%Y%m%d_%H%M%S')}_{cfg.train.name}"
+        parent, job = Path("runs") / cfg.data.dataset, elastic_job_id()
+        suffix = f"_{cfg.train.name}" + (f"_{job}" if job else "")
+        earlier = sorted(parent.glob(f"*{suffix}")) if job and restart_attempt() > 0 else []
+        folder = str(earlier[-1] if earlier else parent / f"{time.strftime('%Y%m%d_%H%M%S')}{suffix}")
     return Path(broadcast_object(folder, info))
 
 

@@ -23,7 +23,7 @@ from utils.metrics import format_table
 from processor.precision import Precision
 from processor.trainer import append_jsonl, train_one_epoch
 from solver import build_lr_scheduler, build_optimizer
-from utils.distributed import DistInfo, all_gather_with_grad, barrier, broadcast_object
+from utils.distributed import DistInfo, all_gather_with_grad, barrier, broadcast_object, restart_attempt
 from utils.memory import memory_figures
 
 logger = logging.getLogger(__name__)
@@ -209,12 +209,13 @@ def train(cfg: Config, info: DistInfo, output_dir: Path) -> Dict[str, float]:
 
 
 def resume_source(cfg: Config, output_dir: Path) -> str:
-    """train.resume; else the run folder itself under train.auto_resume when it holds last.pth;
-    else "" (a fresh run, refused when the folder already holds one)."""
+    """train.resume; else the run folder itself when it holds last.pth and train.auto_resume
+    is set or torchrun restarted the job; else "" (a fresh run, refused when the folder
+    already holds one)."""
     if cfg.train.resume:
         return str(ckpt.find_resume_file(cfg.train.resume))
     if (output_dir / ckpt.LAST).is_file():
-        if cfg.train.auto_resume:
+        if cfg.train.auto_resume or restart_attempt() > 0:
             return str(output_dir / ckpt.LAST)
         ckpt.refuse_overwrite(output_dir)
     return ""

@@ -106,12 +106,12 @@ def test_resuming_from_a_code_carrying_pickle_is_refused(tmp_path, monkeypatch):
     assert not proof.exists()
 
 
-def _torchrun(tmp_path, args, fault, *torchrun_options):
+def _torchrun(tmp_path, args, fault, *torchrun_options, cwd=ROOT):
     env = {**os.environ, "FMFA_FAULT": fault, "FMFA_FAULT_MARKER": str(tmp_path / "fault_fired")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               *torchrun_options, "tests/fault_injection.py", *args]
+               *torchrun_options, str(ROOT / "tests" / "fault_injection.py"), *args]
     started = time.monotonic()
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     return result, time.monotonic() - started
 
 
@@ -126,11 +126,14 @@ def test_an_exception_on_one_rank_ends_the_whole_job(tmp_path):
 
 
 def test_torchrun_restart_continues_from_last_checkpoint(tmp_path):
-    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
-    args = tiny_run_args(root, run, 2, "train.auto_resume=true")
-    result, _ = _torchrun(tmp_path, args, "1:1:0", "--max-restarts=1")
+    """No train.output_dir and no train.auto_resume: the restarted workers find the folder
+    of the first attempt (named with torchrun's job id) and continue from its last.pth."""
+    root = make_fixture(tmp_path / "data")
+    args = [a for a in tiny_run_args(root, tmp_path / "unused", 2) if not a.startswith("train.output_dir=")]
+    result, _ = _torchrun(tmp_path, args, "1:1:0", "--max-restarts=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "fault_fired").exists()
+    [run] = (tmp_path / "runs" / "CUHK-PEDES").iterdir()
     assert "resumed from" in (run / "train.log").read_text()
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
 

@@ -51,13 +51,24 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
         # Keys of each torchrun restart under their own prefix: the agent's store outlives a
         # failed attempt, and gloo would otherwise connect to the dead workers' addresses.
         store, rank, size = next(dist.rendezvous("env://"))
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        attempt = restart_attempt()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 store=dist.PrefixStore(f"fmfa_attempt_{attempt}", store), rank=rank,
                                 world_size=size, device_id=device if device.type == "cuda" else None)
-        if attempt != "0":
+        if attempt:
             logger.warning("torchrun restart %s: rank %d rejoined", attempt, rank)
     return DistInfo(dist.get_rank(), world_size, local_rank, device)
+
+
+def restart_attempt() -> int:
+    """How many times torchrun has restarted this job's workers (0 outside torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def elastic_job_id() -> str:
+    """A short id of this torchrun job, the same across its restarts ("" outside torchrun)."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return "" if run_id in ("", "none") else "".join(c for c in run_id if c.isalnum())[:8]
 
 
 def barrier(info: DistInfo) -> None:
