@@ -103,7 +103,7 @@ class SolverConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str = ""  # run folder; "" = runs/<dataset>/<YYYYmmdd_HHMMSS>_<name>
+    output_dir: str = ""  # run folder; "" = runs/<dataset>/<YYYYmmdd_HHMMSS>_<name>[_<torchrun job id>]
     name: str = "fmfa"
     seed: int = 1
     device: str = "auto"  # "auto" = cuda when available, else cpu
@@ -113,7 +113,7 @@ class TrainConfig:
     log_period: int = 50  # steps between logged/TensorBoard losses
     eval_period: int = 1  # epochs between evaluations
     resume: str = ""  # a run folder or a last.pth to continue from
-    auto_resume: bool = False  # continue from output_dir/last.pth when it exists
+    auto_resume: bool = False  # continue from output_dir/last.pth when it exists (torchrun restarts always do)
     # Several GPUs: compute the batch losses over features gathered from all ranks
     # (deviation from the single-GPU reference, which sees only its own batch).
     gather_features: bool = False
