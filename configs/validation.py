@@ -9,10 +9,11 @@ from typing import Any, Iterable, List
 
 from configs.defaults import Config
 from configs.loader import ConfigError
+from datasets.readers import LAYOUTS
 
-DATASETS = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid", "Synthetic-PEDES")  # datasets/readers.py LAYOUTS
+DATASETS = tuple(LAYOUTS)
 SPLITS = ("train", "val", "test")
-NO_VAL = ("ICFG-PEDES",)  # datasets without a val split (SPEC section 5)
+NO_VAL = tuple(name for name, layout in LAYOUTS.items() if "val" not in layout.splits)  # SPEC section 5
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_fp16")
 SAMPLERS = ("random", "identity")
 OPTIMIZERS = ("Adam", "AdamW", "SGD")

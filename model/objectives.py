@@ -10,10 +10,10 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from configs.validation import ASDM_MODES
 from .max_similarity import max_dot_product
 
 EPSILON = 1e-8
-ASDM_MODES = ("cosine", "probability")
 
 
 def _same_identity(pids: torch.Tensor) -> torch.Tensor:

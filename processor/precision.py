@@ -9,7 +9,7 @@ from typing import ContextManager, Optional
 import torch
 from open_clip.model import convert_weights_to_lp
 
-PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_fp16")
+from configs.validation import PRECISIONS
 
 
 @dataclass

@@ -30,9 +30,10 @@ import inspect
 import torch
 from torch import nn
 
+from configs.validation import OPTIMIZERS
+
 __all__ = ["OPTIMIZERS", "build_optimizer", "param_group_name"]
 
-OPTIMIZERS = ("Adam", "AdamW", "SGD")
 BACKBONE_PREFIX = "base_model."
 
 

@@ -42,38 +42,27 @@ from bisect import bisect_right
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from configs.validation import SCHEDULERS, WARMUP_METHODS
+
 __all__ = ["SCHEDULERS", "WARMUP_METHODS", "build_lr_scheduler", "lr_at", "lr_factor"]
 
-SCHEDULERS = ("cosine", "step", "linear", "exponential", "poly")
 _SCHEDULER_ALIASES = {"exp": "exponential"}
-WARMUP_METHODS = ("linear", "constant")
 
 
-def _scheduler_name(cfg) -> str:
-    name = str(cfg.scheduler).lower()
-    name = _SCHEDULER_ALIASES.get(name, name)
-    if name not in SCHEDULERS:
-        raise ValueError(
-            f"solver.scheduler={cfg.scheduler!r} is not supported; "
-            f"allowed values: {', '.join(SCHEDULERS)} ('exp' is accepted for 'exponential')"
-        )
-    return name
-
-
-def _warmup_method(cfg) -> str:
-    method = str(cfg.warmup_method).lower()
-    if method not in WARMUP_METHODS:
-        raise ValueError(
-            f"solver.warmup_method={cfg.warmup_method!r} is not supported; "
-            f"allowed values: {', '.join(WARMUP_METHODS)}"
-        )
-    return method
+def _option(cfg, key: str, allowed, aliases=None, note: str = "") -> str:
+    """``cfg.<key>`` lower-cased and de-aliased; a ValueError naming the key if not allowed."""
+    value = str(getattr(cfg, key)).lower()
+    value = (aliases or {}).get(value, value)
+    if value not in allowed:
+        raise ValueError(f"solver.{key}={getattr(cfg, key)!r} is not supported; "
+                         f"allowed values: {', '.join(allowed)}{note}")
+    return value
 
 
 def _check(cfg) -> str:
     """Validate the schedule options; return the canonical scheduler name."""
-    name = _scheduler_name(cfg)
-    _warmup_method(cfg)
+    name = _option(cfg, "scheduler", SCHEDULERS, _SCHEDULER_ALIASES, " ('exp' is accepted for 'exponential')")
+    _option(cfg, "warmup_method", WARMUP_METHODS)
     if cfg.warmup_epochs < 0:
         raise ValueError(f"solver.warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
     if name == "step" and list(cfg.milestones) != sorted(cfg.milestones):
@@ -92,7 +81,7 @@ def lr_factor(epoch: int, cfg, base_lr: float | None = None) -> float:
     warmup = int(cfg.warmup_epochs)
 
     if epoch < warmup:
-        if _warmup_method(cfg) == "constant":
+        if str(cfg.warmup_method).lower() == "constant":
             return float(cfg.warmup_factor)
         alpha = epoch / warmup
         return float(cfg.warmup_factor) * (1.0 - alpha) + alpha
