@@ -71,13 +71,6 @@ def check_free_space(path: Path, needed: int) -> None:
                              "free some space or choose another train.output_dir")
 
 
-def refuse_overwrite(path: Path) -> None:
-    """A run folder that already holds a run is continued on request, never overwritten."""
-    if (path / LAST).is_file():
-        raise RunFolderError(f"run folder {path} already holds a run ({LAST}); continue it with "
-                             f"train.auto_resume=true (or train.resume={path}), or choose another train.output_dir")
-
-
 def rng_state() -> Dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

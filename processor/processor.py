@@ -160,8 +160,12 @@ def read_metrics_rows(metrics_file: Path) -> List[dict]:
     power loss) is skipped with a warning."""
     if not metrics_file.is_file():
         return []
+    return _parse_metrics_lines(metrics_file.read_text(encoding="utf-8").splitlines(), metrics_file)
+
+
+def _parse_metrics_lines(lines: List[str], source: Path) -> List[dict]:
     rows = []
-    for number, line in enumerate(metrics_file.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -169,7 +173,7 @@ def read_metrics_rows(metrics_file: Path) -> List[dict]:
         if isinstance(row, dict) and {"epoch", "dataset", "split", "task", "R1"} <= row.keys():
             rows.append(row)
         else:
-            logger.warning("%s line %d is not a whole metrics row; skipped", metrics_file, number)
+            logger.warning("%s line %d is not a whole metrics row; skipped", source, number)
     return rows
 
 
@@ -179,7 +183,7 @@ def drop_metrics_after(metrics_file: Path, epoch: int) -> None:
     if not metrics_file.is_file():
         return
     lines = metrics_file.read_text(encoding="utf-8").splitlines()
-    kept = [json.dumps(row) + "\n" for row in read_metrics_rows(metrics_file) if row["epoch"] <= epoch]
+    kept = [json.dumps(row) + "\n" for row in _parse_metrics_lines(lines, metrics_file) if row["epoch"] <= epoch]
     if len(kept) < len(lines):
         tmp = metrics_file.with_name(metrics_file.name + ".tmp")
         tmp.write_text("".join(kept), encoding="utf-8")
@@ -217,6 +221,8 @@ def resume_source(cfg: Config, output_dir: Path) -> str:
     if (output_dir / ckpt.LAST).is_file():
         if cfg.train.auto_resume or restart_attempt() > 0:
             return str(output_dir / ckpt.LAST)
-        ckpt.refuse_overwrite(output_dir)
+        raise ckpt.RunFolderError(
+            f"run folder {output_dir} already holds a run ({ckpt.LAST}); continue it with train.auto_resume=true "
+            f"(or train.resume={output_dir}), or choose another train.output_dir")
     return ""
 
