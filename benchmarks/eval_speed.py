@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.presets import (CUHK_TEST_CAPTIONS, CUHK_TEST_IMAGES, CUHK_TRAIN_IDS, preset_config,  # noqa: E402
-                                synchronize)
+                                random_captions, synchronize)
 from datasets.build import EvalLoaders, build_eval_loaders, read_dataset  # noqa: E402
 from datasets.synthetic import generate  # noqa: E402
 from model.build import build_model  # noqa: E402
@@ -35,9 +35,7 @@ from processor.precision import PRECISIONS, Precision  # noqa: E402
 def tensor_loaders(cfg, images: int, captions: int, device: torch.device) -> EvalLoaders:
     """(pids, inputs) batches of random images and token ids, already on ``device``."""
     gen, size = torch.Generator().manual_seed(0), cfg.eval.batch_size
-    ids = torch.randint(1, 49405, (captions, cfg.data.text_length), generator=gen)
-    ids[:, 0], ids[:, 31] = 49406, 49407
-    ids[:, 32:] = 0
+    ids = random_captions(captions, cfg.data.text_length, gen)
     pixels = [torch.randn(min(size, images - start), 3, *cfg.model.image_size, generator=gen).to(device)
               for start in range(0, images, size)]
     image_pids = torch.arange(images) % 1000

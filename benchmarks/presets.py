@@ -29,13 +29,19 @@ def preset_config(name: str) -> Config:
     raise ValueError(f"unknown preset {name!r}; expected paper or tiny")
 
 
+def random_captions(count: int, text_length: int, gen: torch.Generator) -> torch.Tensor:
+    """[count, text_length] token ids: SOT, CAPTION_TOKENS - 2 random words, EOT, padding."""
+    ids = torch.zeros(count, text_length, dtype=torch.long)
+    ids[:, 0], ids[:, CAPTION_TOKENS - 1] = SOT_ID, EOT_ID
+    ids[:, 1:CAPTION_TOKENS - 1] = torch.randint(1, MASK_ID, (count, CAPTION_TOKENS - 2), generator=gen)
+    return ids
+
+
 def random_batch(cfg: Config, num_classes: int, device: torch.device, seed: int = 0) -> Dict[str, torch.Tensor]:
     """A training batch like the loader's (two captions per identity, 15% MLM masking), on ``device``."""
     gen = torch.Generator().manual_seed(seed)
-    size, length = cfg.data.batch_size, cfg.data.text_length
-    ids = torch.zeros(size, length, dtype=torch.long)
-    ids[:, 0], ids[:, CAPTION_TOKENS - 1] = SOT_ID, EOT_ID
-    ids[:, 1:CAPTION_TOKENS - 1] = torch.randint(1, MASK_ID, (size, CAPTION_TOKENS - 2), generator=gen)
+    size = cfg.data.batch_size
+    ids = random_captions(size, cfg.data.text_length, gen)
     masked = [mask_tokens(row, gen) for row in ids]
     batch = {"images": torch.randn(size, 3, *cfg.model.image_size, generator=gen), "caption_ids": ids,
              "mlm_ids": torch.stack([m for m, _ in masked]), "mlm_labels": torch.stack([lab for _, lab in masked]),
