@@ -16,6 +16,7 @@ import train as train_cli
 from conftest import ROOT
 from processor import checkpointing as ckpt
 from processor import processor
+from processor.trainer import StepLog
 from train_fixtures import make_fixture, read_metrics, tiny_run_args
 from utils.memory import resident_mb
 
@@ -138,20 +139,34 @@ def test_torchrun_restart_continues_from_last_checkpoint(tmp_path):
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
 
 
-def test_resident_memory_does_not_grow_across_epochs(tmp_path, monkeypatch):
+def _resident_growth(tmp_path, monkeypatch, leak: bool) -> tuple[float, list]:
+    """MiB between the medians of epochs 3-5 and 6-8 of a tiny 8-epoch run (evaluation
+    epochs swing RSS by ~12 MiB either way, hence medians); ``leak`` keeps every step's
+    loss with its graph alive, the mistake the measurement must see."""
     root, run = make_fixture(tmp_path / "data", identities=30), tmp_path / "run"
-    real, resident = processor.train_one_epoch, []
+    real, resident, kept = processor.train_one_epoch, [], []
 
     def measured(*args, **kwargs):
         result = real(*args, **kwargs)
         resident.append(resident_mb())
         return result
     monkeypatch.setattr(processor, "train_one_epoch", measured)
+    if leak:
+        real_add = StepLog.add
+        monkeypatch.setattr(StepLog, "add", lambda self, step, terms, metrics: (
+            kept.append(sum(terms.values())), real_add(self, step, terms, metrics)))
     assert train_cli.main(tiny_run_args(root, run, 8, "train.eval_period=2")) == 0
-    # Medians of epochs 3-5 and 6-8: evaluation epochs swing RSS by ~12 MiB either way; a
-    # leak of each step's graph (tried) grows it by ~7 MiB per epoch here.
-    growth = statistics.median(resident[5:8]) - statistics.median(resident[2:5])
+    return statistics.median(resident[5:8]) - statistics.median(resident[2:5]), resident
+
+
+def test_resident_memory_does_not_grow_across_epochs(tmp_path, monkeypatch):
+    growth, resident = _resident_growth(tmp_path, monkeypatch, leak=False)
     assert growth < 8, f"resident memory grew {growth:.1f} MiB from epochs 3-5 to 6-8: {resident}"
+
+
+def test_the_memory_measurement_sees_a_leak(tmp_path, monkeypatch):
+    growth, resident = _resident_growth(tmp_path, monkeypatch, leak=True)
+    assert growth >= 8, f"a leaked graph per step grew resident memory only {growth:.1f} MiB: {resident}"
 
 
 def test_bad_config_values_stop_train_py_before_anything_is_created(tmp_path, capsys):
