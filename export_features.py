@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from configs.loader import ConfigError
 from datasets.build import build_eval_loaders, read_dataset
-from datasets.readers import DataError
 from processor.evaluator import extract_features
-from utils.gallery import encode_folder
-from utils.inference import LoadedModel, load_model
+from processor.gallery import encode_folder
+from processor.inference import LoadedModel, load_model
+from utils.cli import add_model_source, report_user_errors
+from utils.io import write_with
 from utils.logger import setup_logging
 
 logger = logging.getLogger("export_features")
@@ -49,40 +48,28 @@ def folder_arrays(loaded: LoadedModel, folder: Path) -> Dict[str, np.ndarray]:
 
 
 def write_npz(arrays: Dict[str, np.ndarray], output: Path) -> None:
-    """np.savez to a temporary file, then moved into place (no half-written export)."""
+    """The arrays as one .npz, written atomically (no half-written export)."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_with(output, lambda stream: np.savez(stream, **arrays))
 
 
+@report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="run folder, checkpoint file or CLIP weights")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--dataset", help="dataset name (with --split)")
     target.add_argument("--images", type=Path, help="an image folder")
     parser.add_argument("--split", default="test")
     parser.add_argument("--root", default=None, help="dataset root (default: the run's data.root)")
     parser.add_argument("--output", type=Path, required=True, help="the .npz to write")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--which", choices=("best", "last"), default="best")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    add_model_source(parser)
     args = parser.parse_intermixed_args(argv)
     if args.output.suffix != ".npz":
         parser.error(f"--output {args.output}: expected a .npz file name")
     setup_logging()
-    try:
-        loaded = load_model(args.source, args.config, args.overrides, args.which)
-        arrays = (folder_arrays(loaded, args.images) if args.images is not None
-                  else split_arrays(loaded, args.dataset, args.split, args.root))
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
-        logger.error("%s", error)
-        return 2
+    loaded = load_model(args.source, args.config, args.overrides, args.which)
+    arrays = (folder_arrays(loaded, args.images) if args.images is not None
+              else split_arrays(loaded, args.dataset, args.split, args.root))
     write_npz(arrays, args.output)
     logger.info("wrote %s: %s", args.output, ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items()))
     return 0

@@ -21,13 +21,12 @@ import torch
 import torch.nn.functional as F
 from prettytable import PrettyTable
 
-from configs.loader import ConfigError
 from datasets.bases import load_image
-from datasets.readers import DataError
 from datasets.tokenizer import tokenize
 from utils.figures import ranked_row
-from utils.gallery import Gallery, encode_folder
-from utils.inference import LoadedModel, load_model
+from processor.gallery import Gallery, encode_folder
+from processor.inference import LoadedModel, load_model
+from utils.cli import add_model_source, report_user_errors
 from utils.logger import setup_logging
 
 logger = logging.getLogger("search")
@@ -51,16 +50,13 @@ def default_output(query: str) -> Path:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="run folder, checkpoint file or CLIP weights")
+    add_model_source(parser, flag="--checkpoint")
     parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
     parser.add_argument("--query", required=True, help="the description to search for")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--output", default=None, help="PNG of the top K (default: search_<query>.png)")
-    parser.add_argument("--config", default=None, help="YAML config (default: the run folder's)")
-    parser.add_argument("--which", choices=("best", "last"), default="best")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-cache", action="store_true", help="encode every image again, write no cache")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         parser.error(f"--top-k and --batch-size must be >= 1 (got {args.top_k}, {args.batch_size})")
@@ -69,15 +65,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
+@report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    try:
-        loaded = load_model(args.checkpoint, args.config, args.overrides, args.which)
-        gallery = encode_folder(Path(args.images), loaded, args.batch_size, use_cache=not args.no_cache)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
-        logger.error("%s", error)
-        return 2
+    loaded = load_model(args.source, args.config, args.overrides, args.which)
+    gallery = encode_folder(Path(args.images), loaded, args.batch_size, use_cache=not args.no_cache)
     logger.info("%d images (%d encoded now, %d from the cache, %d unreadable skipped)", len(gallery.paths),
                 gallery.encoded, len(gallery.paths) - gallery.encoded, len(gallery.skipped))
     hits = rank_gallery(loaded, gallery, args.query, args.top_k)

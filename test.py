@@ -4,6 +4,7 @@
     python test.py runs/CUHK-PEDES/<run> --which last eval.cross_domain=[ICFG-PEDES,RSTPReid]
     python test.py reference_best.pth --config configs/rstpreid.yaml eval.split=val
     python test.py data/ViT-B-16.pt data.dataset=CUHK-PEDES    # zero-shot CLIP
+    python test.py runs/CUHK-PEDES/<run> eval.split=test       # a run selected on val, on test
 
 Prints one table per dataset and writes the metrics as JSON (``--output``).
 """
@@ -17,54 +18,51 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from configs.defaults import Config
-from configs.loader import ConfigError, build_parser
-from processor.evaluator import evaluate, results_table
-from processor.processor import eval_targets
-from utils.inference import model_for, resolve_source
+from processor.evaluator import evaluate, eval_targets, results_table
+from processor.inference import model_for, resolve_source
+from utils.cli import add_model_source, report_user_errors
+from utils.io import write_text_atomic
 from utils.logger import setup_logging
 
 logger = logging.getLogger("test")
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=build_parser().epilog)
-    result.add_argument("weights", help="run folder, checkpoint file, or CLIP weights")
-    result.add_argument("--config", metavar="FILE", default=None,
-                        help="YAML config (default: the run folder's config.yaml, else the defaults)")
-    result.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
-    result.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder")
-    result.add_argument("--output", default=None, help="metrics JSON (default: beside the weights)")
+    result = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_source(result)
+    result.add_argument("--output", default=None,
+                        help="metrics JSON (default: beside the weights, named by weights, dataset and split)")
     return result
 
 
-def resolve(args) -> tuple[Config, Path, Path]:
-    """(config, weights file, output JSON) for a run folder or a weights file."""
-    cfg, weights = resolve_source(args.weights, args.config, args.overrides, args.which)
-    default = (Path(args.weights) / f"test_metrics_{args.which}.json" if Path(args.weights).is_dir()
-               else weights.with_name(weights.name + ".metrics.json"))
-    return cfg, weights, Path(args.output) if args.output else default
+def default_output(source: Path, weights: Path, which: str, cfg: Config) -> Path:
+    """Named by what was evaluated, so no two evaluations overwrite each other:
+    ``RUN/test_<which>_<datasets>_<split>.json`` for a run folder, else
+    ``<weights>.<datasets>_<split>.metrics.json`` beside the weights."""
+    datasets = "+".join([cfg.data.dataset, *cfg.eval.cross_domain])
+    if source.is_dir():
+        return source / f"test_{which}_{datasets}_{cfg.eval.split}.json"
+    return weights.with_name(f"{weights.name}.{datasets}_{cfg.eval.split}.metrics.json")
 
 
+@report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    cli = parser()
-    args = cli.parse_intermixed_args(argv)
+    args = parser().parse_intermixed_args(argv)
     setup_logging()
-    try:
-        cfg, weights, output = resolve(args)
-    except (ConfigError, FileNotFoundError) as error:
-        cli.error(str(error))
+    cfg, weights = resolve_source(args.source, args.config, args.overrides, args.which)
+    output = Path(args.output) if args.output else default_output(Path(args.source), weights, args.which, cfg)
+    targets = eval_targets(cfg)  # the annotations are read (and checked) before the weights load
     loaded = model_for(cfg, weights)
     results: Dict[str, dict] = {}
-    for loaders in eval_targets(cfg):
+    for loaders in targets:
         metrics = evaluate(loaded.model, loaders, loaded.device, loaded.autocast, cfg.eval.i2t, cfg.eval.query_chunk,
                            progress=True)
         results[loaders.dataset] = {"split": loaders.split, **metrics}
         print(f"{loaders.dataset} ({loaders.split}) - {weights}\n{results_table(metrics)}")
-    output.write_text(json.dumps({"weights": str(weights), "results": results}, indent=2))
+    write_text_atomic(output, json.dumps({"weights": str(weights), "results": results}, indent=2))
     logger.info("metrics written to %s", output)
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

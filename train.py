@@ -14,11 +14,14 @@ from typing import Optional, Sequence
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from configs.defaults import Config
-from configs.loader import build_parser, parse_args, save_config
+from configs.errors import UserError
+from configs.loader import build_parser, parse_args
 from processor.checkpointing import prepare_run_folder
 from processor.processor import train
+from utils.cli import report_user_errors
 from utils.distributed import (DistInfo, broadcast_object, cleanup, elastic_job_id, init_distributed,
                                restart_attempt)
+from utils.io import save_config
 from utils.logger import setup_logging
 
 logger = logging.getLogger("train")
@@ -42,6 +45,7 @@ def resolve_output_dir(cfg: Config, info: DistInfo) -> Path:
 
 
 @record  # under torchrun: the failing rank's traceback goes into torchrun's error report
+@report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg, _ = parse_args(argv, build_parser(__doc__.splitlines()[0]))
     info = init_distributed(cfg.train.device)
@@ -58,7 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as error:
         # Every rank logs its own failure (non-zero ranks append errors to the run's log);
         # torchrun then stops the other ranks and exits non-zero.
-        logger.error("rank %d of %d failed: %s: %s", info.rank, info.world_size, type(error).__name__, error)
+        if not isinstance(error, UserError) or info.distributed:
+            logger.error("rank %d of %d failed: %s: %s", info.rank, info.world_size, type(error).__name__, error)
         raise
     finally:
         cleanup()

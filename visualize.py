@@ -20,16 +20,16 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from configs.loader import ConfigError
+from configs.errors import UserError
 from datasets.bases import load_image
 from datasets.build import build_eval_loaders, read_dataset
-from datasets.readers import DataError
 from datasets.tokenizer import EOT_ID, SOT_ID, tokenize
 from datasets.transforms import build_transform
 from model.objectives import text_patch_affinity
 from processor.evaluator import extract_features
+from processor.inference import LoadedModel, load_model
+from utils.cli import add_model_source, report_user_errors
 from utils.figures import ranked_row, similarity_maps
-from utils.inference import LoadedModel, load_model
 from utils.logger import setup_logging
 
 logger = logging.getLogger("visualize")
@@ -38,7 +38,7 @@ logger = logging.getLogger("visualize")
 def pick_queries(count: int, chosen: List[int], how_many: int, seed: int) -> List[int]:
     bad = [q for q in chosen if not 0 <= q < count]
     if bad:
-        raise ValueError(f"--queries {bad} out of range: the split has {count} captions (0..{count - 1})")
+        raise UserError(f"--queries {bad} out of range: the split has {count} captions (0..{count - 1})")
     return chosen or sorted(random.Random(seed).sample(range(count), min(how_many, count)))
 
 
@@ -69,7 +69,7 @@ def word_positions(ids: torch.Tensor, word: str, text_length: int, caption: str)
     for start in range(len(row) - len(pieces) + 1):
         if row[start:start + len(pieces)] == pieces:
             return list(range(start, start + len(pieces)))
-    raise ValueError(f"word {word!r} is not in the caption {caption!r}")
+    raise UserError(f"word {word!r} is not in the caption {caption!r}")
 
 
 @torch.no_grad()
@@ -77,10 +77,10 @@ def efa_maps(loaded: LoadedModel, args) -> List[Path]:
     cfg = loaded.cfg
     records = read_dataset(str(Path(args.root or cfg.data.root)), args.dataset).split_records(args.split)
     if not 0 <= args.index < len(records):
-        raise ValueError(f"--index {args.index} out of range: the split has {len(records)} images")
+        raise UserError(f"--index {args.index} out of range: the split has {len(records)} images")
     record = records[args.index]
     if not 0 <= args.caption < len(record.captions):
-        raise ValueError(f"--caption {args.caption}: image {args.index} has {len(record.captions)} captions")
+        raise UserError(f"--caption {args.caption}: image {args.index} has {len(record.captions)} captions")
     caption, image = record.captions[args.caption], load_image(record.image_path)
     ids = tokenize(caption, cfg.data.text_length)
     words = args.words or [w.strip(".,") for w in caption.split() if len(w.strip(".,")) > 3][:3]
@@ -100,9 +100,7 @@ def efa_maps(loaded: LoadedModel, args) -> List[Path]:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tool", choices=("retrieval", "efa"))
-    parser.add_argument("source", help="run folder, checkpoint file or CLIP weights")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--which", choices=("best", "last"), default="best")
+    add_model_source(parser)
     parser.add_argument("--dataset", default=None, help="default: the run's dataset")
     parser.add_argument("--split", default="test")
     parser.add_argument("--root", default=None, help="dataset root (default: the run's data.root)")
@@ -114,21 +112,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--index", type=int, default=0, help="efa: image index in the split")
     parser.add_argument("--caption", type=int, default=0, help="efa: which of its captions")
     parser.add_argument("--words", nargs="*", default=[], help="efa: words of the caption to map")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser.parse_intermixed_args(argv)
 
 
+@report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    try:
-        loaded = load_model(args.source, args.config, args.overrides, args.which)
-        args.dataset = args.dataset or loaded.cfg.data.dataset
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        written = (retrieval_pictures if args.tool == "retrieval" else efa_maps)(loaded, args)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
-        logger.error("%s", error)
-        return 2
+    loaded = load_model(args.source, args.config, args.overrides, args.which)
+    args.dataset = args.dataset or loaded.cfg.data.dataset
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    written = (retrieval_pictures if args.tool == "retrieval" else efa_maps)(loaded, args)
     for path in written:
         logger.info("wrote %s", path)
     return 0

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from prettytable import PrettyTable  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from benchmarks.presets import CUHK_TRAIN_IDS, preset_config, random_batch, synchronize  # noqa: E402
+from benchmarks.presets import cuhk_id_outputs, preset_config, random_batch, synchronize  # noqa: E402
 from model.build import build_model  # noqa: E402
 from model.fmfa import FMFA  # noqa: E402
 
@@ -81,7 +81,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = preset_config(args.preset)
-    model = build_model(cfg, num_classes=CUHK_TRAIN_IDS).to(device).eval()
+    model = build_model(cfg, num_classes=cuhk_id_outputs(cfg)).to(device).eval()
     parts = parameters_per_part(model)
     table = PrettyTable(["part", "parameters (M)"], align="l")
     for part, count in parts.items():
@@ -89,7 +89,7 @@ def main() -> None:
     table.add_row(["total", f"{sum(parts.values()) / 1e6:.2f}"])
     print(table)
     batch = random_batch(cfg.__class__(model=cfg.model, data=cfg.data.__class__(batch_size=args.batch)),
-                         CUHK_TRAIN_IDS, device)
+                         cuhk_id_outputs(cfg), device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     cost = PrettyTable(["item", "GFLOPs", "ms (batch 1)", f"ms per item (batch {args.batch})"], align="l")
     for label, function, inputs in (("caption query (77 tokens)", model.encode_text, batch["caption_ids"]),

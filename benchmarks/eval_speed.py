@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.presets import (CUHK_TEST_CAPTIONS, CUHK_TEST_IMAGES, CUHK_TRAIN_IDS, preset_config,  # noqa: E402
+from benchmarks.presets import (CUHK_TEST_CAPTIONS, CUHK_TEST_IMAGES, cuhk_id_outputs, preset_config,  # noqa: E402
                                 random_captions, synchronize)
 from datasets.build import EvalLoaders, build_eval_loaders, read_dataset  # noqa: E402
 from datasets.synthetic import generate  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> None:
     images, captions = args.images or CUHK_TEST_IMAGES // scale, args.captions or CUHK_TEST_CAPTIONS // scale
     cfg = preset_config(preset)
     precision = Precision(args.mode or ("amp_bf16" if device.type == "cuda" else "fp32"), device)
-    model = precision.prepare_model(build_model(cfg, num_classes=CUHK_TRAIN_IDS)).to(device).eval()
+    model = precision.prepare_model(build_model(cfg, num_classes=cuhk_id_outputs(cfg))).to(device).eval()
     loaders = tensor_loaders(cfg, images, captions, device)
     time_evaluation(model, loaders, precision, cfg.eval.query_chunk)  # warm-up
     runs = [time_evaluation(model, loaders, precision, cfg.eval.query_chunk) for _ in range(args.repeats)]

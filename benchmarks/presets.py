@@ -14,7 +14,7 @@ from configs.defaults import Config, DataConfig, ModelConfig
 from datasets.bases import mask_tokens
 from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID
 
-CUHK_TRAIN_IDS, CUHK_TRAIN_PAIRS = 11003, 68126  # SPEC section 5
+CUHK_TRAIN_IDS, CUHK_TRAIN_PAIRS = 11003, 68126  # docs/method.md, "Data"
 CUHK_TEST_IMAGES, CUHK_TEST_CAPTIONS = 3074, 6156
 CAPTION_TOKENS = 32  # typical CUHK-PEDES caption length (words + SOT/EOT), padded to 77
 
@@ -29,6 +29,11 @@ def preset_config(name: str) -> Config:
     raise ValueError(f"unknown preset {name!r}; expected paper or tiny")
 
 
+def cuhk_id_outputs(cfg: Config) -> int:
+    """The ID classifier's outputs on CUHK-PEDES for ``cfg.model.id_classes``."""
+    return CUHK_TRAIN_PAIRS if cfg.model.id_classes == "captions" else CUHK_TRAIN_IDS
+
+
 def random_captions(count: int, text_length: int, gen: torch.Generator) -> torch.Tensor:
     """[count, text_length] token ids: SOT, CAPTION_TOKENS - 2 random words, EOT, padding."""
     ids = torch.zeros(count, text_length, dtype=torch.long)
@@ -38,14 +43,19 @@ def random_captions(count: int, text_length: int, gen: torch.Generator) -> torch
 
 
 def random_batch(cfg: Config, num_classes: int, device: torch.device, seed: int = 0) -> Dict[str, torch.Tensor]:
-    """A training batch like the loader's (two captions per identity, 15% MLM masking), on ``device``."""
+    """A training batch like the loader's (two captions per identity, 15% MLM masking; the
+    masked caption as ``caption_ids`` too with ``data.share_masked_caption``), on ``device``.
+    Identities are drawn below ``min(num_classes, CUHK_TRAIN_IDS)``."""
     gen = torch.Generator().manual_seed(seed)
     size = cfg.data.batch_size
     ids = random_captions(size, cfg.data.text_length, gen)
     masked = [mask_tokens(row, gen) for row in ids]
-    batch = {"images": torch.randn(size, 3, *cfg.model.image_size, generator=gen), "caption_ids": ids,
-             "mlm_ids": torch.stack([m for m, _ in masked]), "mlm_labels": torch.stack([lab for _, lab in masked]),
-             "pids": torch.randint(num_classes, (size // 2,), generator=gen).repeat_interleave(2)[:size]}
+    mlm_ids = torch.stack([m for m, _ in masked])
+    identities = min(num_classes, CUHK_TRAIN_IDS)
+    batch = {"images": torch.randn(size, 3, *cfg.model.image_size, generator=gen),
+             "caption_ids": mlm_ids if cfg.data.share_masked_caption else ids,
+             "mlm_ids": mlm_ids, "mlm_labels": torch.stack([lab for _, lab in masked]),
+             "pids": torch.randint(identities, (size // 2,), generator=gen).repeat_interleave(2)[:size]}
     return {key: value.to(device) for key, value in batch.items()}
 
 

@@ -31,12 +31,12 @@ import torch  # noqa: E402
 from prettytable import PrettyTable  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from benchmarks.presets import (CUHK_TRAIN_IDS, CUHK_TRAIN_PAIRS, preset_config, random_batch,  # noqa: E402
+from benchmarks.presets import (CUHK_TRAIN_PAIRS, cuhk_id_outputs, preset_config, random_batch,  # noqa: E402
                                 synchronize)
 from configs.defaults import Config  # noqa: E402
 from datasets.build import build_train_loader, read_dataset  # noqa: E402
 from datasets.synthetic import generate  # noqa: E402
-from model.build import build_model  # noqa: E402
+from model.build import build_criterion, build_model  # noqa: E402
 from processor.precision import PRECISIONS, Precision  # noqa: E402
 from processor.trainer import train_one_epoch  # noqa: E402
 from solver import build_optimizer  # noqa: E402
@@ -60,6 +60,7 @@ class StepBench:
         torch.manual_seed(0)
         self.precision = Precision(mode, device)
         self.model = self.precision.prepare_model(build_model(cfg, num_classes)).to(device)
+        self.criterion = build_criterion(cfg)
         self.optimizer = build_optimizer(self.model, cfg.solver)
         self.scaler = self.precision.make_scaler()
         self.runner = torch.compile(self.model) if compile_model else self.model
@@ -74,7 +75,7 @@ class StepBench:
                 yield batch
         synchronize(self.precision.device)
         started = time.perf_counter()
-        train_one_epoch(self.runner, counted(), self.optimizer, self.precision, self.scaler, 0, 0,
+        train_one_epoch(self.runner, self.criterion, counted(), self.optimizer, self.precision, self.scaler, 0, 0,
                         log_period=50, progress=False)
         synchronize(self.precision.device)
         return seen[0] / (time.perf_counter() - started)
@@ -84,7 +85,7 @@ def count_step_flops(cfg: Config, device: torch.device, num_classes: int) -> int
     model = build_model(cfg, num_classes).to(device)
     batch = random_batch(cfg, num_classes, device)
     with FlopCounterMode(display=False) as counter:
-        terms, _ = model(batch)
+        terms, _ = build_criterion(cfg)(model(batch), batch)
         sum(terms.values()).backward()
     return counter.get_total_flops()
 
@@ -145,7 +146,7 @@ def main() -> None:
     preset = args.preset or ("paper" if device.type == "cuda" else "tiny")
     cfg = preset_config(preset)
     cfg = replace(cfg, solver=replace(cfg.solver, fused=True))
-    num_classes = CUHK_TRAIN_IDS if preset == "paper" else 50
+    num_classes = cuhk_id_outputs(cfg) if preset == "paper" else 50
     peak = args.peak_tflops or known_peak(device)
     flops = count_step_flops(cfg, device, num_classes)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

@@ -1,8 +1,11 @@
-"""Configuration: the schema (``defaults.py``), loading/saving (``loader.py``), checks (``validation.py``)."""
+"""Configuration: the schema (``defaults.py``), loading (``loader.py``), allowed values and
+checks (``validation.py``), the user-error types (``errors.py``). Imports no other package
+of the project; every other package may import it."""
 from configs.defaults import Config
-from configs.loader import (ConfigError, apply_overrides, build_parser, config_to_dict, load_config,
-                            parse_args, parse_cli, save_config)
+from configs.errors import ConfigError, UserError
+from configs.loader import (apply_overrides, build_parser, config_to_dict, config_yaml, load_config, parse_args,
+                            parse_cli)
 from configs.validation import validate
 
-__all__ = ["Config", "ConfigError", "apply_overrides", "build_parser", "config_to_dict", "load_config",
-           "parse_args", "parse_cli", "save_config", "validate"]
+__all__ = ["Config", "ConfigError", "UserError", "apply_overrides", "build_parser", "config_to_dict", "config_yaml",
+           "load_config", "parse_args", "parse_cli", "validate"]

@@ -32,12 +32,18 @@ class ModelConfig:
     vocab_size: int = 49408  # the reference tokenizer's vocabulary; also the MLM classes
     temperature: float = 0.02  # fixed; logit scale = 1 / temperature = 50
     cmt_depth: int = 4  # layers of the IRR cross-modal transformer
+    # Outputs of the ID classifier: "captions" = the number of training captions, as the
+    # authors' train.py sizes it (68,126 on CUHK-PEDES; labels stay the identity indices, so
+    # the extra outputs are never targets); "identities" = the number of training identities.
+    id_classes: str = "captions"
 
 
 @dataclass
 class LossConfig:
-    # "+"-separated subset of: itc, sdm, a-sdm, cmpm, id, mlm, efa. Paper: a-sdm+mlm+id+efa.
-    names: str = "a-sdm+mlm+id+efa"
+    # Enabled losses, a subset of: itc, sdm, a-sdm, cmpm, id, mlm, efa, written as a list or
+    # "+"-joined (loss.names=sdm+mlm+id). Paper: a-sdm+mlm+id+efa.
+    names: List[str] = field(default_factory=lambda: ["a-sdm", "mlm", "id", "efa"],
+                             metadata={"plus_joined": True})
     # Weight per loss name; a name not listed gets 1.0.
     weights: Dict[str, float] = field(default_factory=dict)
 
@@ -68,6 +74,10 @@ class DataConfig:
     sampler: str = "random"  # "random" (paper) or "identity" (P identities x K instances)
     num_instance: int = 4  # K of the identity sampler
     augment: bool = True  # flip + pad/crop + random erasing (the paper's runs: on)
+    # true = the authors' data code: the caption is MLM-masked in place, so the global losses
+    # (A-SDM, ID, EFA) see the masked caption too (caption_ids == mlm_ids) and the text tower
+    # runs once per batch; false = the clean caption for the global losses (the papers' text).
+    share_masked_caption: bool = True
     text_length: int = 77
     num_workers: int = 8
     pin_memory: bool = True

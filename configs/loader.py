@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import os
 import re
 import typing
 from pathlib import Path
@@ -24,12 +23,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from configs.defaults import Config
+from configs.errors import ConfigError
+from configs.validation import validate
 
 PathLike = Union[str, Path]
-
-
-class ConfigError(ValueError):
-    """A configuration file, override or value is invalid; the message names the key or file."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -84,6 +81,16 @@ def _section_types(section: Any) -> Dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(section)}
 
 
+def _plus_joined(section: Any, key: str) -> bool:
+    """Keys such as ``loss.names`` accept ``"a-sdm+mlm"`` for ``[a-sdm, mlm]``."""
+    return any(f.name == key and f.metadata.get("plus_joined") for f in dataclasses.fields(section))
+
+
+def split_plus(text: str) -> List[str]:
+    """``"a-sdm + mlm"`` -> ``["a-sdm", "mlm"]`` (spaces stripped; empty names kept, for validation to name)."""
+    return [part.strip() for part in text.split("+")] if text.strip() else []
+
+
 def _unknown(name: str, valid: Sequence[str], where: str) -> ConfigError:
     section, _, leaf = name.rpartition(".")
     close = difflib.get_close_matches(leaf, list(valid), n=3, cutoff=0.6)
@@ -128,6 +135,8 @@ def _set(cfg: Config, dotted: str, value: Any, where: str, raw: Optional[str] = 
         value = {**getattr(section, parts[1]), parts[2]: entry}
     elif raw is not None and tp is str and not isinstance(value, (str, list, dict)):
         value = raw.strip()  # e.g. train.name=2024
+    elif isinstance(value, str) and _plus_joined(section, parts[1]):
+        value = split_plus(value)  # parsed once, here: consumers see the list
     value = _checked(dotted, value, tp, where)
     setattr(section, parts[1], value)
 
@@ -194,15 +203,19 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     return cfg
 
 
-def load_config(path: Optional[PathLike], overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file (and its ``base:`` chain), then ``key=value`` overrides."""
+def load_config(path: Optional[PathLike], overrides: Sequence[str] = (), check: bool = True) -> Config:
+    """Defaults, then the YAML file (and its ``base:`` chain), then ``key=value`` overrides;
+    validated (:func:`configs.validation.validate`) unless ``check`` is false."""
     if isinstance(overrides, str):
         raise ConfigError(f"overrides must be a sequence of 'key=value' strings, got {overrides!r}")
     cfg = Config()
     if path is not None:
         for file, data in _chain(Path(path)):
             _apply_file(cfg, file, data)
-    return apply_overrides(cfg, overrides)
+    apply_overrides(cfg, overrides)
+    if check:
+        validate(cfg)
+    return cfg
 
 
 def config_to_dict(cfg: Config) -> Dict[str, Any]:
@@ -216,24 +229,9 @@ def config_differences(before: Dict[str, Any], after: Dict[str, Any]) -> List[st
             if after.get(section, {}).get(key) != value]
 
 
-def save_config(cfg: Config, path: PathLike) -> None:
-    """Write ``cfg`` as YAML (readable back by :func:`load_config`), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(config_to_dict(cfg), handle, sort_keys=False, default_flow_style=None)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def validate(cfg: Config) -> None:
-    """Range and choice checks (see ``configs/validation.py``)."""
-    from configs.validation import validate as _validate
-    _validate(cfg)
+def config_yaml(cfg: Config) -> str:
+    """``cfg`` as YAML text, readable back by :func:`load_config` (``utils.io.save_config`` writes it)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -257,9 +255,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, parser: Optional[argparse.A
     parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
-        if check:
-            validate(cfg)
+        cfg = load_config(args.config, args.overrides, check)
     except ConfigError as exc:
         parser.error(str(exc))
     return cfg, args

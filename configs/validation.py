@@ -8,12 +8,23 @@ from __future__ import annotations
 from typing import Any, Iterable, List
 
 from configs.defaults import Config
-from configs.loader import ConfigError
-from datasets.readers import LAYOUTS
+from configs.errors import ConfigError
 
-DATASETS = tuple(LAYOUTS)
+# Every set of allowed values, declared once; the packages that act on a value import its set.
 SPLITS = ("train", "val", "test")
-NO_VAL = tuple(name for name, layout in LAYOUTS.items() if "val" not in layout.splits)  # SPEC section 5
+# The splits each dataset has (docs/method.md, "Data"); datasets/readers.py builds its
+# layouts on this table.
+DATASET_SPLITS = {
+    "CUHK-PEDES": ("train", "val", "test"),
+    "ICFG-PEDES": ("train", "test"),
+    "RSTPReid": ("train", "val", "test"),
+    "Synthetic-PEDES": ("train", "val", "test"),
+}
+DATASETS = tuple(DATASET_SPLITS)
+NO_VAL = tuple(name for name, splits in DATASET_SPLITS.items() if "val" not in splits)
+# The losses model/loss.py composes (its registry is keyed by exactly these names).
+LOSS_NAMES = ("itc", "sdm", "a-sdm", "cmpm", "id", "mlm", "efa")
+ID_CLASSES = ("captions", "identities")
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_fp16")
 SAMPLERS = ("random", "identity")
 OPTIMIZERS = ("Adam", "AdamW", "SGD")
@@ -46,21 +57,21 @@ def validate(cfg: Config) -> None:
     for key in ("embed_dim", "vision_width", "vision_layers", "text_width", "text_layers",
                 "context_length", "vocab_size", "cmt_depth"):
         need(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
+    choice("model.id_classes", m.id_classes, ID_CLASSES)
     need(m.temperature > 0, "model.temperature", m.temperature, "> 0")
     # Attention heads are width / 64 (CLIP's convention; the IRR head uses embed_dim / 64).
     for key in ("embed_dim", "vision_width", "text_width"):
         need(getattr(m, key) % 64 == 0, f"model.{key}", getattr(m, key), "a multiple of 64 (64 per attention head)")
 
     # losses
-    from model.fmfa import parse_loss_names  # imported here: it brings torch and open_clip
-    try:
-        enabled = parse_loss_names(cfg.loss.names)
-    except ValueError as exc:
-        problems.append(f"loss.names: {exc}")
-    else:
-        extra = sorted(set(cfg.loss.weights) - set(enabled))
-        need(not extra, "loss.weights", cfg.loss.weights,
-             f"keyed by enabled losses ({', '.join(enabled)}); not enabled: {', '.join(extra)}")
+    names = cfg.loss.names
+    unknown = [name for name in names if name not in LOSS_NAMES]
+    need(bool(names) and not unknown, "loss.names", "+".join(names),
+         f"a '+'-joined subset of {', '.join(LOSS_NAMES)}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    need(len(set(names)) == len(names), "loss.names", "+".join(names), "without a loss named twice")
+    extra = sorted(set(cfg.loss.weights) - set(names))
+    need(not extra, "loss.weights", cfg.loss.weights,
+         f"keyed by enabled losses ({', '.join(names)}); not enabled: {', '.join(extra)}")
     choice("asdm.mode", cfg.asdm.mode, ASDM_MODES)
     for key in ("text_margin", "image_margin", "threshold"):
         need(getattr(cfg.efa, key) >= 0, f"efa.{key}", getattr(cfg.efa, key), ">= 0")

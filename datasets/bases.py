@@ -76,10 +76,14 @@ def split_key(key: SampleKey) -> Tuple[int, int]:
 
 
 class ImageTextMLMDataset(Dataset):
-    """Training pairs -> dicts with pids, image_ids, images, caption_ids, mlm_ids, mlm_labels."""
+    """Training pairs -> dicts with pids, image_ids, images, caption_ids, mlm_ids, mlm_labels.
+
+    ``share_masked_caption``: ``caption_ids`` is the masked caption too (``== mlm_ids``), as
+    the authors' dataset produces by masking the caption's tokens in place.
+    """
 
     def __init__(self, pairs: TrainPairs, transform: Callable, text_length: int = 77, seed: int = 0,
-                 masked_language: bool = True):
+                 masked_language: bool = True, share_masked_caption: bool = False):
         self.pids = torch.tensor(pairs.pids, dtype=torch.long)
         self.image_ids = torch.tensor(pairs.image_ids, dtype=torch.long)
         # One numpy buffer, not a list of str objects: workers touching Python objects' refcounts
@@ -89,6 +93,7 @@ class ImageTextMLMDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.masked_language = masked_language
+        self.share_masked_caption = share_masked_caption
 
     def __len__(self) -> int:
         return len(self.pids)
@@ -106,6 +111,8 @@ class ImageTextMLMDataset(Dataset):
                 "caption_ids": tokens}
         if self.masked_language:
             item["mlm_ids"], item["mlm_labels"] = mask_tokens(tokens, torch.Generator().manual_seed(seed))
+            if self.share_masked_caption:  # the authors' in-place masking: every loss sees the masked caption
+                item["caption_ids"] = item["mlm_ids"]
         return item
 
 

@@ -11,6 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from configs.defaults import Config, DataConfig
+from configs.errors import ConfigError
+from configs.validation import SAMPLERS
 from datasets.bases import ImageDataset, ImageTextMLMDataset, TextDataset
 from datasets.readers import RetrievalDataset
 from datasets.samplers import IdentitySampler, RandomSampler
@@ -33,26 +35,30 @@ def make_loader(dataset: Dataset, data: DataConfig, batch_size: int, sampler: Op
                       persistent_workers=data.persistent_workers and workers > 0, drop_last=False)
 
 
-def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1,
-                       masked_language: bool = True) -> tuple[DataLoader, int]:
-    """(loader over the training split, number of training identities). ``data.batch_size``
-    is the global batch; each of ``world_size`` ranks loads its share."""
+def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple[DataLoader, int]:
+    """(loader over the training split, outputs of the ID classifier). The second is the
+    number of training captions with ``model.id_classes=captions`` (the authors' train.py),
+    else of training identities; labels are the identity indices either way.
+    ``data.batch_size`` is the global batch; each of ``world_size`` ranks loads its share.
+    Batches carry MLM-masked captions when 'mlm' is among ``loss.names``."""
     data = cfg.data
     if data.batch_size % world_size:
-        raise ValueError(f"data.batch_size={data.batch_size} is not divisible by the {world_size} ranks")
+        raise ConfigError(f"data.batch_size={data.batch_size} is not divisible by the {world_size} ranks")
     per_rank = data.batch_size // world_size
     source = read_dataset(data.root, data.dataset)
     pairs = source.train_pairs(data.train_split)
     transform = build_transform(cfg.model.image_size, train=True, augment=data.augment)
     dataset = ImageTextMLMDataset(pairs, transform, data.text_length, seed=cfg.train.seed,
-                                  masked_language=masked_language)
+                                  masked_language="mlm" in cfg.loss.names,
+                                  share_masked_caption=data.share_masked_caption)
     if data.sampler == "identity":
         sampler = IdentitySampler(pairs.pids, per_rank, data.num_instance, cfg.train.seed, rank, world_size)
     elif data.sampler == "random":
         sampler = RandomSampler(len(dataset), cfg.train.seed, rank, world_size)
     else:
-        raise ValueError(f"data.sampler={data.sampler!r}; expected 'random' or 'identity'")
-    return make_loader(dataset, data, per_rank, sampler), pairs.num_classes
+        raise ConfigError(f"data.sampler={data.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    num_classes = len(dataset) if cfg.model.id_classes == "captions" else pairs.num_classes
+    return make_loader(dataset, data, per_rank, sampler), num_classes
 
 
 @dataclass

@@ -17,10 +17,13 @@ from typing import Dict, List, Sequence, Tuple
 
 from prettytable import PrettyTable
 
+from configs.errors import UserError
+from configs.validation import DATASET_SPLITS
+
 logger = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset file or record is missing or malformed; the message names it."""
 
 
@@ -38,15 +41,17 @@ class DatasetLayout:
                 f"{'|'.join(self.splits)}}}) and the images under {folder}/imgs/")
 
 
-LAYOUTS: Dict[str, DatasetLayout] = {
-    "CUHK-PEDES": DatasetLayout("CUHK-PEDES", ("reid_raw.json",), "file_path", ("train", "val", "test")),
-    "ICFG-PEDES": DatasetLayout("ICFG-PEDES", ("ICFG-PEDES.json", "ICFG_PEDES.json"), "file_path",
-                                ("train", "test")),
-    "RSTPReid": DatasetLayout("RSTPReid", ("data_captions.json",), "img_path", ("train", "val", "test")),
-    # Written by `python -m datasets.synthetic` in the CUHK-PEDES format.
-    "Synthetic-PEDES": DatasetLayout("Synthetic-PEDES", ("reid_raw.json",), "file_path",
-                                     ("train", "val", "test")),
+# (accepted annotation file names, image key) per dataset; the splits come from the
+# config's table of datasets. Synthetic-PEDES is written by `python -m datasets.synthetic`
+# in the CUHK-PEDES format.
+_FILES = {
+    "CUHK-PEDES": (("reid_raw.json",), "file_path"),
+    "ICFG-PEDES": (("ICFG-PEDES.json", "ICFG_PEDES.json"), "file_path"),
+    "RSTPReid": (("data_captions.json",), "img_path"),
+    "Synthetic-PEDES": (("reid_raw.json",), "file_path"),
 }
+LAYOUTS: Dict[str, DatasetLayout] = {name: DatasetLayout(name, *_FILES[name], splits)
+                                     for name, splits in DATASET_SPLITS.items()}
 
 
 @dataclass(frozen=True)

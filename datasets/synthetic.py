@@ -23,19 +23,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import shutil
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import astuple, dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
-from .synthetic_draw import PALETTE, SKIN_RGB, render
+from utils.io import write_text_atomic
+from .synthetic_draw import PALETTE, SKIN_RGB, Identity, render
 
 logger = logging.getLogger("datasets.synthetic")
 
@@ -55,28 +55,6 @@ BAG_TYPES = {"man": {"none": 0.38, "backpack": 0.3, "handbag": 0.07, "shoulder b
              "woman": {"none": 0.3, "backpack": 0.22, "handbag": 0.26, "shoulder bag": 0.22}}
 STREAM_IDENTITIES, STREAM_COUNTS, STREAM_CAPTIONS, STREAM_IMAGE = 0, 1, 2, 3
 PathLike = Union[str, Path]
-
-
-@dataclass(frozen=True)
-class Identity:
-    """One person. ``None`` marks an absent value (no inner top, no lower garment under a
-    dress, no hair colour when bald, no bag colour without a bag)."""
-    gender: str
-    hair_style: str
-    hair_colour: Optional[str]
-    upper_type: str
-    upper_colour: str
-    inner_colour: Optional[str]  # top seen through an open jacket
-    lower_type: Optional[str]
-    lower_colour: Optional[str]
-    shoes_colour: str
-    bag_type: str
-    bag_colour: Optional[str]
-    skin: int = 0  # skin tone index (drawn, not described; not part of the attribute key)
-
-    def key(self) -> Tuple[Optional[str], ...]:
-        """The described attributes: unique per identity."""
-        return astuple(self)[:-1]
 
 
 ATTRIBUTES: Tuple[str, ...] = tuple(f.name for f in fields(Identity))[:-1]
@@ -246,12 +224,6 @@ def _plan(params: dict, imgs: Path) -> Tuple[List[dict], List[tuple]]:
     return records, jobs
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _is_complete(folder: Path, meta: dict) -> bool:
     try:
         if json.loads((folder / META).read_text(encoding="utf-8")) != meta:
@@ -295,8 +267,8 @@ def generate(root: PathLike, num_train_ids: int = 500, num_val_ids: int = 100, n
     else:
         for job in jobs:
             _render_job(job)
-    _write_atomic(folder / META, json.dumps(meta, indent=1) + "\n")
-    _write_atomic(folder / ANNOTATION, json.dumps(records))
+    write_text_atomic(folder / META, json.dumps(meta, indent=1) + "\n")
+    write_text_atomic(folder / ANNOTATION, json.dumps(records))
     ids = params["num_train_ids"] + params["num_val_ids"] + params["num_test_ids"]
     logger.info("%s: %d identities (%d/%d/%d), %d images, %d captions in %.1f s", folder, ids,
                 num_train_ids, num_val_ids, num_test_ids, len(records), 2 * len(records), time.perf_counter() - start)

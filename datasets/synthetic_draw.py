@@ -1,6 +1,6 @@
 """Procedural drawing of one synthetic pedestrian for :mod:`datasets.synthetic`.
 
-:func:`render` draws an :class:`~datasets.synthetic.Identity` with PIL.ImageDraw, seen from
+:func:`render` draws an :class:`Identity` with PIL.ImageDraw, seen from
 the front or the back, with per-image pose jitter (leg spread, arm angles, elbow bend, lean,
 mirroring), colour jitter, a random background and camera jitter (scale, translation,
 brightness/contrast, noise, optional blur). Shapes are drawn at twice the output size and
@@ -10,14 +10,34 @@ body axis, y down from the top of the head, feet at 100.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
+from dataclasses import astuple, dataclass
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-if TYPE_CHECKING:
-    from .synthetic import Identity
+@dataclass(frozen=True)
+class Identity:
+    """One person. ``None`` marks an absent value (no inner top, no lower garment under a
+    dress, no hair colour when bald, no bag colour without a bag)."""
+    gender: str
+    hair_style: str
+    hair_colour: Optional[str]
+    upper_type: str
+    upper_colour: str
+    inner_colour: Optional[str]  # top seen through an open jacket
+    lower_type: Optional[str]
+    lower_colour: Optional[str]
+    shoes_colour: str
+    bag_type: str
+    bag_colour: Optional[str]
+    skin: int = 0  # skin tone index (drawn, not described; not part of the attribute key)
+
+    def key(self) -> Tuple[Optional[str], ...]:
+        """The described attributes: unique per identity."""
+        return astuple(self)[:-1]
+
+
 
 RGB = Tuple[int, ...]
 Point = Tuple[float, float]

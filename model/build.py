@@ -1,4 +1,5 @@
-"""Building FMFA models: from a config for training, or from any weight file for use."""
+"""Building FMFA models (from a config for training, or from any weight file for use) and
+the training criterion."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,11 +10,13 @@ from typing import Dict, Tuple
 import torch
 
 from configs.defaults import Config
-from .checkpoint import (FMFA_PREFIX, LAYOUTS, PartialLoad, is_clip_state_dict, is_fmfa_state_dict,
-                         load_weights_file, load_what_fits, unwrap_state_dict)
+from configs.errors import UserError
+from .checkpoint import (FMFA_PREFIX, LAYOUTS, PartialLoad, WeightsError, WeightsNotFoundError, is_clip_state_dict,
+                         is_fmfa_state_dict, load_weights_file, load_what_fits, unwrap_state_dict)
 from .clip import (ClipArch, arch_from_state_dict, build_clip, clean_clip_state_dict, clip_from_state_dict,
                    create_clip, fit_position_embedding, is_torchscript_archive, read_clip_state_dict)
-from .fmfa import FMFA, parse_loss_names
+from .fmfa import FMFA
+from .loss import FMFALoss
 
 logger = logging.getLogger(__name__)
 
@@ -23,20 +26,27 @@ def arch_from_config(cfg: Config) -> ClipArch:
     return ClipArch(**{f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(ClipArch)})
 
 
+def build_criterion(cfg: Config) -> FMFALoss:
+    """The training losses of ``cfg``: ``criterion(model(batch), batch) -> (terms, metrics)``."""
+    return FMFALoss(list(cfg.loss.names), dict(cfg.loss.weights), logit_scale=1.0 / cfg.model.temperature,
+                    asdm=cfg.asdm, efa=cfg.efa)
+
+
 def build_model(cfg: Config, num_classes: int) -> FMFA:
     """The training model of ``cfg``: backbone from ``cfg.model.pretrain`` plus the heads
-    of the enabled losses (ID head with ``num_classes`` identities, IRR with
-    ``cfg.model.cmt_depth`` layers). Float32; precision modes are applied by the trainer.
+    the enabled losses need (ID classifier with ``num_classes`` outputs for 'id', IRR with
+    ``cfg.model.cmt_depth`` layers for 'mlm'). Float32; precision modes are applied by the
+    trainer.
     """
-    names = parse_loss_names(cfg.loss.names)
-    unknown = sorted(set(cfg.loss.weights) - set(names))
-    if unknown:
-        raise ValueError(f"loss.weights has {unknown}, which are not in loss.names={cfg.loss.names!r}")
+    names = cfg.loss.names
+    if "id" in names and num_classes < 1:
+        raise UserError("loss 'id' needs num_classes > 0 (the ID classifier's outputs)")
+    if "mlm" in names and cfg.model.cmt_depth < 1:
+        raise UserError("loss 'mlm' needs model.cmt_depth > 0")
     clip, arch = create_clip(cfg.model.pretrain, tuple(cfg.model.image_size), arch_from_config(cfg))
-    model = FMFA(clip, arch.embed_dim, names, dict(cfg.loss.weights),
-                 num_classes=num_classes if "id" in names else 0,
-                 cmt_depth=cfg.model.cmt_depth if "mlm" in names else 0,
-                 vocab_size=arch.vocab_size, temperature=cfg.model.temperature, asdm=cfg.asdm, efa=cfg.efa)
+    model = FMFA(clip, arch.embed_dim, num_classes=num_classes if "id" in names else 0,
+                 cmt_depth=cfg.model.cmt_depth if "mlm" in names else 0, vocab_size=arch.vocab_size,
+                 share_masked_caption=cfg.data.share_masked_caption)
     if cfg.model.init_from:
         initialise_from(model, cfg.model.init_from)
     return model
@@ -48,7 +58,7 @@ def initialise_from(model: FMFA, path: str) -> PartialLoad:
     loaded, what is new and what was ignored (e.g. an ID head for other identities)."""
     state_dict = unwrap_state_dict(load_weights_file(path), path)
     if not is_fmfa_state_dict(state_dict):
-        raise ValueError(f"{path}: model.init_from needs an FMFA-layout checkpoint ('{FMFA_PREFIX}*' keys); "
+        raise WeightsError(f"{path}: model.init_from needs an FMFA-layout checkpoint ('{FMFA_PREFIX}*' keys); "
                          "CLIP weights go in model.pretrain")
     position = FMFA_PREFIX + "visual.positional_embedding"
     try:  # a square grid (CLIP-style pre-training) is resized; another grid must match as is
@@ -75,15 +85,14 @@ def _fmfa_from_state_dict(state_dict: Dict[str, torch.Tensor], image_size, sourc
     clip_sd = clean_clip_state_dict(clip_sd, source)
     arch = arch_from_state_dict(clip_sd)
     num_classes, depth, vocab = _heads_from_state_dict(state_dict)
-    names = ["sdm"] + (["id"] if num_classes else []) + (["mlm"] if depth else [])
-    model = FMFA(build_clip(arch, image_size), arch.embed_dim, names, num_classes=num_classes,
+    model = FMFA(build_clip(arch, image_size), arch.embed_dim, num_classes=num_classes,
                  cmt_depth=depth, vocab_size=vocab or arch.vocab_size)
     clip_sd = fit_position_embedding(clip_sd, model.base_model, source)
     full = {FMFA_PREFIX + k: v for k, v in clip_sd.items()}
     full.update({k: v.float() for k, v in state_dict.items() if not k.startswith(FMFA_PREFIX)})
     missing, unexpected = model.load_state_dict(full, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{source}: weights do not fit the FMFA architecture read from them; "
+        raise WeightsError(f"{source}: weights do not fit the FMFA architecture read from them; "
                          f"missing {missing[:8]}, unexpected {unexpected[:8]}")
     logger.info("Loaded FMFA weights from %s: %s, %d identities, IRR depth %d", source, arch, num_classes, depth)
     return model
@@ -97,7 +106,7 @@ def model_from_checkpoint(path: str, image_size: Tuple[int, int] = (384, 128)) -
     OpenAI-format state dict, open_clip checkpoint), which give a model without heads.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path!r}")
+        raise WeightsNotFoundError(f"checkpoint not found: {path!r}")
     if is_torchscript_archive(path):
         state_dict = read_clip_state_dict(path)
     else:
@@ -106,9 +115,9 @@ def model_from_checkpoint(path: str, image_size: Tuple[int, int] = (384, 128)) -
         model = _fmfa_from_state_dict(state_dict, tuple(image_size), path)
     elif is_clip_state_dict(state_dict):
         clip, arch = clip_from_state_dict(clean_clip_state_dict(state_dict, path), tuple(image_size), path)
-        model = FMFA(clip, arch.embed_dim, ["sdm"], vocab_size=arch.vocab_size)
+        model = FMFA(clip, arch.embed_dim, vocab_size=arch.vocab_size)
     else:
-        raise ValueError(f"{path}: unknown checkpoint layout (keys such as {sorted(state_dict)[:5]}). "
+        raise WeightsError(f"{path}: unknown checkpoint layout (keys such as {sorted(state_dict)[:5]}). "
                          f"Expected one of: " + "; ".join(LAYOUTS))
     return model.eval()
 

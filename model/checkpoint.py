@@ -14,6 +14,17 @@ from typing import Any, Dict, List
 
 import torch
 
+from configs.errors import UserError
+
+
+class WeightsError(UserError, ValueError):
+    """A weights file cannot be used: unreadable, refused (code-carrying pickle), of an
+    unknown layout, or not fitting the model; the message names the file."""
+
+
+class WeightsNotFoundError(UserError, FileNotFoundError):
+    """A weights file is missing; the message names the path and the key that set it."""
+
 FMFA_PREFIX = "base_model."
 _DISTRIBUTED_PREFIX = "module."
 LAYOUTS = (
@@ -27,16 +38,16 @@ LAYOUTS = (
 def load_weights_file(path: str) -> Any:
     """``torch.load(path, weights_only=True)`` with errors that name the file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path!r}")
+        raise WeightsNotFoundError(f"checkpoint not found: {path!r}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise WeightsError(
             f"{path}: refused to load; it is not a plain-weights checkpoint (loading it would "
             f"need to run code from the file, which is never done). Detail: {str(err).splitlines()[0]}"
         ) from None
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: "
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else 'truncated or empty file'})") from None
 
 
@@ -59,7 +70,7 @@ def unwrap_state_dict(obj: Any, source: str) -> Dict[str, torch.Tensor]:
     if _is_state_dict(obj):
         return strip_prefix(obj)
     top = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-    raise ValueError(f"{source}: unknown checkpoint layout (top level: {top}). Expected one of: "
+    raise WeightsError(f"{source}: unknown checkpoint layout (top level: {top}). Expected one of: "
                      + "; ".join(LAYOUTS))
 
 
@@ -88,7 +99,7 @@ def load_matching_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch
     lines = state_dict_mismatches(model.state_dict(), state_dict)
     if lines:
         shown = "\n  ".join(lines[:12]) + (f"\n  ... and {len(lines) - 12} more" if len(lines) > 12 else "")
-        raise ValueError(f"{source}: weights do not fit this model ({len(lines)} mismatch(es)){hint}:\n  {shown}")
+        raise WeightsError(f"{source}: weights do not fit this model ({len(lines)} mismatch(es)){hint}:\n  {shown}")
     model.load_state_dict(state_dict)
 
 
@@ -114,7 +125,7 @@ def load_what_fits(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], 
     own = model.state_dict()
     fits = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
     if not fits:
-        raise ValueError(f"{source}: no tensor matches this model by name and shape (checkpoint keys such as "
+        raise WeightsError(f"{source}: no tensor matches this model by name and shape (checkpoint keys such as "
                          f"{sorted(state_dict)[:4]}; model keys such as {sorted(own)[:4]})")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in fits.items()}, strict=False)
     ignored = [f"{k} {list(v.shape)}" + (f" (model {list(own[k].shape)})" if k in own else "")

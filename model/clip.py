@@ -18,7 +18,7 @@ import open_clip
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg, resize_pos_embed
 
-from .checkpoint import load_weights_file, unwrap_state_dict
+from .checkpoint import WeightsError, WeightsNotFoundError, load_weights_file, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def build_clip(arch: ClipArch, image_size: Tuple[int, int]) -> open_clip.model.C
     """
     height, width = image_size
     if height % arch.patch_size or width % arch.patch_size:
-        raise ValueError(f"image size {image_size} is not divisible by the patch size {arch.patch_size}")
+        raise WeightsError(f"model.image_size={list(image_size)} is not divisible by the patch size "
+                           f"{arch.patch_size} of the weights")
     vision = CLIPVisionCfg(layers=arch.vision_layers, width=arch.vision_width, head_width=HEAD_WIDTH,
                            patch_size=arch.patch_size, image_size=(height, width), output_tokens=True)
     text = CLIPTextCfg(context_length=arch.context_length, vocab_size=arch.vocab_size,
@@ -102,7 +103,7 @@ def read_clip_state_dict(source: str) -> Dict[str, torch.Tensor]:
     if source.startswith(OPEN_CLIP_TAG_PREFIX):
         state_dict = _open_clip_tag_state_dict(source)
     elif not os.path.isfile(source):
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"CLIP weights not found: {source!r}. Expected OpenAI's ViT-B-16.pt (TorchScript), "
             f"an OpenAI-format state dict, an open_clip checkpoint, '{OPEN_CLIP_TAG_PREFIX}MODEL/TAG' "
             f"or 'none' for random initialisation."
@@ -120,7 +121,7 @@ def clean_clip_state_dict(state_dict: Dict[str, torch.Tensor], source: str) -> D
     """Float32 weights only (OpenAI archives also carry sizes and a logit scale), checked to be a ViT CLIP."""
     state_dict = {k: v.float() for k, v in state_dict.items() if k not in NON_WEIGHT_KEYS}
     if "visual.conv1.weight" not in state_dict or "text_projection" not in state_dict:
-        raise ValueError(f"{source}: not a ViT CLIP state dict (no 'visual.conv1.weight' / 'text_projection' "
+        raise WeightsError(f"{source}: not a ViT CLIP state dict (no 'visual.conv1.weight' / 'text_projection' "
                          f"among keys such as {sorted(state_dict)[:5]})")
     return state_dict
 
@@ -138,7 +139,7 @@ def fit_position_embedding(state_dict: Dict[str, torch.Tensor], clip: open_clip.
     if pos.shape[0] != grid[0] * grid[1] + 1:
         old = round((pos.shape[0] - 1) ** 0.5)
         if old * old + 1 != pos.shape[0]:
-            raise ValueError(f"{source}: position embedding for {pos.shape[0] - 1} patches is not a square "
+            raise WeightsError(f"{source}: position embedding for {pos.shape[0] - 1} patches is not a square "
                              f"grid and does not fit the model's {grid[0]} x {grid[1]} grid; "
                              f"use the image size it was trained at")
         resize_pos_embed(state_dict, clip, interpolation="bilinear", antialias=False)
@@ -151,7 +152,7 @@ def clip_from_state_dict(state_dict: Dict[str, torch.Tensor], image_size: Tuple[
     clip = build_clip(arch, image_size)
     missing, unexpected = clip.load_state_dict(fit_position_embedding(state_dict, clip, source), strict=False)
     if missing or unexpected:
-        raise ValueError(f"{source}: CLIP weights do not fit the architecture read from them; "
+        raise WeightsError(f"{source}: CLIP weights do not fit the architecture read from them; "
                          f"missing {missing[:8]}, unexpected {unexpected[:8]}")
     logger.info("Loaded CLIP weights from %s (%s)", source, arch)
     return clip, arch

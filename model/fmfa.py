@@ -1,4 +1,6 @@
-"""The FMFA model: a CLIP backbone, the heads its losses need, and one training forward.
+"""The FMFA model: a CLIP backbone and the heads its losses need; it encodes and predicts.
+
+The losses live beside it, in :mod:`model.loss`: ``criterion(model(batch), batch)``.
 
 Attribute names (``base_model``, ``classifier``, ``cross_attn``,
 ``cross_modal_transformer``, ``ln_pre_t``, ``ln_pre_i``, ``ln_post``, ``mlm_head``)
@@ -8,30 +10,15 @@ load without renaming.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
 from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 
-from configs.defaults import AsdmConfig, EfaConfig
-from . import objectives
 from .clip import encode_image_tokens, encode_text_tokens
 
-LOSS_NAMES = ("itc", "sdm", "a-sdm", "cmpm", "id", "mlm", "efa")
 Tensors = Dict[str, torch.Tensor]
-
-
-def parse_loss_names(spec: str) -> List[str]:
-    """'a-sdm+mlm+id+efa' -> ['a-sdm', 'mlm', 'id', 'efa']; unknown or repeated names are errors."""
-    names = [name.strip() for name in spec.split("+") if name.strip()]
-    unknown = [name for name in names if name not in LOSS_NAMES]
-    if unknown or not names:
-        raise ValueError(f"loss.names={spec!r}: unknown loss {unknown or '(empty)'}; "
-                         f"allowed: {', '.join(LOSS_NAMES)} joined by '+'")
-    if len(set(names)) != len(names):
-        raise ValueError(f"loss.names={spec!r} names a loss twice")
-    return names
 
 
 def _init_irr(cross_attn: nn.MultiheadAttention, blocks: Transformer, mlm_head: nn.Sequential) -> None:
@@ -51,35 +38,25 @@ def _init_irr(cross_attn: nn.MultiheadAttention, blocks: Transformer, mlm_head: 
 
 
 class FMFA(nn.Module):
-    """CLIP dual encoder + FMFA training heads.
+    """CLIP dual encoder + the FMFA training heads.
 
     Args:
         base_model: open_clip CLIP built by ``model.clip.build_clip``.
         embed_dim: its joint embedding width.
-        loss_names: enabled losses (see LOSS_NAMES); heads exist only for those that need them.
-        loss_weights: weight per loss name (missing = 1).
-        num_classes: training identities for the ID head (needed with 'id').
-        cmt_depth: layers of the IRR cross-modal transformer (needed with 'mlm').
+        num_classes: outputs of the ID classifier (0 = no ID head).
+        cmt_depth: layers of the IRR cross-modal transformer (0 = no IRR/MLM head).
         vocab_size: MLM classes.
-        temperature: fixed softmax temperature of the global losses (logit scale 1/T).
+        share_masked_caption: the batch's caption is already the masked one (the authors'
+            data code): the text tower runs once and its tokens feed the IRR branch too.
     """
 
-    def __init__(self, base_model: nn.Module, embed_dim: int, loss_names: List[str],
-                 loss_weights: Dict[str, float] | None = None, num_classes: int = 0, cmt_depth: int = 0,
-                 vocab_size: int = 49408, temperature: float = 0.02,
-                 asdm: AsdmConfig | None = None, efa: EfaConfig | None = None):
+    def __init__(self, base_model: nn.Module, embed_dim: int, num_classes: int = 0, cmt_depth: int = 0,
+                 vocab_size: int = 49408, share_masked_caption: bool = False):
         super().__init__()
         self.base_model = base_model
         self.embed_dim = embed_dim
-        self.loss_names = list(loss_names)
-        self.loss_weights = {name: float((loss_weights or {}).get(name, 1.0)) for name in self.loss_names}
-        self.logit_scale = 1.0 / temperature
-        self.asdm, self.efa = asdm or AsdmConfig(), efa or EfaConfig()
-        # Several GPUs with train.gather_features: a differentiable all-gather applied to the
-        # global features and identities before SDM/ITC/CMPM (batch-wide losses see the
-        # global batch; a deviation from the single-GPU reference). None = this rank only.
-        self.feature_gather: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.num_classes, self.cmt_depth, self.vocab_size = num_classes, cmt_depth, vocab_size
+        self.share_masked_caption = share_masked_caption
         if num_classes:
             self.classifier = nn.Linear(embed_dim, num_classes)
             nn.init.normal_(self.classifier.weight, std=0.001)
@@ -93,10 +70,6 @@ class FMFA(nn.Module):
                 ("dense", nn.Linear(embed_dim, embed_dim)), ("gelu", QuickGELU()),
                 ("ln", LayerNorm(embed_dim)), ("fc", nn.Linear(embed_dim, vocab_size))]))
             _init_irr(self.cross_attn, self.cross_modal_transformer, self.mlm_head)
-        if "id" in self.loss_names and not num_classes:
-            raise ValueError("loss 'id' needs num_classes > 0 (the number of training identities)")
-        if "mlm" in self.loss_names and not cmt_depth:
-            raise ValueError("loss 'mlm' needs model.cmt_depth > 0")
 
     # ---- inference -------------------------------------------------------------------
     def encode_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -113,7 +86,7 @@ class FMFA(nn.Module):
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         """Global text embeddings (token at EOT = argmax id), float32, not normalised."""
-        return _at_eot(self.encode_text_tokens(ids), ids).float()
+        return at_eot(self.encode_text_tokens(ids), ids).float()
 
     # ---- training --------------------------------------------------------------------
     def cross_former(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
@@ -122,27 +95,37 @@ class FMFA(nn.Module):
         x = self.cross_attn(self.ln_pre_t(text_tokens), image_tokens, image_tokens, need_weights=False)[0]
         return self.ln_post(self.cross_modal_transformer(x))
 
-    def forward(self, batch: Tensors) -> Tuple[Tensors, Tensors]:
-        """Encode a batch once and compute every enabled loss.
+    def forward(self, batch: Tensors) -> Tensors:
+        """Encode a training batch once and predict with every head the model has.
 
-        ``batch``: ``images`` [B, 3, H, W], ``caption_ids`` [B, L], ``pids`` [B]; with
-        'mlm' also ``mlm_ids`` [B, L] and ``mlm_labels`` [B, L] (0 = not a target).
-        Returns ``(losses, metrics)``: the weighted loss terms by loss name (their sum
-        is the training loss) and detached accuracies for logging. The network runs
-        under the caller's autocast; the losses always in float32.
+        ``batch``: ``images`` [B, 3, H, W], ``caption_ids`` [B, L]; with the IRR head also
+        ``mlm_labels`` [B, L] (0 = not a target) and, unless the caption is shared,
+        ``mlm_ids`` [B, L]. Returns ``image_tokens`` [B, 1 + P, D], ``text_tokens``
+        [B, L, D], ``image_feats`` / ``text_feats`` [B, D] (class token / EOT token); with
+        the ID head ``image_logits`` / ``text_logits`` [B, C]; with the IRR head
+        ``mlm_scores`` [N, vocab] and ``mlm_labels`` [N] of the N labelled positions. The
+        network runs under the caller's autocast; :mod:`model.loss` scores in float32.
         """
         ids = batch["caption_ids"]
-        with_mlm = "mlm" in self.loss_names
         image_tokens = self.encode_image_tokens(batch["images"])
-        # Captions and masked captions share one pass through the text tower.
-        text_tokens = self.encode_text_tokens(torch.cat([ids, batch["mlm_ids"]]) if with_mlm else ids)
-        text_tokens, mlm_tokens = text_tokens[:ids.shape[0]], text_tokens[ids.shape[0]:]
-        mlm = self._mlm_scores(mlm_tokens, image_tokens, batch["mlm_labels"]) if with_mlm else None
-        with torch.autocast(image_tokens.device.type, enabled=False):
-            return self.loss_terms(batch["pids"], ids, image_tokens.float(), text_tokens.float(), mlm)
+        with_mlm = self.cmt_depth > 0 and "mlm_labels" in batch
+        if with_mlm and not self.share_masked_caption:
+            # Captions and masked captions share one pass through the text tower.
+            both = self.encode_text_tokens(torch.cat([ids, batch["mlm_ids"]]))
+            text_tokens, mlm_tokens = both[:ids.shape[0]], both[ids.shape[0]:]
+        else:
+            text_tokens = mlm_tokens = self.encode_text_tokens(ids)
+        out = {"image_tokens": image_tokens, "text_tokens": text_tokens,
+               "image_feats": image_tokens[:, 0], "text_feats": at_eot(text_tokens, ids)}
+        if self.num_classes:
+            out["image_logits"], out["text_logits"] = self.id_logits(out["image_feats"]), \
+                self.id_logits(out["text_feats"])
+        if with_mlm:
+            out["mlm_scores"], out["mlm_labels"] = self.mlm_scores(mlm_tokens, image_tokens, batch["mlm_labels"])
+        return out
 
-    def _mlm_scores(self, mlm_tokens: torch.Tensor, image_tokens: torch.Tensor,
-                    labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def mlm_scores(self, mlm_tokens: torch.Tensor, image_tokens: torch.Tensor,
+                   labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """MLM logits [N, vocab] (float32) and labels [N] of the N labelled positions.
 
         Only labelled positions reach the vocabulary classifier: the loss ignores the
@@ -154,48 +137,13 @@ class FMFA(nn.Module):
         targets = labels > 0
         return self.mlm_head(x.reshape(-1, x.shape[-1])[targets]).float(), labels[targets]
 
-    def loss_terms(self, pids: torch.Tensor, ids: torch.Tensor, image_tokens: torch.Tensor,
-                   text_tokens: torch.Tensor, mlm: Tuple[torch.Tensor, torch.Tensor] | None
-                   ) -> Tuple[Tensors, Tensors]:
-        """The one place that composes the enabled losses with their weights (float32 inputs)."""
-        image_feats, text_feats = image_tokens[:, 0], _at_eot(text_tokens, ids)
-        batch_feats = (image_feats, text_feats, pids)
-        if self.feature_gather is not None:
-            batch_feats = tuple(self.feature_gather(x) for x in batch_feats)
-        terms: Tensors = {}
-        metrics: Tensors = {}
-        for name in self.loss_names:
-            if name == "mlm":
-                terms[name] = objectives.mlm_loss(*mlm)
-                metrics["mlm_acc"] = _accuracy(*mlm)
-            elif name == "id":
-                image_logits, text_logits = self._id_logits(image_feats), self._id_logits(text_feats)
-                terms[name] = objectives.id_loss(image_logits, text_logits, pids)
-                metrics["img_acc"], metrics["txt_acc"] = _accuracy(image_logits, pids), _accuracy(text_logits, pids)
-            elif name == "efa":
-                terms[name] = objectives.efa_loss(
-                    text_tokens, image_tokens, self.efa.text_margin, self.efa.image_margin,
-                    self.efa.lse_lambda, self.efa.threshold, self.efa.block_elems)
-            elif name == "itc":
-                terms[name] = objectives.itc_loss(*batch_feats[:2], self.logit_scale)
-            elif name == "cmpm":
-                terms[name] = objectives.cmpm_loss(*batch_feats)
-            else:  # sdm, a-sdm
-                terms[name] = objectives.sdm_loss(
-                    *batch_feats, self.logit_scale, adaptive=name == "a-sdm",
-                    adaptive_factor=self.asdm.factor, adaptive_mode=self.asdm.mode)
-        terms = {name: self.loss_weights[name] * value for name, value in terms.items()}
-        return terms, {k: v.detach() for k, v in metrics.items()}
-
-    def _id_logits(self, feats: torch.Tensor) -> torch.Tensor:
-        # The classifier's own dtype (half under pure fp16, as in the reference), float32 out.
-        return self.classifier(feats.to(self.classifier.weight.dtype)).float()
+    def id_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """ID classifier logits [B, C], float32, outside autocast: the classifier runs in its
+        own dtype (half under pure fp16, as in the reference; float32 otherwise)."""
+        with torch.autocast(feats.device.type, enabled=False):
+            return self.classifier(feats.float().to(self.classifier.weight.dtype)).float()
 
 
-def _at_eot(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def at_eot(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """The token at each caption's EOT (the largest id): [B, L, D] -> [B, D]."""
     return tokens[torch.arange(tokens.shape[0], device=tokens.device), ids.argmax(dim=-1)]
-
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(dim=1) == labels).float().mean()

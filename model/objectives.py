@@ -1,4 +1,4 @@
-"""FMFA training objectives as pure functions (SPEC section 4).
+"""FMFA training objectives as pure functions (docs/method.md, "Losses").
 
 Every loss takes float32 tensors and returns a scalar tensor. Notation: B = batch,
 D = embedding width, C = identities, L = text tokens, P = image patches.
@@ -32,7 +32,7 @@ def _row_kl(logits: torch.Tensor, log_targets: torch.Tensor) -> torch.Tensor:
     return (F.softmax(logits, dim=1) * (F.log_softmax(logits, dim=1) - log_targets)).sum(dim=1)
 
 
-def _adaptive_weights(cosine: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+def _adaptive_weights(cosine: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, *,
                       factor: float, mode: str) -> torch.Tensor:
     """A-SDM row weights w_i >= 1 (not detached, as in the reference)  ->  [rows].
 
@@ -73,7 +73,7 @@ def sdm_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Te
         logits = logit_scale * cosine
         row_kl = _row_kl(logits, log_targets)
         if adaptive:
-            row_kl = _adaptive_weights(cosine, logits, targets, adaptive_factor, adaptive_mode) * row_kl
+            row_kl = _adaptive_weights(cosine, logits, targets, factor=adaptive_factor, mode=adaptive_mode) * row_kl
         loss = loss + row_kl.mean()
     return loss
 
@@ -145,10 +145,10 @@ def _ranking_cost(sims: torch.Tensor, margin: float) -> torch.Tensor:
     return torch.logsumexp(by_col_anchor, dim=0).mean() + torch.logsumexp(by_row_anchor, dim=0).mean()
 
 
-def efa_loss(text_tokens: torch.Tensor, image_tokens: torch.Tensor, text_margin: float = 0.1,
+def efa_loss(text_tokens: torch.Tensor, image_tokens: torch.Tensor, *, text_margin: float = 0.1,
              image_margin: float = 0.9, lse_lambda: float = 1.0, threshold: float = 1.0,
              block_elems: int = 1 << 22) -> torch.Tensor:
-    """Explicit fine-grained alignment (SPEC section 4, EFA steps 1-6).
+    """Explicit fine-grained alignment (docs/method.md, "Losses", EFA steps 1-6).
 
     Args:
         text_tokens: [B, L, D] projected text tokens, every position (padding included).

@@ -1,12 +1,11 @@
 """Run checkpoints: ``last.pth`` (everything to continue identically) and ``best.pth``.
 
-Files are written to a temporary file in the same folder and moved into place with
-``os.replace``, so a crash mid-write leaves the previous checkpoint intact. They hold only
+Files are written with ``utils.io.save_atomic`` (a temporary file in the same folder moved
+into place with ``os.replace``), so a crash mid-write leaves the previous checkpoint intact. They hold only
 tensors and plain Python values and load with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,33 +13,14 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from model.checkpoint import load_matching_state_dict, load_weights_file
+from configs.errors import UserError
+from model.checkpoint import WeightsError, WeightsNotFoundError, load_matching_state_dict, load_weights_file
 
 LAST, BEST = "last.pth", "best.pth"
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError, RuntimeError):
     """The run folder cannot hold the run (not writable, too little space, or already holds one)."""
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to ``path`` via a temporary file and ``os.replace``; on any failure the
-    temporary file is removed and the previous ``path`` is left as it was."""
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(error, OSError):
-            raise OSError(error.errno, f"could not write {path} ({error.strerror or error}); "
-                          f"the previous {path.name}, if any, is intact") from error
-        raise
 
 
 def prepare_run_folder(path: Path) -> None:
@@ -97,7 +77,7 @@ def find_resume_file(path: str | Path) -> Path:
     path = Path(path)
     candidate = path / LAST if path.is_dir() else path
     if not candidate.is_file():
-        raise FileNotFoundError(f"cannot resume: {candidate} not found (give a run folder holding {LAST} "
+        raise WeightsNotFoundError(f"cannot resume: {candidate} not found (give a run folder holding {LAST} "
                                 "or the checkpoint file)")
     return candidate
 
@@ -106,7 +86,7 @@ def load_training_state(path: Path) -> Dict[str, Any]:
     state = load_weights_file(path)
     missing = {"model", "optimizer", "scheduler", "epoch", "step", "best", "rng"} - set(state)
     if missing:
-        raise ValueError(f"{path} is not a training checkpoint of this project (missing {sorted(missing)}); "
+        raise WeightsError(f"{path} is not a training checkpoint of this project (missing {sorted(missing)}); "
                          "to start from weights only, use model.pretrain or test.py")
     return state
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets.build import EvalLoaders
+from configs.defaults import Config
+from datasets.build import EvalLoaders, build_eval_loaders, read_dataset
 from utils.metrics import format_table, metrics_dict, rank
 
 logger = logging.getLogger(__name__)
@@ -71,3 +72,13 @@ def evaluate(model: torch.nn.Module, loaders: EvalLoaders, device: torch.device,
 def results_table(results: Dict[str, Dict[str, float]]) -> str:
     rows: List[dict] = [{"task": task, **values} for task, values in results.items()]
     return format_table(rows)
+
+
+def eval_targets(cfg: Config) -> List[EvalLoaders]:
+    """The training dataset's evaluation split first (it selects best.pth), then the
+    cross-domain datasets on the same split name (test where the split is absent)."""
+    targets = [build_eval_loaders(cfg)]
+    for name in cfg.eval.cross_domain:
+        split = cfg.eval.split if cfg.eval.split in read_dataset(cfg.data.root, name).layout.splits else "test"
+        targets.append(build_eval_loaders(cfg, name, split))
+    return targets

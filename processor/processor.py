@@ -1,10 +1,8 @@
 """A whole training run: set-up, the epoch loop, evaluation, checkpoints and logs."""
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -14,29 +12,20 @@ from torch.utils.tensorboard import SummaryWriter
 
 from configs.defaults import Config
 from configs.loader import config_differences, config_to_dict
-from datasets.build import EvalLoaders, build_eval_loaders, build_train_loader, read_dataset
+from datasets.build import EvalLoaders, build_train_loader, read_dataset
 from datasets.readers import log_statistics
-from model.build import build_model
+from model.build import build_criterion, build_model
 from processor import checkpointing as ckpt
-from processor.evaluator import evaluate, results_table
-from utils.metrics import format_table
+from processor.evaluator import eval_targets, evaluate, results_table
 from processor.precision import Precision
-from processor.trainer import append_jsonl, train_one_epoch
+from processor.trainer import train_one_epoch
 from solver import build_lr_scheduler, build_optimizer
 from utils.distributed import DistInfo, all_gather_with_grad, barrier, broadcast_object, restart_attempt
+from utils.io import METRICS_FILE, append_jsonl, drop_metrics_after, read_metrics_rows, save_atomic
 from utils.memory import memory_figures
+from utils.metrics import format_table
 
 logger = logging.getLogger(__name__)
-
-
-def eval_targets(cfg: Config) -> List[EvalLoaders]:
-    """The training dataset's evaluation split first (it selects best.pth), then the
-    cross-domain datasets on the same split name (test where the split is absent)."""
-    targets = [build_eval_loaders(cfg)]
-    for name in cfg.eval.cross_domain:
-        split = cfg.eval.split if cfg.eval.split in read_dataset(cfg.data.root, name).layout.splits else "test"
-        targets.append(build_eval_loaders(cfg, name, split))
-    return targets
 
 
 def run_evaluation(model, targets: List[EvalLoaders], cfg: Config, precision: Precision, epoch: int,
@@ -47,7 +36,7 @@ def run_evaluation(model, targets: List[EvalLoaders], cfg: Config, precision: Pr
         results = evaluate(model, loaders, precision.device, precision.autocast(), cfg.eval.i2t, cfg.eval.query_chunk)
         logger.info("epoch %d, %s %s\n%s", epoch, loaders.dataset, loaders.split, results_table(results))
         for task, values in results.items():
-            append_jsonl(output_dir / "metrics.jsonl", {"epoch": epoch, "dataset": loaders.dataset,
+            append_jsonl(output_dir / METRICS_FILE, {"epoch": epoch, "dataset": loaders.dataset,
                                                         "split": loaders.split, "task": task, **values})
             if writer is not None:
                 for name, value in values.items():
@@ -65,14 +54,14 @@ class Run:
         self.precision = Precision(cfg.train.precision, info.device)
         if info.is_main:
             log_statistics([read_dataset(cfg.data.root, cfg.data.dataset)])
-        self.loader, self.num_classes = build_train_loader(
-            cfg, info.rank, info.world_size, masked_language="mlm" in cfg.loss.names.split("+"))
+        self.loader, self.num_classes = build_train_loader(cfg, info.rank, info.world_size)
         model = self.precision.prepare_model(build_model(cfg, self.num_classes)).to(info.device)
         self.model = model
+        self.criterion = build_criterion(cfg)
         if info.is_main:
             ckpt.check_free_space(output_dir, ckpt.checkpoint_bytes_needed(model, output_dir))
         if info.distributed and cfg.train.gather_features:
-            model.feature_gather = all_gather_with_grad
+            self.criterion.feature_gather = all_gather_with_grad
         self.train_model = DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
             if info.distributed else model
@@ -98,7 +87,7 @@ class Run:
                                     hint)
         self.epoch, self.step, self.best = state["epoch"], state["step"], dict(state["best"])
         if self.info.is_main:
-            drop_metrics_after(self.output_dir / "metrics.jsonl", self.epoch)
+            drop_metrics_after(self.output_dir / METRICS_FILE, self.epoch)
         logger.info("resumed from %s after epoch %d (step %d, best R1 %.3f)", file, self.epoch, self.step,
                     self.best["R1"])
 
@@ -109,9 +98,9 @@ class Run:
     def save(self, best_metrics: Optional[Dict[str, float]]) -> None:
         config = config_to_dict(self.cfg)
         if best_metrics is not None:
-            ckpt.save_atomic({"model": self.model.state_dict(), "epoch": self.epoch, "metrics": best_metrics,
+            save_atomic({"model": self.model.state_dict(), "epoch": self.epoch, "metrics": best_metrics,
                               "config": config, "num_classes": self.num_classes}, self.output_dir / ckpt.BEST)
-        ckpt.save_atomic(ckpt.training_state(self.model, self.optimizer, self.scheduler, self.scaler, self.epoch,
+        save_atomic(ckpt.training_state(self.model, self.optimizer, self.scheduler, self.scaler, self.epoch,
                                              self.step, self.best, config, self.num_classes),
                          self.output_dir / ckpt.LAST)
 
@@ -140,7 +129,7 @@ class Run:
         while self.epoch < cfg.solver.epochs:
             self.loader.sampler.set_epoch(self.epoch)
             self.step, averages = train_one_epoch(
-                self.train_model, self.loader, self.optimizer, self.precision, self.scaler, self.epoch,
+                self.train_model, self.criterion, self.loader, self.optimizer, self.precision, self.scaler, self.epoch,
                 self.step, cfg.train.log_period, self.writer, progress=self.info.is_main)
             self.epoch += 1
             self.scheduler.step()
@@ -151,44 +140,8 @@ class Run:
             self.writer.close()
         if self.info.is_main:
             logger.info("%s %s, text-to-image\n%s", self.targets[0].dataset, self.targets[0].split,
-                        summary_table(self.output_dir / "metrics.jsonl", self.targets[0]))
+                        summary_table(self.output_dir / METRICS_FILE, self.targets[0]))
         return self.best
-
-
-def read_metrics_rows(metrics_file: Path) -> List[dict]:
-    """The rows of metrics.jsonl; a line that is not a whole JSON object (a write cut by a
-    power loss) is skipped with a warning."""
-    if not metrics_file.is_file():
-        return []
-    return _parse_metrics_lines(metrics_file.read_text(encoding="utf-8").splitlines(), metrics_file)
-
-
-def _parse_metrics_lines(lines: List[str], source: Path) -> List[dict]:
-    rows = []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict) and {"epoch", "dataset", "split", "task", "R1"} <= row.keys():
-            rows.append(row)
-        else:
-            logger.warning("%s line %d is not a whole metrics row; skipped", source, number)
-    return rows
-
-
-def drop_metrics_after(metrics_file: Path, epoch: int) -> None:
-    """Keep only the whole metrics.jsonl rows of epochs up to ``epoch``: rows evaluated
-    before a crash that came before their checkpoint are written again by the resumed run."""
-    if not metrics_file.is_file():
-        return
-    lines = metrics_file.read_text(encoding="utf-8").splitlines()
-    kept = [json.dumps(row) + "\n" for row in _parse_metrics_lines(lines, metrics_file) if row["epoch"] <= epoch]
-    if len(kept) < len(lines):
-        tmp = metrics_file.with_name(metrics_file.name + ".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, metrics_file)
-        logger.info("%s: dropped %d row(s) after epoch %d", metrics_file, len(lines) - len(kept), epoch)
 
 
 def summary_table(metrics_file: Path, target: EvalLoaders) -> str:

@@ -1,12 +1,10 @@
-"""The training loop: ``train_one_epoch`` and ``fit`` (epochs, evaluation, checkpoints)."""
+"""The training loop of one epoch, with device-side loss sums and the non-finite guard."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -69,10 +67,16 @@ def move_batch(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    precision: Precision, scaler: Optional[torch.amp.GradScaler], epoch: int, step: int,
-                    log_period: int, writer=None, progress: bool = True) -> tuple[int, Dict[str, float]]:
-    """One pass over ``loader``; returns the global step and the epoch's mean losses/metrics."""
+Criterion = Callable[[Dict[str, torch.Tensor], Dict[str, torch.Tensor]],
+                     Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]]
+
+
+def train_one_epoch(model: torch.nn.Module, criterion: Criterion, loader: DataLoader,
+                    optimizer: torch.optim.Optimizer, precision: Precision, scaler: Optional[torch.amp.GradScaler],
+                    epoch: int, step: int, log_period: int, writer=None,
+                    progress: bool = True) -> tuple[int, Dict[str, float]]:
+    """One pass over ``loader``; returns the global step and the epoch's mean losses/metrics.
+    The loss is ``sum(criterion(model(batch), batch)[0].values())``."""
     model.train()
     log, epoch_log = StepLog(precision.device), StepLog(precision.device)
     started, seen = time.perf_counter(), 0
@@ -80,7 +84,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     for batch in bar:
         batch = move_batch(batch, precision.device)
         with precision.autocast():
-            terms, metrics = model(batch)
+            terms, metrics = criterion(model(batch), batch)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -107,10 +111,3 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     averages = epoch_log.flush()
     averages["samples_per_s"] = seen / max(time.perf_counter() - started, 1e-9)
     return step, averages
-
-
-def append_jsonl(path: Path, record: Dict) -> None:
-    """One JSON object per line; written and flushed at once so a crash leaves whole lines."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()

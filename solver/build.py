@@ -30,6 +30,7 @@ import inspect
 import torch
 from torch import nn
 
+from configs.errors import ConfigError
 from configs.validation import OPTIMIZERS
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "param_group_name"]
@@ -57,14 +58,10 @@ def param_group_name(name: str) -> str:
 
 
 def _optimizer_class(cfg) -> type:
-    by_lower = {n.lower(): n for n in OPTIMIZERS}
-    key = by_lower.get(str(cfg.optimizer).lower())
-    if key is None:
-        raise ValueError(
-            f"solver.optimizer={cfg.optimizer!r} is not supported; "
-            f"allowed values: {', '.join(OPTIMIZERS)}"
-        )
-    return getattr(torch.optim, key)
+    """The optimizer named by the validated ``solver.optimizer`` (exactly as validation allows)."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"solver.optimizer={cfg.optimizer!r} is not supported; allowed values: {', '.join(OPTIMIZERS)}")
+    return getattr(torch.optim, cfg.optimizer)
 
 
 def _param_groups(model: nn.Module, cfg) -> list[dict]:

@@ -17,7 +17,7 @@ Formulas (``w`` = ``warmup_epochs``, ``E`` = ``epochs``, ``r = (epoch - w) / (E 
   epochs, not counted from the end of warm-up.  (Same as IRRA.)
 * ``linear``: ``t + (1 - t) * (1 - r)``.  IRRA's ``linear`` ignores ``target_lr``
   (``1 - r``); both agree for the default ``target_lr = 0``.
-* ``exponential`` (alias ``exp``): ``gamma ** (epoch - w)``, i.e. the lr is multiplied
+* ``exponential``: ``gamma ** (epoch - w)``, i.e. the lr is multiplied
   by ``gamma`` every epoch after warm-up, like ``torch.optim.lr_scheduler.ExponentialLR``
   and as the config documents (``gamma``: "step and exponential").  IRRA's ``exp``
   instead computes ``power ** r``, which only falls to ``power x base`` by the last
@@ -42,31 +42,27 @@ from bisect import bisect_right
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from configs.errors import ConfigError
 from configs.validation import SCHEDULERS, WARMUP_METHODS
 
 __all__ = ["SCHEDULERS", "WARMUP_METHODS", "build_lr_scheduler", "lr_at", "lr_factor"]
 
-_SCHEDULER_ALIASES = {"exp": "exponential"}
-
-
-def _option(cfg, key: str, allowed, aliases=None, note: str = "") -> str:
-    """``cfg.<key>`` lower-cased and de-aliased; a ValueError naming the key if not allowed."""
-    value = str(getattr(cfg, key)).lower()
-    value = (aliases or {}).get(value, value)
+def _option(cfg, key: str, allowed) -> str:
+    """``cfg.<key>``, exactly one of ``allowed`` (the values validation accepts)."""
+    value = getattr(cfg, key)
     if value not in allowed:
-        raise ValueError(f"solver.{key}={getattr(cfg, key)!r} is not supported; "
-                         f"allowed values: {', '.join(allowed)}{note}")
+        raise ConfigError(f"solver.{key}={value!r} is not supported; allowed values: {', '.join(allowed)}")
     return value
 
 
 def _check(cfg) -> str:
     """Validate the schedule options; return the canonical scheduler name."""
-    name = _option(cfg, "scheduler", SCHEDULERS, _SCHEDULER_ALIASES, " ('exp' is accepted for 'exponential')")
+    name = _option(cfg, "scheduler", SCHEDULERS)
     _option(cfg, "warmup_method", WARMUP_METHODS)
     if cfg.warmup_epochs < 0:
-        raise ValueError(f"solver.warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
+        raise ConfigError(f"solver.warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
     if name == "step" and list(cfg.milestones) != sorted(cfg.milestones):
-        raise ValueError(f"solver.milestones must be increasing, got {list(cfg.milestones)}")
+        raise ConfigError(f"solver.milestones must be increasing, got {list(cfg.milestones)}")
     return name
 
 

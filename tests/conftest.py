@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from configs.defaults import Config, ModelConfig  # noqa: E402
-from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID  # noqa: E402
+from configs.defaults import Config, ModelConfig
+from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID
 
 GOLDEN = Path(os.environ.get("FMFA_GOLDEN", ROOT.parent / "shared" / "golden"))
 
@@ -59,3 +57,13 @@ def tiny_batch(batch_size: int = 6, image_size=(64, 32), seed: int = 0) -> dict:
     mlm_ids[:, 1] = MASK_ID
     return {"images": torch.randn(batch_size, 3, *image_size, generator=gen), "caption_ids": ids,
             "mlm_ids": mlm_ids, "mlm_labels": labels, "pids": torch.arange(batch_size) % 4}
+
+
+def user_error(capsys, main, argv) -> str:
+    """``main(argv)`` answers a user mistake: exit status 2 and one ``error:`` line on stderr
+    (no traceback). Returns that message."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error: ") == 1, err
+    return err

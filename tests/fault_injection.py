@@ -11,10 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
-from processor import processor  # noqa: E402
+import train
+from processor import processor
 
 RANK, EPOCH, BATCH = (int(v) for v in os.environ["FMFA_FAULT"].split(":"))
 MARKER = os.environ.get("FMFA_FAULT_MARKER")
@@ -30,10 +28,10 @@ def _faulty_batches(loader):
         yield batch
 
 
-def _train_one_epoch(model, loader, optimizer, precision, scaler, epoch, *args, **kwargs):
+def _train_one_epoch(model, criterion, loader, optimizer, precision, scaler, epoch, *args, **kwargs):
     if epoch == EPOCH and int(os.environ.get("RANK", "0")) == RANK:
         loader = _faulty_batches(loader)
-    return _real_train_one_epoch(model, loader, optimizer, precision, scaler, epoch, *args, **kwargs)
+    return _real_train_one_epoch(model, criterion, loader, optimizer, precision, scaler, epoch, *args, **kwargs)
 
 
 processor.train_one_epoch = _train_one_epoch

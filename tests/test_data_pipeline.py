@@ -143,10 +143,40 @@ def test_loader_batches_independent_of_worker_count(tmp_path):
     read_dataset.cache_clear()
     serial, num_classes = build_train_loader(tiny_data_config(tmp_path))
     parallel, _ = build_train_loader(tiny_data_config(tmp_path, num_workers=2, persistent_workers=True))
-    assert num_classes == 5
+    assert num_classes == 20  # model.id_classes=captions: 5 identities x 2 images x 2 captions
     for epoch in (0, 1):
         for a, b in zip(batches(serial, epoch), batches(parallel, epoch), strict=True):
             assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_id_classes_follow_the_config_labels_stay_identities(tmp_path):
+    make_dataset(tmp_path, "CUHK-PEDES")
+    read_dataset.cache_clear()
+    by_identity = tiny_data_config(tmp_path)
+    by_identity.model.id_classes = "identities"
+    loader, identities = build_train_loader(by_identity)
+    by_caption = tiny_data_config(tmp_path)
+    _, captions = build_train_loader(by_caption)
+    assert (identities, captions) == (5, 20)
+    labels = torch.cat([batch["pids"] for batch in batches(loader, 0)])
+    assert sorted(set(labels.tolist())) == list(range(5))  # identity indices in both modes
+
+
+def test_shared_masked_caption_is_the_mlm_input(tmp_path):
+    """Sharing on: caption_ids == mlm_ids, and the labels mark exactly the positions that differ
+    from the clean tokens, plus positions selected but kept (label == clean token there)."""
+    make_dataset(tmp_path, "CUHK-PEDES")
+    read_dataset.cache_clear()
+    shared = tiny_data_config(tmp_path, share_masked_caption=True)
+    clean = tiny_data_config(tmp_path, share_masked_caption=False)
+    for a, b in zip(batches(build_train_loader(shared)[0], 0), batches(build_train_loader(clean)[0], 0), strict=True):
+        assert torch.equal(a["caption_ids"], a["mlm_ids"])
+        assert torch.equal(a["mlm_ids"], b["mlm_ids"]) and torch.equal(a["mlm_labels"], b["mlm_labels"])
+        original, changed, labelled = b["caption_ids"], a["caption_ids"] != b["caption_ids"], a["mlm_labels"] > 0
+        assert changed.any() and not (changed & ~labelled).any()  # every changed position is a target
+        kept = labelled & ~changed
+        assert torch.equal(a["mlm_labels"][labelled], original[labelled])  # targets are the clean tokens
+        assert torch.equal(a["caption_ids"][kept], original[kept])
 
 
 def test_identity_sampler_loader(tmp_path):

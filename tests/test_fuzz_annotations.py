@@ -1,10 +1,14 @@
 """Fuzzing the three annotation formats: any mutation either reads cleanly or raises the
-project's own DataError; never another exception type, never a hang (hypothesis deadline)."""
+project's own DataError; never another exception type, never a hang (a SIGALRM guard of
+HANG_SECONDS per example: generous, so it only catches hangs, it never asserts speed)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,26 @@ from datasets.readers import LAYOUTS, DataError, RetrievalDataset
 
 FORMATS = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid")
 EXAMPLES = 250  # per test and format; the note reports the total
-FUZZ = settings(max_examples=EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+HANG_SECONDS = 120  # per example; a hang, not a slow machine
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+class Hang(BaseException):
+    """Raised by the alarm guard when one example runs for HANG_SECONDS. A BaseException, so
+    no ``except Exception`` in the readers can turn it into a DataError: the test fails."""
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: int = HANG_SECONDS):
+    def _fire(signum, frame):
+        raise Hang(f"one example ran for {seconds} s: the reader hangs")
+    previous = signal.signal(signal.SIGALRM, _fire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12),
@@ -44,7 +67,7 @@ def read_everything(root: Path, name: str) -> None:
 
 
 def assert_only_clear_errors(name: str, payload: bytes) -> None:
-    with tempfile.TemporaryDirectory() as folder:
+    with hang_guard(), tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         (root / name).mkdir()
         (root / name / LAYOUTS[name].annotation_files[0]).write_bytes(payload)
@@ -122,3 +145,13 @@ def test_known_hostile_inputs(tmp_path, payload, fragment):
     (tmp_path / "CUHK-PEDES" / "reid_raw.json").write_bytes(payload)
     with pytest.raises(DataError, match=re.escape(fragment)):
         read_everything(tmp_path, "CUHK-PEDES")
+
+
+def test_the_hang_guard_fails_a_hanging_example():
+    """The guard that replaced hypothesis' deadline does end a hang (here a 1 s guard on a
+    10 s sleep, standing in for a reader that never returns) and restores the old handler."""
+    before = signal.getsignal(signal.SIGALRM)
+    with pytest.raises(Hang, match="the reader hangs"):
+        with hang_guard(1):
+            time.sleep(10)
+    assert signal.getsignal(signal.SIGALRM) is before and signal.alarm(0) == 0

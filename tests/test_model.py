@@ -1,4 +1,4 @@
-"""The FMFA model: heads per loss, one forward returning losses and metrics, errors."""
+"""The FMFA model and its criterion: heads per loss, ``criterion(model(batch), batch)``, errors."""
 import dataclasses
 
 import pytest
@@ -6,21 +6,31 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_batch, tiny_config
-from model.build import build_model
-from model.fmfa import LOSS_NAMES, parse_loss_names
+from configs.errors import ConfigError
+from configs.loader import apply_overrides
+from configs.validation import LOSS_NAMES, validate
+from model.build import build_criterion, build_model
 
 PAPER_LOSSES = ["a-sdm", "mlm", "id", "efa"]
 
 
 def _config(names="a-sdm+mlm+id+efa", weights=None):
     cfg = tiny_config()
-    return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, names=names, weights=weights or {}))
+    apply_overrides(cfg, [f"loss.names={names}"])
+    return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, weights=weights or {}))
+
+
+def _losses(cfg, num_classes=4, batch=None):
+    model = build_model(cfg, num_classes)
+    return build_criterion(cfg)(model(batch or tiny_batch()), batch or tiny_batch())
 
 
 def test_full_forward_backward_with_the_paper_losses():
     torch.manual_seed(0)
-    model = build_model(_config(), num_classes=4).train()
-    losses, metrics = model(tiny_batch())
+    cfg = _config()
+    model = build_model(cfg, num_classes=4).train()
+    batch = tiny_batch()
+    losses, metrics = build_criterion(cfg)(model(batch), batch)
     assert list(losses) == PAPER_LOSSES
     assert set(metrics) == {"img_acc", "txt_acc", "mlm_acc"}
     for value in list(losses.values()) + list(metrics.values()):
@@ -44,37 +54,62 @@ def test_heads_exist_only_for_enabled_losses():
 
 @pytest.mark.parametrize("names", ["sdm", "itc", "cmpm", "a-sdm+efa", "sdm+id+mlm", "+".join(LOSS_NAMES)])
 def test_each_loss_set_runs(names):
-    losses, _ = build_model(_config(names), num_classes=4)(tiny_batch())
-    assert list(losses) == parse_loss_names(names)
+    losses, _ = _losses(_config(names))
+    assert list(losses) == [name.strip() for name in names.split("+")]
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_loss_names_are_parsed_once_into_a_list_spaces_stripped():
+    cfg = _config("a-sdm + mlm")
+    assert cfg.loss.names == ["a-sdm", "mlm"]
+    validate(cfg)
+    batch = tiny_batch()
+    losses, _ = build_criterion(cfg)(build_model(cfg, 4)(batch), batch)  # once a KeyError 'mlm_ids'
+    assert list(losses) == ["a-sdm", "mlm"]
 
 
 def test_loss_weights_scale_the_terms():
     torch.manual_seed(0)
-    base, _ = build_model(_config("sdm+id"), num_classes=4)(tiny_batch())
+    base, _ = _losses(_config("sdm+id"))
     torch.manual_seed(0)
-    weighted, _ = build_model(_config("sdm+id", {"id": 0.5}), num_classes=4)(tiny_batch())
+    weighted, _ = _losses(_config("sdm+id", {"id": 0.5}))
     torch.testing.assert_close(weighted["id"], 0.5 * base["id"])
     torch.testing.assert_close(weighted["sdm"], base["sdm"])
 
 
-@pytest.mark.parametrize("spec", ["a-sdm+triplet", "", "sdm+sdm", "SDM"])
+@pytest.mark.parametrize("spec", ["a-sdm+triplet", "", "sdm+sdm", "SDM", "sdm++mlm"])
 def test_unknown_or_malformed_loss_names_are_errors(spec):
+    cfg = _config(spec)
+    with pytest.raises(ConfigError, match="loss.names"):
+        validate(cfg)
     with pytest.raises(ValueError, match="loss.names"):
-        build_model(_config(spec), num_classes=4)
+        build_criterion(cfg)
 
 
 def test_weight_for_a_disabled_loss_is_an_error():
+    cfg = _config("sdm", {"efa": 2.0})
+    with pytest.raises(ConfigError, match="loss.weights"):
+        validate(cfg)
     with pytest.raises(ValueError, match=r"loss.weights has \['efa'\]"):
-        build_model(_config("sdm", {"efa": 2.0}), num_classes=4)
+        build_criterion(cfg)
+
+
+def test_model_outputs_predictions_and_no_losses():
+    cfg = _config()
+    out = build_model(cfg, num_classes=4)(tiny_batch())
+    assert {"image_tokens", "text_tokens", "image_feats", "text_feats", "image_logits", "text_logits",
+            "mlm_scores", "mlm_labels"} == set(out)
+    assert out["image_logits"].shape == (6, 4) and out["mlm_scores"].shape == (6, cfg.model.vocab_size)
 
 
 def test_mlm_scored_on_labelled_positions_equals_scoring_every_position():
     torch.manual_seed(0)
-    model = build_model(_config("sdm+mlm"), num_classes=0)
+    cfg = _config("sdm+mlm")
+    cfg.data.share_masked_caption = False  # the IRR branch reads mlm_ids
+    model = build_model(cfg, num_classes=0)
     batch = tiny_batch()
     batch["mlm_labels"][:, 3] = batch["caption_ids"][:, 3]  # two targets per caption
-    losses, metrics = model(batch)
+    losses, metrics = build_criterion(cfg)(model(batch), batch)
     ours = torch.autograd.grad(losses["mlm"], model.mlm_head.dense.weight)[0]
     image_tokens = model.encode_image_tokens(batch["images"])
     x = model.cross_former(model.encode_text_tokens(batch["mlm_ids"]), image_tokens)

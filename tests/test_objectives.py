@@ -1,8 +1,9 @@
-"""Loss behaviour beyond the golden cases: blockwise EFA = broadcast formula, options, errors."""
+"""Loss behaviour beyond the golden cases: blockwise EFA = the numpy oracle, options, errors."""
+import numpy as np
 import pytest
 import torch
 
-from benchmarks.efa import broadcast_efa
+import numpy_oracles as npo
 from model import objectives
 from model.max_similarity import max_dot_product
 
@@ -15,15 +16,21 @@ def _efa_inputs(batch=5, text_len=9, patches=12, dim=16, seed=0, dtype=torch.flo
 
 
 @pytest.mark.parametrize("block_elems", [1, 300, 1 << 20])
-def test_blockwise_efa_equals_the_broadcast_formula(block_elems):
-    text, image = _efa_inputs()
+def test_blockwise_efa_equals_the_numpy_oracle(block_elems):
+    """Any block size: the SPEC's EFA (tests/numpy_oracles.py, float64, no code under test),
+    gradients along random directions against the oracle's central differences."""
+    text, image = _efa_inputs(dtype=torch.float64)
     ours = objectives.efa_loss(text, image, block_elems=block_elems)
     grads = torch.autograd.grad(ours, (text, image))
-    base = broadcast_efa(text, image)
-    base_grads = torch.autograd.grad(base, (text, image))
-    torch.testing.assert_close(ours, base, rtol=1e-5, atol=1e-6)
-    for g, b in zip(grads, base_grads):
-        torch.testing.assert_close(g, b, rtol=1e-5, atol=1e-6)
+    arrays = (text.detach().numpy(), image.detach().numpy())
+    np.testing.assert_allclose(ours.item(), npo.efa(*arrays), rtol=1e-10)
+    rng = np.random.default_rng(block_elems)
+    directions = [tuple(rng.normal(size=a.shape) for a in arrays) for _ in range(3)]
+    expected = npo.directional_derivatives(npo.efa, arrays, directions)
+    got = [sum(float((g.numpy() * d).sum()) for g, d in zip(grads, pair)) for pair in directions]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-8)
+    single = objectives.efa_loss(*(x.detach().float() for x in (text, image)), block_elems=block_elems)
+    np.testing.assert_allclose(single.item(), npo.efa(*arrays), rtol=1e-5)  # float32, as in training
 
 
 def test_max_dot_product_gradients_match_finite_differences():
@@ -49,7 +56,8 @@ def test_max_dot_product_rejects_mismatched_shapes():
 def test_efa_lse_lambda_is_the_pooling_sharpness():
     text, image = _efa_inputs()
     sharp = objectives.efa_loss(text, image, lse_lambda=10.0)  # the earlier release: exp(max / 0.1)
-    torch.testing.assert_close(sharp, broadcast_efa(text, image, lse_lambda=10.0), rtol=1e-5, atol=1e-6)
+    expected = npo.efa(text.detach().double().numpy(), image.detach().double().numpy(), lse_lambda=10.0)
+    np.testing.assert_allclose(sharp.item(), expected, rtol=1e-5)
     assert not torch.isclose(sharp, objectives.efa_loss(text, image, lse_lambda=1.0))
 
 

@@ -18,13 +18,14 @@ import train as train_cli
 import visualize
 from configs.loader import load_config
 from datasets.build import build_eval_loaders, read_dataset
+from conftest import user_error
 from datasets.synthetic import generate
 from model.build import build_model, initialise_from
 from model.objectives import text_patch_affinity
 from processor.evaluator import extract_features
+from processor.gallery import encode_folder
+from processor.inference import load_model
 from utils.figures import CORRECT, WRONG
-from utils.gallery import encode_folder
-from utils.inference import load_model
 
 SMALL = ["model.vision_width=64", "model.text_width=64", "model.embed_dim=64", "model.vision_layers=1",
          "model.text_layers=1", "data.batch_size=16", "data.num_workers=0", "solver.epochs=1",
@@ -79,10 +80,10 @@ def test_search_errors(quick, tmp_path, capsys):
     root, run, images = quick
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert search.main(["--checkpoint", str(run), "--images", str(empty), "--query", "a man"]) == 2
-    assert f"no images in {empty}" in capsys.readouterr().out
-    assert search.main(["--checkpoint", str(tmp_path / "nope.pth"), "--images", str(images), "--query", "x"]) == 2
-    assert "checkpoint not found" in capsys.readouterr().out
+    assert f"no images in {empty}" in user_error(capsys, search.main,
+                                                 ["--checkpoint", str(run), "--images", str(empty), "--query", "a man"])
+    assert "checkpoint not found" in user_error(
+        capsys, search.main, ["--checkpoint", str(tmp_path / "nope.pth"), "--images", str(images), "--query", "x"])
     folder = _gallery_copy(images, tmp_path)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     (folder / "empty.png").write_bytes(b"")

@@ -18,11 +18,12 @@ import train as train_cli
 from conftest import ROOT, tiny_batch, tiny_config
 from configs.loader import load_config
 from model import objectives
-from model.build import build_model, model_from_checkpoint
+from model.build import build_criterion, build_model, model_from_checkpoint
 from processor import checkpointing as ckpt
 from processor.precision import Precision
 from processor.trainer import NonFiniteLossError, StepLog, train_one_epoch
 from solver import build_optimizer
+from utils.io import save_atomic
 from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 # test.py by path: the name "test" is also a standard-library package.
@@ -45,16 +46,17 @@ def test_run_folder_contents_and_test_cli(tmp_path):
     saved = load_config(run / "config.yaml")
     assert saved.solver.epochs == 2 and saved.model.vision_width == 64
     state = ckpt.load_training_state(run / "last.pth")
-    assert state["epoch"] == 2 and state["num_classes"] == 5
+    # model.id_classes=captions (the default, the authors' train.py): 5 identities x 2 images x 2 captions
+    assert state["epoch"] == 2 and state["num_classes"] == 20
     best = torch.load(run / "best.pth", weights_only=True)
     t2i = {r["epoch"]: r for r in rows if r["task"] == "t2i"}
     assert best["metrics"]["R1"] == max(t2i[e]["R1"] for e in (1, 2))
     # test.py rebuilds the model from the run folder and reproduces the best epoch's figures.
     assert test_cli.main([str(run)]) == 0
-    tested = json.loads((run / "test_metrics_best.json").read_text())["results"]["CUHK-PEDES"]
+    tested = json.loads((run / "test_best_CUHK-PEDES_test.json").read_text())["results"]["CUHK-PEDES"]
     for key in ("R1", "R5", "R10", "mAP", "mINP"):
         assert tested["t2i"][key] == pytest.approx(t2i[best["epoch"]][key], abs=1e-4)
-    assert model_from_checkpoint(str(run / "best.pth"), image_size=(32, 16)).classifier.out_features == 5
+    assert model_from_checkpoint(str(run / "best.pth"), image_size=(32, 16)).classifier.out_features == 20
 
 
 @pytest.mark.parametrize("mode", ["fp32", "amp_bf16", "amp_fp16", "pure_fp16"])
@@ -68,7 +70,8 @@ def test_precision_modes_train(mode):
     scaler = precision.make_scaler()
     # amp_fp16 skips its first steps while the loss scale falls from 2^16 to a finite range.
     batches = [tiny_batch(seed=s) for s in range(10)]
-    step, averages = train_one_epoch(model, batches, optimizer, precision, scaler, 0, 0, 1, progress=False)
+    step, averages = train_one_epoch(model, build_criterion(tiny_config()), batches, optimizer, precision, scaler,
+                                     0, 0, 1, progress=False)
     assert step == 10 and all(torch.isfinite(torch.tensor(v)) for v in averages.values())
     weight_dtype = model.base_model.visual.conv1.weight.dtype
     assert weight_dtype == (torch.float16 if mode == "pure_fp16" else torch.float32)
@@ -107,14 +110,14 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
 
 def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     target = tmp_path / "last.pth"
-    ckpt.save_atomic({"epoch": 1, "w": torch.ones(3)}, target)
+    save_atomic({"epoch": 1, "w": torch.ones(3)}, target)
 
     def crash(obj, stream, *args, **kwargs):
         stream.write(b"partial")
         raise OSError("No space left on device")
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="No space left"):
-        ckpt.save_atomic({"epoch": 2, "w": torch.zeros(3)}, target)
+        save_atomic({"epoch": 2, "w": torch.zeros(3)}, target)
     assert torch.load(target, weights_only=True)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left
 

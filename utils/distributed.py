@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from configs.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("train.device='cuda' but no GPU is visible; use 'auto' or 'cpu'")
+            raise ConfigError("train.device='cuda' but no GPU is visible; use 'auto' or 'cpu'")
         return torch.device("cuda", local_rank)
     return torch.device(name)
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from datasets.bases import load_image
 from datasets.readers import DataError
 from datasets.transforms import build_transform
-from processor.checkpointing import save_atomic
-from utils.inference import LoadedModel
+from utils.io import save_atomic
+from processor.inference import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Gallery:
 def list_images(folder: Path) -> List[Path]:
     """Image files under ``folder`` (recursively, sorted); a clear error when there are none."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+        raise DataError(f"image folder not found: {folder}")
     images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                     and CACHE_FOLDER not in p.parts)
     if not images:

@@ -15,8 +15,10 @@ from typing import ContextManager, Optional, Sequence, Tuple
 import torch
 
 from configs.defaults import Config
-from configs.loader import ConfigError, load_config, validate
+from configs.errors import ConfigError
+from configs.loader import load_config
 from model.build import model_from_checkpoint
+from model.checkpoint import WeightsNotFoundError
 from model.fmfa import FMFA
 from processor.checkpointing import BEST, LAST
 from processor.precision import Precision
@@ -35,8 +37,7 @@ def resolve_source(source: str | Path, config: Optional[str] = None, overrides: 
     else:
         cfg, weights = load_config(config, overrides), source
     if not weights.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {weights}")
-    validate(cfg)
+        raise WeightsNotFoundError(f"checkpoint not found: {weights}")
     return cfg, weights
 
 
