@@ -17,10 +17,11 @@ from configs.defaults import Config
 from configs.errors import UserError
 from configs.loader import build_parser, parse_args
 from processor.checkpointing import prepare_run_folder
+from processor.preflight import check_device, check_run_inputs
 from processor.processor import train
 from utils.cli import report_user_errors
 from utils.distributed import (DistInfo, broadcast_object, cleanup, elastic_job_id, init_distributed,
-                               restart_attempt)
+                               pick_device, restart_attempt)
 from utils.io import save_config
 from utils.logger import setup_logging
 
@@ -48,6 +49,8 @@ def resolve_output_dir(cfg: Config, info: DistInfo) -> Path:
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg, _ = parse_args(argv, build_parser(__doc__.splitlines()[0]))
+    check_run_inputs(cfg)  # before any folder is made or annotation read
+    check_device(cfg, pick_device(cfg.train.device))
     info = init_distributed(cfg.train.device)
     try:
         output_dir = resolve_output_dir(cfg, info)

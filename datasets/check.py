@@ -10,48 +10,59 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 from tqdm import tqdm
 
 from datasets.bases import load_image
 from datasets.readers import (LAYOUTS, DataError, RetrievalDataset, find_annotation_file, get_layout,
                               load_json, record_problems)
+from utils.cli import report_user_errors
 
 logger = logging.getLogger("datasets.check")
 
 
-def annotation_problems(root: Path, name: str) -> List[str]:
+def annotation_problems(root: Path, name: str) -> Tuple[List[str], List[Tuple[int, Path]]]:
+    """(every problem of every record, the image paths of the well-formed records)."""
     layout = get_layout(name)
     path = find_annotation_file(root, layout)
     raw = load_json(path)
     if not isinstance(raw, list):
-        return [f"{path}: expected a JSON list of records, got {type(raw).__name__}"]
-    return [f"{path}: {problem}" for index, record in enumerate(raw)
-            for problem in record_problems(index, record, layout)]
+        return [f"{path}: expected a JSON list of records, got {type(raw).__name__}"], []
+    problems, images = [], []
+    for index, record in enumerate(raw):
+        found = record_problems(index, record, layout)
+        problems += [f"{path}: {problem}" for problem in found]
+        if not found:
+            images.append((index, path.parent / "imgs" / record[layout.image_key]))
+    return problems, images
 
 
-def image_problems(dataset: RetrievalDataset, show_progress: bool = True) -> List[str]:
+def image_problems(images: List[Tuple[int, Path]], show_progress: bool = True) -> List[str]:
     problems = []
-    for index, record in enumerate(tqdm(dataset.records, desc="images", disable=not show_progress)):
+    for index, image in tqdm(images, desc="images", disable=not show_progress):
         try:
-            load_image(record.image_path)
+            load_image(image)
         except DataError as error:
             problems.append(f"record {index}: {error}")
     return problems
 
 
 def check_dataset(root: str | Path, name: str, show_progress: bool = True) -> List[str]:
-    """All problems found in ``root/name`` (an empty list when the dataset is valid)."""
+    """All problems found in ``root/name`` in one pass (an empty list when the dataset is
+    valid): every malformed record, and every missing or unreadable image of the others."""
     root = Path(root)
     try:
-        problems = annotation_problems(root, name)
-        if problems:
-            return problems  # images are listed by records, which must be readable first
+        problems, images = annotation_problems(root, name)
+    except DataError as error:
+        return [str(error)]
+    problems += image_problems(images, show_progress)
+    if problems:
+        return problems
+    try:
         dataset = RetrievalDataset(root, name)
     except DataError as error:
         return [str(error)]
-    problems = image_problems(dataset, show_progress)
     logger.info("\n%s", dataset.statistics())
     for split in dataset.layout.splits:
         if not any(record.split == split for record in dataset.records):
@@ -59,6 +70,7 @@ def check_dataset(root: str | Path, name: str, show_progress: bool = True) -> Li
     return problems
 
 
+@report_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="dataset root holding the dataset folders")

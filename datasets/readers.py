@@ -68,15 +68,40 @@ def get_layout(name: str) -> DatasetLayout:
     return LAYOUTS[name]
 
 
+# Where each dataset comes from (the authors' README points to the same places).
+SOURCES = {
+    "CUHK-PEDES": "https://github.com/ShuangLI59/Person-Search-with-Natural-Language-Description "
+                  "(request from its authors)",
+    "ICFG-PEDES": "https://github.com/zifyloo/SSAN (request from its authors)",
+    "RSTPReid": "https://github.com/NjtechCVLab/RSTPReid-Dataset",
+    "Synthetic-PEDES": "`python -m datasets.synthetic --root DATA_ROOT` (drawn on this machine)",
+}
+
+
+def _where_from(root: Path, layout: DatasetLayout) -> str:
+    return (f"expected {layout.describe(root)}; set data.root to the folder holding {layout.name}/ "
+            f"(obtain it from {SOURCES[layout.name]})")
+
+
 def find_annotation_file(root: Path, layout: DatasetLayout) -> Path:
     folder = root / layout.name
     if not folder.is_dir():
-        raise DataError(f"dataset folder {folder} not found; expected {layout.describe(root)}")
+        raise DataError(f"dataset folder {folder} not found; {_where_from(root, layout)}")
     for file_name in layout.annotation_files:
         if (folder / file_name).is_file():
             return folder / file_name
     raise DataError(f"annotation file {folder / layout.annotation_files[0]} not found "
-                    f"(accepted names: {', '.join(layout.annotation_files)}); expected {layout.describe(root)}")
+                    f"(accepted names: {', '.join(layout.annotation_files)}); {_where_from(root, layout)}")
+
+
+def check_dataset_files(root: str | Path, name: str) -> None:
+    """The dataset's annotation file and ``imgs/`` folder exist (no file is read): the check
+    made before a run starts. A :class:`DataError` names the path, the key and the source."""
+    layout = get_layout(name)
+    find_annotation_file(Path(root), layout)
+    images = Path(root) / name / "imgs"
+    if not images.is_dir():
+        raise DataError(f"image folder {images} not found; {_where_from(Path(root), layout)}")
 
 
 def load_json(path: Path):

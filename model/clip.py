@@ -87,6 +87,31 @@ def is_torchscript_archive(path: str) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
+CLIP_WEIGHTS_HELP = (
+    "Set model.pretrain to OpenAI's CLIP ViT-B/16 file, e.g. data/ViT-B-16.pt, downloaded from "
+    "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/"
+    "ViT-B-16.pt (an OpenAI-format state dict or an open_clip checkpoint works too); or to "
+    f"'{OPEN_CLIP_TAG_PREFIX}ViT-B-16/openai' where open_clip can download; or 'none' for random initialisation")
+
+
+def check_pretrain(pretrain: str, key: str = "model.pretrain") -> None:
+    """Fail early, before any data is read, when ``pretrain`` cannot be what it names: a
+    missing or empty file, or an open_clip model/tag open_clip does not know."""
+    if pretrain == "none":
+        return
+    if pretrain.startswith(OPEN_CLIP_TAG_PREFIX):
+        name, _, tag = pretrain[len(OPEN_CLIP_TAG_PREFIX):].partition("/")
+        known = name in open_clip.list_models() and (tag or "openai") in open_clip.list_pretrained_tags_by_model(name)
+        if not known:
+            raise WeightsNotFoundError(f"{key}={pretrain!r}: open_clip has no model {name!r} with weights "
+                                       f"{tag or 'openai'!r} (see open_clip.list_pretrained()). {CLIP_WEIGHTS_HELP}")
+        return
+    if not os.path.isfile(pretrain):
+        raise WeightsNotFoundError(f"{key}={pretrain!r}: file not found. {CLIP_WEIGHTS_HELP}")
+    if os.path.getsize(pretrain) == 0:
+        raise WeightsError(f"{key}={pretrain!r}: the file is empty (an interrupted download?). {CLIP_WEIGHTS_HELP}")
+
+
 def _open_clip_tag_state_dict(tag: str) -> Dict[str, torch.Tensor]:
     """Download (network needed) and return the state dict of ``open_clip:MODEL/TAG``."""
     model_name, _, pretrained = tag[len(OPEN_CLIP_TAG_PREFIX):].partition("/")
@@ -103,11 +128,7 @@ def read_clip_state_dict(source: str) -> Dict[str, torch.Tensor]:
     if source.startswith(OPEN_CLIP_TAG_PREFIX):
         state_dict = _open_clip_tag_state_dict(source)
     elif not os.path.isfile(source):
-        raise WeightsNotFoundError(
-            f"CLIP weights not found: {source!r}. Expected OpenAI's ViT-B-16.pt (TorchScript), "
-            f"an OpenAI-format state dict, an open_clip checkpoint, '{OPEN_CLIP_TAG_PREFIX}MODEL/TAG' "
-            f"or 'none' for random initialisation."
-        )
+        raise WeightsNotFoundError(f"CLIP weights not found: {source!r}. {CLIP_WEIGHTS_HELP}")
     elif is_torchscript_archive(source):
         with warnings.catch_warnings():  # torch deprecates jit.load; OpenAI's release needs it
             warnings.simplefilter("ignore", FutureWarning)

@@ -1,4 +1,8 @@
-"""Shared fixtures: the golden folder (skip with a reason where absent) and tiny models."""
+"""Shared fixtures: the golden recordings and tiny models.
+
+Parity tests run on ``tests/golden`` (the reference's recordings at repository size, always
+present) and again on the fuller ``../shared/golden`` (or ``FMFA_GOLDEN``) where it exists.
+"""
 from __future__ import annotations
 
 import os
@@ -12,14 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 from configs.defaults import Config, ModelConfig
 from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID
 
-GOLDEN = Path(os.environ.get("FMFA_GOLDEN", ROOT.parent / "shared" / "golden"))
+COMPACT_GOLDEN = ROOT / "tests" / "golden"
+FULL_GOLDEN = Path(os.environ.get("FMFA_GOLDEN", ROOT.parent / "shared" / "golden"))
 
 
-@pytest.fixture(scope="session")
-def golden() -> Path:
-    if not GOLDEN.is_dir():
-        pytest.skip(f"golden folder {GOLDEN} not found (set FMFA_GOLDEN to the reference's recorded outputs)")
-    return GOLDEN
+@pytest.fixture(scope="session", params=["compact", "full"])
+def golden(request) -> Path:
+    """tests/golden (a missing file there is a failure, never a skip); then the full recordings,
+    skipped with a reason where they are not beside the repository."""
+    if request.param == "compact":
+        assert (COMPACT_GOLDEN / "losses.pt").is_file(), f"{COMPACT_GOLDEN} is incomplete: the parity recordings are missing"
+        return COMPACT_GOLDEN
+    if not FULL_GOLDEN.is_dir():
+        pytest.skip(f"full golden folder {FULL_GOLDEN} not found (set FMFA_GOLDEN); tests/golden was checked")
+    return FULL_GOLDEN
 
 
 def load_golden(golden: Path, name: str):

@@ -42,16 +42,43 @@ def test_masking_rates_match_the_spec():
     assert not selected[~eligible].any()  # never SOT, EOT or padding
 
 
-def test_masking_falls_back_to_position_one():
-    tokens = long_captions(400, length=1)
+def check_fallback(masker, rows: int = 1000) -> None:
+    """One-token captions: position 1 is selected with p = 0.15 (then 80/10/10), else the
+    fallback masks it always, so it is MASK with p = 0.85 + 0.15 x 0.8 = 0.97 (30 of 1000 not
+    MASK on average, sd 5.4). Applying 80/10/10 on the fallback too gives 0.8 (200 not MASK):
+    the bound 80 sits 9 sd from both."""
+    tokens = long_captions(rows, length=1)
     gen = torch.Generator().manual_seed(2)
-    fallbacks = 0
+    not_masked = 0
     for row in tokens:
-        masked, labels = mask_tokens(row, gen)
+        masked, labels = masker(row, gen)
         assert labels.nonzero().flatten().tolist() == [1] and labels[1] == row[1]
         assert masked[0] == SOT_ID and masked[2] == EOT_ID and not masked[3:].any()
-        fallbacks += int(masked[1] == MASK_ID)
-    assert fallbacks > 0.85 * 400 - 30  # fallback (p = 0.85) always masks; selection 80% of the rest
+        not_masked += int(masked[1] != MASK_ID)
+    assert not_masked <= 80, f"position 1 not MASK in {not_masked} of {rows} one-token captions"
+
+
+def masking_with_random_fallback(tokens, generator):
+    """Deliberately wrong: the SPEC's masking, but the fallback at position 1 also goes
+    through 80/10/10 instead of always becoming MASK."""
+    tokens = tokens.long()
+    draw = torch.rand(tokens.shape, generator=generator)
+    selected = (tokens > 0) & (tokens < MASK_ID) & (draw < 0.15)
+    if not selected.any():
+        selected[1], draw[1] = True, torch.rand((), generator=generator) * 0.15
+    within = draw / 0.15
+    masked = tokens.clone()
+    masked[selected & (within < 0.8)] = MASK_ID
+    swap = selected & (within >= 0.8) & (within < 0.9)
+    masked[swap] = torch.randint(1, MASK_ID, tokens.shape, generator=generator)[swap]
+    return masked, torch.where(selected, tokens, torch.zeros_like(tokens))
+
+
+def test_masking_falls_back_to_position_one():
+    """When nothing was selected, position 1 always becomes MASK (and is labelled)."""
+    check_fallback(mask_tokens)
+    with pytest.raises(AssertionError, match="position 1 not MASK"):
+        check_fallback(masking_with_random_fallback)
 
 
 def test_random_sampler_every_index_once_and_epoch_dependent():
@@ -81,17 +108,36 @@ def test_identity_sampler_p_by_k_batches():
     pids = identity_pids()
     sampler = IdentitySampler(pids, batch_size=8, num_instance=2, seed=0)
     order = [index for _, index in sampler]
-    assert len(order) == len(sampler) and len(order) % 8 == 0
+    assert len(order) == len(sampler) and len(order) % 8 == 0 and order
     for start in range(0, len(order), 8):
         counts = Counter(pids[index] for index in order[start:start + 8])
         assert len(counts) == 4 and set(counts.values()) == {2}
 
 
+def check_padding(make_sampler) -> None:
+    """Identities 0 and 2 have one sample for K = 2; all four identities have exactly one group
+    of K, so every epoch (P = 2, two batches) holds each identity K times, and the one-sample
+    identities as their single index repeated (padding draws with replacement)."""
+    pids = [0, 1, 1, 2, 3, 3]
+    for seed in range(4):
+        order = [i for _, i in make_sampler(pids, batch_size=4, num_instance=2, seed=seed)]
+        assert Counter(pids[i] for i in order) == {0: 2, 1: 2, 2: 2, 3: 2}, f"seed {seed}: {order}"
+        assert Counter(order)[0] == Counter(order)[3] == 2
+
+
+class SamplerDroppingSmallIdentities(IdentitySampler):
+    """Deliberately wrong: identities with fewer than K samples dropped instead of padded."""
+
+    def __iter__(self):
+        small = {i for indices in self.by_identity.values() if len(indices) < self.num_instance for i in indices}
+        return iter([key for key in super().__iter__() if key[1] not in small])
+
+
 def test_identity_sampler_pads_small_identities():
-    pids = [0, 1, 1, 1, 1, 2, 2, 2, 2, 3]  # identities 0 and 3 have one sample for K = 2
-    order = [i for _, i in IdentitySampler(pids, batch_size=4, num_instance=2, seed=1)]
-    counts = Counter(pids[i] for i in order)
-    assert all(count % 2 == 0 for count in counts.values())
+    """Small identities are padded to K, never dropped."""
+    check_padding(IdentitySampler)
+    with pytest.raises(AssertionError):
+        check_padding(SamplerDroppingSmallIdentities)
 
 
 def test_distributed_identity_sampler_disjoint_and_structured():
@@ -145,8 +191,10 @@ def test_loader_batches_independent_of_worker_count(tmp_path):
     parallel, _ = build_train_loader(tiny_data_config(tmp_path, num_workers=2, persistent_workers=True))
     assert num_classes == 20  # model.id_classes=captions: 5 identities x 2 images x 2 captions
     for epoch in (0, 1):
-        for a, b in zip(batches(serial, epoch), batches(parallel, epoch), strict=True):
-            assert all(torch.equal(a[key], b[key]) for key in a)
+        pairs = list(zip(batches(serial, epoch), batches(parallel, epoch), strict=True))
+        assert pairs, f"no batches in epoch {epoch}"
+        for a, b in pairs:
+            assert a and a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 def test_id_classes_follow_the_config_labels_stay_identities(tmp_path):
@@ -183,7 +231,9 @@ def test_identity_sampler_loader(tmp_path):
     make_dataset(tmp_path, "CUHK-PEDES")
     read_dataset.cache_clear()
     loader, _ = build_train_loader(tiny_data_config(tmp_path, sampler="identity", num_instance=2))
-    for batch in batches(loader, 0):
+    epoch = batches(loader, 0)
+    assert epoch, "the identity sampler gave no batches"
+    for batch in epoch:
         assert set(Counter(batch["pids"].tolist()).values()) == {2}
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_batch, tiny_config
+from conftest import assert_rel_close, tiny_batch, tiny_config
+from configs.defaults import Config
 from configs.errors import ConfigError
 from configs.loader import apply_overrides
 from configs.validation import LOSS_NAMES, validate
@@ -148,3 +149,43 @@ def test_irr_heads_use_the_reference_initialisation():
     for name, std in expected.items():
         assert abs(params[name].std().item() / std - 1) < 0.05, (name, params[name].std().item(), std)
     assert params["classifier.bias"].abs().sum() == 0
+
+
+def test_shared_masked_caption_one_text_pass_equals_two_passes():
+    """data.share_masked_caption: the reference encodes the masked caption twice (global losses
+    and IRR); one pass serving both gives the same loss values and gradients."""
+    torch.manual_seed(0)
+    cfg = _config()
+    shared = build_model(cfg, num_classes=4)
+    cfg_two = _config()
+    cfg_two.data.share_masked_caption = False
+    two_pass = build_model(cfg_two, num_classes=4)
+    two_pass.load_state_dict(shared.state_dict())
+    batch = tiny_batch()
+    batch["caption_ids"] = batch["mlm_ids"].clone()  # what the reference's in-place masking hands over
+    calls = []
+    shared.base_model.token_embedding.register_forward_hook(lambda *args: calls.append(args[1][0].shape[0]))
+    results = []
+    for model in (shared, two_pass):
+        terms, _ = build_criterion(cfg)(model(batch), batch)
+        sum(terms.values()).backward()
+        results.append((terms, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert calls == [6]  # one text pass of the batch, not two
+    (terms_a, grads_a), (terms_b, grads_b) = results
+    for name in terms_a:
+        torch.testing.assert_close(terms_a[name], terms_b[name], rtol=1e-5, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:  # the project's float32 criterion: max |difference| / max |gradient|
+        assert_rel_close(grads_a[name], grads_b[name], rtol=1e-5)
+
+
+def test_paper_model_sized_by_captions_has_the_authors_224m_parameters():
+    """model.id_classes=captions on CUHK-PEDES (68,126 training captions): the authors' log
+    reports 224M parameters; with 11,003 identities the model has 194.5M."""
+    cfg = Config(model=dataclasses.replace(Config().model, pretrain="none"))
+    with torch.device("meta"):  # sizes only, no memory
+        by_captions = build_model(cfg, num_classes=68126)
+        by_identities = build_model(cfg, num_classes=11003)
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert round(count(by_captions) / 1e6, 1) == 223.8
+    assert round(count(by_identities) / 1e6, 1) == 194.5

@@ -192,3 +192,33 @@ def test_a_metrics_line_cut_by_a_crash_is_dropped_on_resume(tmp_path):
         handle.write('{"epoch": 2, "dataset": "CUHK-PE')  # power loss mid-write
     assert train_cli.main(tiny_run_args(root, run, 2, "train.auto_resume=true")) == 0
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.pretrain={tmp}/ViT-B-16.pt", ["model.pretrain=", "ViT-B-16.pt", "file not found",
+                                          "openaipublic.azureedge.net", "open_clip:ViT-B-16/openai"]),
+    ("model.pretrain=open_clip:ViT-Q-99/nowhere", ["model.pretrain=", "open_clip has no model 'ViT-Q-99'"]),
+    ("data.root={tmp}/nodata", ["dataset folder {tmp}/nodata/CUHK-PEDES not found", "set data.root",
+                                "ShuangLI59/Person-Search-with-Natural-Language-Description"]),
+    ("eval.cross_domain=[RSTPReid]", ["RSTPReid not found", "NjtechCVLab"]),
+    ("model.init_from={tmp}/ham.pth", ["model.init_from=", "ham.pth", "not found"]),
+])
+def test_a_failed_start_names_the_key_and_leaves_no_folder(tmp_path, capsys, override, expected):
+    """Missing weights or data stop train.py in one line (exit 2) before a run folder exists
+    and before any annotation is read."""
+    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
+    message = user_error(capsys, train_cli.main,
+                         tiny_run_args(root, run, 1, override.format(tmp=tmp_path)))
+    for fragment in expected:
+        assert fragment.format(tmp=tmp_path) in message, (fragment, message)
+    assert not run.exists()
+
+
+def test_device_auto_refuses_a_gpu_sized_config_on_the_cpu(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
+    paper_sized = ["model.image_size=[384,128]", "model.patch_size=16", "model.vision_width=768",
+                   "train.device=auto"]
+    message = user_error(capsys, train_cli.main, tiny_run_args(root, run, 1, *paper_sized))
+    assert "train.device=auto found no GPU" in message and "s per step of 16 samples" in message
+    assert "train.device=cpu" in message and not run.exists()

@@ -1,0 +1,51 @@
+"""Checks made before a training run creates its folder or reads an annotation: every input
+the run needs exists, and the device can train the configured model in reasonable time.
+Each failure is a :class:`configs.errors.UserError` naming the key to set."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from configs.defaults import Config
+from configs.errors import ConfigError
+from datasets.readers import check_dataset_files
+from model.checkpoint import WeightsNotFoundError
+from model.clip import check_pretrain
+
+# One fp32 training step of CLIP ViT-B/16 at 384 x 128 with the paper's heads, batch 16
+# (forward + backward + Adam), measured on a 2-core CPU (issue 15; benchmarks/train_step.py).
+CPU_SECONDS_PER_16_SAMPLES = 24.0
+PAPER_IMAGE_AREA = 384 * 128
+
+
+def check_run_inputs(cfg: Config) -> None:
+    """Weights (``model.pretrain``, ``model.init_from``, ``train.resume``) and datasets
+    (``data.root`` / ``data.dataset`` and ``eval.cross_domain``) exist."""
+    check_pretrain(cfg.model.pretrain)
+    for key, path in (("model.init_from", cfg.model.init_from), ("train.resume", cfg.train.resume)):
+        if path and not Path(path).exists():
+            raise WeightsNotFoundError(f"{key}={path!r}: not found")
+    for name in [cfg.data.dataset, *cfg.eval.cross_domain]:
+        check_dataset_files(cfg.data.root, name)
+
+
+def is_gpu_sized(cfg: Config) -> bool:
+    """A pretrained backbone (ViT-B/16 class) or a ViT-B-wide random one, at the paper's image size or larger."""
+    height, width = cfg.model.image_size
+    big_backbone = cfg.model.pretrain != "none" or cfg.model.vision_width >= 768
+    return big_backbone and height * width >= PAPER_IMAGE_AREA
+
+
+def check_device(cfg: Config, device: torch.device) -> None:
+    """``train.device=auto`` that found no GPU refuses a GPU-sized config: on a CPU it would
+    train for weeks. ``train.device=cpu`` says the user means it."""
+    if cfg.train.device != "auto" or device.type != "cpu" or not is_gpu_sized(cfg):
+        return
+    per_step = CPU_SECONDS_PER_16_SAMPLES * cfg.data.batch_size / 16
+    raise ConfigError(
+        f"train.device=auto found no GPU, and this config trains a CLIP ViT-B/16-sized model at "
+        f"{cfg.model.image_size[0]} x {cfg.model.image_size[1]}: about {CPU_SECONDS_PER_16_SAMPLES:.0f} s per step "
+        f"of 16 samples on a 2-core CPU (so ~{per_step:.0f} s per step of data.batch_size={cfg.data.batch_size}). "
+        "Run it where a GPU is visible, or set train.device=cpu to train on the CPU anyway "
+        "(configs/quickstart.yaml is the CPU-sized recipe)")
