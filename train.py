@@ -19,11 +19,14 @@ from configs.loader import build_parser, parse_args
 from processor.checkpointing import prepare_run_folder
 from processor.preflight import check_device, check_run_inputs
 from processor.processor import train
+from processor.run_folder import CONFIG_FILE, plan_start
 from utils.cli import report_user_errors
 from utils.distributed import (DistInfo, broadcast_object, cleanup, elastic_job_id, init_distributed,
                                pick_device, restart_attempt)
-from utils.io import save_config
+from utils.io import METRICS_FILE, save_config
 from utils.logger import setup_logging
+from utils.metrics import summary_table
+from utils.reproducibility import make_deterministic
 
 logger = logging.getLogger("train")
 
@@ -45,6 +48,14 @@ def resolve_output_dir(cfg: Config, info: DistInfo) -> Path:
     return Path(broadcast_object(folder, info))
 
 
+def report_finished(cfg: Config, output_dir: Path, epoch: int) -> None:
+    """A rerun of a finished run: its result, nothing trained or written."""
+    setup_logging()
+    logger.info("run folder %s already finished (%d/%d epochs); nothing to train. %s, text-to-image\n%s",
+                output_dir, epoch, cfg.solver.epochs, cfg.data.dataset,
+                summary_table(output_dir / METRICS_FILE, cfg.data.dataset, cfg.eval.split))
+
+
 @record  # under torchrun: the failing rank's traceback goes into torchrun's error report
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -54,13 +65,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     info = init_distributed(cfg.train.device)
     try:
         output_dir = resolve_output_dir(cfg, info)
+        plan = plan_start(cfg, output_dir)  # every rank reads the same folder
+        if plan.finished:
+            if info.is_main:
+                report_finished(cfg, output_dir, plan.epoch)
+            return 0
         if info.is_main:
             prepare_run_folder(output_dir)
         setup_logging(output_dir, info.rank)
         if info.is_main:
-            save_config(cfg, output_dir / "config.yaml")
+            save_config(cfg, output_dir / CONFIG_FILE)
             logger.info("run folder %s, %d process(es) on %s", output_dir, info.world_size, info.device)
-        best = train(cfg, info, output_dir)
+        make_deterministic(cfg.train.deterministic)
+        best = train(cfg, info, output_dir, plan.resume_from)
         logger.info("best t2i R1 %.3f at epoch %d", best["R1"], best["epoch"])
     except Exception as error:
         # Every rank logs its own failure (non-zero ranks append errors to the run's log);

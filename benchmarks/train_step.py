@@ -9,17 +9,30 @@ mode); MFU = FLOPs x steps/s / ``--peak-tflops`` (default: the GPU's dense bf16 
 known). Full pipeline (``--pipeline``): the same step fed by the real training DataLoader
 on synthetic JPEGs at the preset's image size.
 
+Memory comparison (``--memory``): default fp32, fp32 with ``model.grad_checkpointing``,
+amp_bf16 and fp32 + torch.compile side by side, each in its own subprocess (a clean peak):
+``--warmup`` steps, then ``--steps`` steps timed one by one (median). Peak memory is the
+peak of the timed steps (CPU: resident set, the kernel's VmHWM; CUDA: max allocated) above
+the memory held before them (weights, gradients, Adam moments, the batch); the per-sample
+figure is that divided by the batch. docs/memory.md has the figures.
+
     python benchmarks/train_step.py                      # paper preset on a GPU, tiny on a CPU
     python benchmarks/train_step.py --modes amp_bf16 --pipeline --workers 8
+    python benchmarks/train_step.py --memory --preset paper --batch 16 --warmup 1 --steps 2
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import itertools
+import json
 import logging
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -123,6 +136,130 @@ def pipeline_rate(cfg: Config, mode: str, device: torch.device, args, root: str)
     return statistics.median(rates)
 
 
+# --memory: variant -> (precision mode, model.grad_checkpointing, torch.compile), and its label.
+MEMORY_VARIANTS = {"default": ("fp32", False, False), "checkpointing": ("fp32", True, False),
+                   "amp_bf16": ("amp_bf16", False, False), "compile": ("fp32", False, True)}
+MEMORY_LABELS = {"default": "fp32 (default)", "checkpointing": "fp32 + grad checkpointing",
+                 "amp_bf16": "amp_bf16", "compile": "fp32 + torch.compile"}
+
+
+def resident_bytes(field: str = "VmRSS") -> int:
+    """This process's resident set (VmRSS) or its peak since the last reset (VmHWM), bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def release_free_memory(device: torch.device) -> None:
+    """Collect garbage and hand the allocator's free memory back (glibc heap / CUDA cache), so
+    that the resident figure counts live tensors."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory while in the context, bytes: CUDA max allocated; on the CPU the kernel's
+    resident high-water mark (VmHWM, reset through /proc/self/clear_refs), or where that
+    reset is not allowed, the highest VmRSS seen by a thread sampling every millisecond."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak, self._sampler, self._stop = device, 0, None, threading.Event()
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        try:
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")  # resets VmHWM to the current VmRSS (Linux >= 4.0)
+        except OSError:
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, resident_bytes())
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        elif self._sampler is not None:
+            self._stop.set()
+            self._sampler.join()
+        else:
+            self.peak = resident_bytes("VmHWM")
+        return False
+
+
+def current_memory(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else resident_bytes()
+
+
+def variant_figures(cfg: Config, variant: str, device: torch.device, args, num_classes: int) -> Dict[str, float]:
+    """One --memory variant, alone in this process: step seconds and memory, bytes."""
+    mode, checkpointing, compile_model = MEMORY_VARIANTS[variant]
+    cfg = replace(cfg, model=replace(cfg.model, grad_checkpointing=checkpointing))
+    release_free_memory(device)
+    empty = current_memory(device)
+    bench = StepBench(cfg, mode, device, num_classes, compile_model)
+    batch = random_batch(cfg, num_classes, device)
+    release_free_memory(device)
+    built = current_memory(device)
+    started = time.perf_counter()
+    bench.run([batch] * args.warmup)  # also creates the gradients and Adam moments (and compiles)
+    warmup_s = time.perf_counter() - started
+    release_free_memory(device)
+    held = current_memory(device)
+    times = []
+    with PeakMemory(device) as peak:
+        for _ in range(args.steps):
+            times.append(cfg.data.batch_size / bench.run([batch]))
+    return {"step_s": statistics.median(times), "times_s": times, "warmup_s": warmup_s, "model": built - empty,
+            "held": held - empty, "peak": peak.peak - empty, "step_peak": peak.peak - held}
+
+
+def memory_comparison(preset: str, device: torch.device, args) -> None:
+    """--memory: each variant in a subprocess of this script, then one table."""
+    batch = args.batch or 16
+    figures = {}
+    for variant in args.variants:
+        command = [sys.executable, __file__, "--memory-variant", variant, "--preset", preset, "--batch", str(batch),
+                   "--warmup", str(args.warmup), "--steps", str(args.steps)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"{variant}: failed (exit {result.returncode})\n{result.stderr[-3000:]}", file=sys.stderr)
+            continue
+        figures[variant] = json.loads(result.stdout.strip().splitlines()[-1])
+    cfg = preset_config(preset)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    what = "max allocated" if device.type == "cuda" else "resident set (VmHWM)"
+    print(f"{name}, preset {preset}: batch {batch}, {cfg.model.image_size[0]} x {cfg.model.image_size[1]}, "
+          f"{cfg.loss.names}, Adam; {args.warmup} warm-up + {args.steps} timed steps per variant, each variant in its "
+          f"own process; memory = {what}, GiB")
+    base = figures.get("default")
+    table = PrettyTable(["variant", "step s (median)", "time x default", "held before step", "step peak above held",
+                         "memory x default", "per sample", "process peak"])
+    for variant, fig in figures.items():
+        ratio = (lambda key: f"{fig[key] / base[key]:.2f}") if base else (lambda key: "n/a")
+        table.add_row([MEMORY_LABELS[variant], f"{fig['step_s']:.2f}", ratio("step_s"), f"{fig['held'] / 2**30:.2f}",
+                       f"{fig['step_peak'] / 2**30:.2f}", ratio("step_peak"),
+                       f"{fig['step_peak'] / batch / 2**20:.0f} MiB", f"{fig['peak'] / 2**30:.2f}"])
+    print(table)
+    print("held before step = weights + gradients + Adam moments + batch, after the warm-up; step peak above held = "
+          "activations and temporaries of one step (what grows with the batch); process peak = above the empty "
+          "process. Steps (s): " + "; ".join(f"{v} " + ", ".join(f"{t:.2f}" for t in f["times_s"])
+                                            + f" (warm-up {f['warmup_s']:.1f})" for v, f in figures.items()))
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=["paper", "tiny"], default=None,
@@ -136,6 +273,13 @@ def parse_args():
     parser.add_argument("--pipeline-mode", choices=PRECISIONS, default="amp_bf16")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size (default: the preset's; 16 with --memory)")
+    parser.add_argument("--memory", action="store_true",
+                        help="time and peak memory of default / grad checkpointing / amp_bf16 / compile, side by side")
+    parser.add_argument("--variants", nargs="+", choices=list(MEMORY_VARIANTS), default=list(MEMORY_VARIANTS),
+                        help="the --memory variants")
+    parser.add_argument("--memory-variant", choices=list(MEMORY_VARIANTS), default=None, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -144,9 +288,16 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset = args.preset or ("paper" if device.type == "cuda" else "tiny")
+    if args.memory:
+        return memory_comparison(preset, device, args)
     cfg = preset_config(preset)
     cfg = replace(cfg, solver=replace(cfg.solver, fused=True))
+    if args.batch or args.memory_variant:
+        cfg = replace(cfg, data=replace(cfg.data, batch_size=args.batch or 16))
     num_classes = cuhk_id_outputs(cfg) if preset == "paper" else 50
+    if args.memory_variant:  # one --memory variant, in the subprocess memory_comparison started
+        print(json.dumps(variant_figures(cfg, args.memory_variant, device, args, num_classes)))
+        return
     peak = args.peak_tflops or known_peak(device)
     flops = count_step_flops(cfg, device, num_classes)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

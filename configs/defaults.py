@@ -36,6 +36,12 @@ class ModelConfig:
     # authors' train.py sizes it (68,126 on CUHK-PEDES; labels stay the identity indices, so
     # the extra outputs are never targets); "identities" = the number of training identities.
     id_classes: str = "captions"
+    # Activation (gradient) checkpointing of the transformer blocks of both CLIP towers and
+    # of the IRR cross-modal transformer: each block's activations are recomputed during the
+    # backward pass instead of kept (open_clip's non-reentrant torch.utils.checkpoint).
+    # Same values and gradients; much less training memory for about one more forward pass
+    # of compute (docs/memory.md). false = the reference.
+    grad_checkpointing: bool = False
 
 
 @dataclass
@@ -124,6 +130,9 @@ class TrainConfig:
     eval_period: int = 1  # epochs between evaluations
     resume: str = ""  # a run folder or a last.pth to continue from
     auto_resume: bool = False  # continue from output_dir/last.pth when it exists (torchrun restarts always do)
+    # Repeatable runs on the same machine: deterministic algorithms (an error names any op
+    # without one), no cuDNN autotuning; data order and augmentation are seeded either way.
+    deterministic: bool = False
     # Several GPUs: compute the batch losses over features gathered from all ranks
     # (deviation from the single-GPU reference, which sees only its own batch).
     gather_features: bool = False

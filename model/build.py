@@ -36,7 +36,8 @@ def build_model(cfg: Config, num_classes: int) -> FMFA:
     """The training model of ``cfg``: backbone from ``cfg.model.pretrain`` plus the heads
     the enabled losses need (ID classifier with ``num_classes`` outputs for 'id', IRR with
     ``cfg.model.cmt_depth`` layers for 'mlm'). Float32; precision modes are applied by the
-    trainer.
+    trainer. ``cfg.model.grad_checkpointing``: activation checkpointing of every
+    transformer block (both towers and the IRR transformer).
     """
     names = cfg.loss.names
     if "id" in names and num_classes < 1:
@@ -49,6 +50,8 @@ def build_model(cfg: Config, num_classes: int) -> FMFA:
                  share_masked_caption=cfg.data.share_masked_caption)
     if cfg.model.init_from:
         initialise_from(model, cfg.model.init_from)
+    if cfg.model.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     return model
 
 

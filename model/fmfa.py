@@ -71,6 +71,23 @@ class FMFA(nn.Module):
                 ("ln", LayerNorm(embed_dim)), ("fc", nn.Linear(embed_dim, vocab_size))]))
             _init_irr(self.cross_attn, self.cross_modal_transformer, self.mlm_head)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every transformer block: both CLIP towers (open_clip's
+        ``CLIP.set_grad_checkpointing``: the vision and text transformers) and the IRR
+        cross-modal transformer. open_clip 3.x checkpoints each block with
+        ``torch.utils.checkpoint(..., use_reentrant=False)``; values and gradients are unchanged."""
+        self.base_model.set_grad_checkpointing(enable)
+        if self.cmt_depth:
+            self.cross_modal_transformer.grad_checkpointing = enable
+
+    def checkpointed_transformers(self) -> Dict[str, bool]:
+        """``grad_checkpointing`` of each transformer, by attribute path."""
+        towers = {"base_model.visual.transformer": self.base_model.visual.transformer,
+                  "base_model.transformer": self.base_model.transformer}
+        if self.cmt_depth:
+            towers["cross_modal_transformer"] = self.cross_modal_transformer
+        return {name: bool(module.grad_checkpointing) for name, module in towers.items()}
+
     # ---- inference -------------------------------------------------------------------
     def encode_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, 1 + patches, embed_dim], class token first."""

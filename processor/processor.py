@@ -12,18 +12,21 @@ from torch.utils.tensorboard import SummaryWriter
 
 from configs.defaults import Config
 from configs.loader import config_differences, config_to_dict
-from datasets.build import EvalLoaders, build_train_loader, read_dataset
+from datasets.build import EvalLoaders, build_eval_loaders, build_train_loader, read_dataset
 from datasets.readers import log_statistics
 from model.build import build_criterion, build_model
+from model.checkpoint import load_weights_file
 from processor import checkpointing as ckpt
 from processor.evaluator import eval_targets, evaluate, results_table
 from processor.precision import Precision
 from processor.trainer import train_one_epoch
 from solver import build_lr_scheduler, build_optimizer
-from utils.distributed import DistInfo, all_gather_with_grad, barrier, broadcast_object, restart_attempt
-from utils.io import METRICS_FILE, append_jsonl, drop_metrics_after, read_metrics_rows, save_atomic
+from processor.run_folder import WHERE_KEYS, write_progress
+from utils.distributed import DistInfo, all_gather_with_grad, barrier
+from utils.io import METRICS_FILE, append_jsonl, drop_metrics_after, save_atomic
 from utils.memory import memory_figures
-from utils.metrics import format_table
+from utils.metrics import summary_table
+from utils.run_info import log_run_start
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class Run:
         self.criterion = build_criterion(cfg)
         if info.is_main:
             ckpt.check_free_space(output_dir, ckpt.checkpoint_bytes_needed(model, output_dir))
+            log_run_start(model, info.device)
         if info.distributed and cfg.train.gather_features:
             self.criterion.feature_gather = all_gather_with_grad
         self.train_model = DistributedDataParallel(
@@ -76,9 +80,8 @@ class Run:
     def resume(self, path: str | Path) -> None:
         file = ckpt.find_resume_file(path)
         state = ckpt.load_training_state(file)
-        ignored = {"train.resume", "train.auto_resume", "train.output_dir"}  # where, not what, to train
         changed = [line for line in config_differences(state.get("config", {}), config_to_dict(self.cfg))
-                   if line.split(":")[0] not in ignored]
+                   if line.split(":")[0] not in WHERE_KEYS]
         if changed:
             logger.warning("resuming %s with a config that differs from the saved one:\n  %s", file,
                            "\n  ".join(changed))
@@ -99,10 +102,10 @@ class Run:
         config = config_to_dict(self.cfg)
         if best_metrics is not None:
             save_atomic({"model": self.model.state_dict(), "epoch": self.epoch, "metrics": best_metrics,
-                              "config": config, "num_classes": self.num_classes}, self.output_dir / ckpt.BEST)
+                         "config": config, "num_classes": self.num_classes}, self.output_dir / ckpt.BEST)
         save_atomic(ckpt.training_state(self.model, self.optimizer, self.scheduler, self.scaler, self.epoch,
-                                             self.step, self.best, config, self.num_classes),
-                         self.output_dir / ckpt.LAST)
+                                        self.step, self.best, config, self.num_classes), self.output_dir / ckpt.LAST)
+        write_progress(self.output_dir, self.epoch, self.cfg.solver.epochs, self.best)
 
     def finish_epoch(self, averages: Dict[str, float]) -> None:
         """Rank 0 after each epoch: log losses and memory, evaluate when due, write checkpoints."""
@@ -130,52 +133,34 @@ class Run:
             self.loader.sampler.set_epoch(self.epoch)
             self.step, averages = train_one_epoch(
                 self.train_model, self.criterion, self.loader, self.optimizer, self.precision, self.scaler, self.epoch,
-                self.step, cfg.train.log_period, self.writer, progress=self.info.is_main)
+                self.step, cfg.train.log_period, self.writer, progress=self.info.is_main, epochs=cfg.solver.epochs)
             self.epoch += 1
             self.scheduler.step()
             if self.info.is_main:
                 self.finish_epoch(averages)
             barrier(self.info)
+        if self.info.is_main and cfg.eval.split != "test" and self.best["epoch"] > 0:
+            self.evaluate_best_on_test()
         if self.writer is not None:
             self.writer.close()
         if self.info.is_main:
-            logger.info("%s %s, text-to-image\n%s", self.targets[0].dataset, self.targets[0].split,
-                        summary_table(self.output_dir / METRICS_FILE, self.targets[0]))
+            logger.info("%s, text-to-image\n%s", cfg.data.dataset,
+                        summary_table(self.output_dir / METRICS_FILE, cfg.data.dataset, cfg.eval.split))
         return self.best
 
-
-def summary_table(metrics_file: Path, target: EvalLoaders) -> str:
-    """Untrained (epoch 0, when evaluated), best and final t2i rows of metrics.jsonl."""
-    rows = read_metrics_rows(metrics_file)
-    rows = [r for r in rows if (r["dataset"], r["split"], r["task"]) == (target.dataset, target.split, "t2i")]
-    if not rows:
-        return "(no evaluation)"
-    best = max((r for r in rows if r["epoch"] > 0), key=lambda r: r["R1"], default=rows[-1])
-    picked = [("untrained", rows[0])] if rows[0]["epoch"] == 0 else []
-    picked += [(f"best (epoch {best['epoch']})", best), (f"final (epoch {rows[-1]['epoch']})", rows[-1])]
-    return format_table([{**row, "task": label} for label, row in picked])
+    def evaluate_best_on_test(self) -> None:
+        """A run selected on val: its best.pth on the test split too (rows at the best epoch)."""
+        best = load_weights_file(self.output_dir / ckpt.BEST)
+        self.model.load_state_dict(best["model"])
+        test = build_eval_loaders(self.cfg, self.cfg.data.dataset, "test")
+        logger.info("best.pth (epoch %d, selected on %s) on the test split", best["epoch"], self.cfg.eval.split)
+        run_evaluation(self.model, [test], self.cfg, self.precision, best["epoch"], self.output_dir, self.writer)
 
 
-def train(cfg: Config, info: DistInfo, output_dir: Path) -> Dict[str, float]:
-    """Build a run in ``output_dir``, resume it where asked, and train to the last epoch."""
-    resume_from = broadcast_object(resume_source(cfg, output_dir) if info.is_main else "", info)
+def train(cfg: Config, info: DistInfo, output_dir: Path, resume_from: str = "") -> Dict[str, float]:
+    """Build a run in ``output_dir``, resume it from ``resume_from`` when given (see
+    ``processor.run_folder.plan_start``), and train to the last epoch."""
     run = Run(cfg, info, output_dir)
     if resume_from:
         run.resume(resume_from)
     return run.train(evaluate_first=cfg.eval.at_start)
-
-
-def resume_source(cfg: Config, output_dir: Path) -> str:
-    """train.resume; else the run folder itself when it holds last.pth and train.auto_resume
-    is set or torchrun restarted the job; else "" (a fresh run, refused when the folder
-    already holds one)."""
-    if cfg.train.resume:
-        return str(ckpt.find_resume_file(cfg.train.resume))
-    if (output_dir / ckpt.LAST).is_file():
-        if cfg.train.auto_resume or restart_attempt() > 0:
-            return str(output_dir / ckpt.LAST)
-        raise ckpt.RunFolderError(
-            f"run folder {output_dir} already holds a run ({ckpt.LAST}); continue it with train.auto_resume=true "
-            f"(or train.resume={output_dir}), or choose another train.output_dir")
-    return ""
-

@@ -71,15 +71,33 @@ Criterion = Callable[[Dict[str, torch.Tensor], Dict[str, torch.Tensor]],
                      Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]]
 
 
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def log_line(epoch: int, epochs: int, done: int, steps: int, averages: Dict[str, float], lr: float, rate: float,
+             seconds_per_step: float) -> str:
+    """The train.log line written every log_period steps (time left: this and the remaining epochs)."""
+    left = seconds_per_step * ((steps - done) + max(epochs - epoch - 1, 0) * steps)
+    values = ", ".join(f"{name} {value:.4f}" for name, value in averages.items())
+    return (f"epoch {epoch + 1}/{epochs} step {done}/{steps}: {values}, lr {lr:.3e}, {rate:.1f} samples/s, "
+            f"{_duration(left)} left")
+
+
 def train_one_epoch(model: torch.nn.Module, criterion: Criterion, loader: DataLoader,
                     optimizer: torch.optim.Optimizer, precision: Precision, scaler: Optional[torch.amp.GradScaler],
-                    epoch: int, step: int, log_period: int, writer=None,
-                    progress: bool = True) -> tuple[int, Dict[str, float]]:
+                    epoch: int, step: int, log_period: int, writer=None, progress: bool = True,
+                    epochs: int = 0) -> tuple[int, Dict[str, float]]:
     """One pass over ``loader``; returns the global step and the epoch's mean losses/metrics.
-    The loss is ``sum(criterion(model(batch), batch)[0].values())``."""
+    The loss is ``sum(criterion(model(batch), batch)[0].values())``. Every ``log_period``
+    steps the averages go to the log (``epochs``: the run's total, for the time left),
+    TensorBoard and the progress bar."""
     model.train()
     log, epoch_log = StepLog(precision.device), StepLog(precision.device)
-    started, seen = time.perf_counter(), 0
+    started, seen, done = time.perf_counter(), 0, 0
+    steps = len(loader) if hasattr(loader, "__len__") else 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not progress, dynamic_ncols=True, leave=False)
     for batch in bar:
         batch = move_batch(batch, precision.device)
@@ -95,13 +113,18 @@ def train_one_epoch(model: torch.nn.Module, criterion: Criterion, loader: DataLo
             loss.backward()
             optimizer.step()
         step += 1
+        done += 1
         seen += batch["pids"].shape[0]
         log.add(step, terms, metrics)
         epoch_log.add(step, terms, metrics)
         if step % log_period == 0:
             averages = log.flush()
-            rate = seen / (time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            rate = seen / elapsed
             bar.set_postfix(loss=f"{averages['loss']:.3f}", samples_s=f"{rate:.1f}")
+            if progress:
+                logger.info("%s", log_line(epoch, max(epochs, epoch + 1), done, max(steps, done), averages,
+                                           optimizer.param_groups[0]["lr"], rate, elapsed / done))
             if writer is not None:
                 for name, value in averages.items():
                     writer.add_scalar(f"train/{name}", value, step)

@@ -60,7 +60,8 @@ def param_group_name(name: str) -> str:
 def _optimizer_class(cfg) -> type:
     """The optimizer named by the validated ``solver.optimizer`` (exactly as validation allows)."""
     if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"solver.optimizer={cfg.optimizer!r} is not supported; allowed values: {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"solver.optimizer={cfg.optimizer!r} is not supported; "
+                          f"allowed values: {', '.join(OPTIMIZERS)}")
     return getattr(torch.optim, cfg.optimizer)
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from configs.defaults import Config, ModelConfig
 from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COMPACT_GOLDEN = ROOT / "tests" / "golden"
 FULL_GOLDEN = Path(os.environ.get("FMFA_GOLDEN", ROOT.parent / "shared" / "golden"))
@@ -25,7 +25,7 @@ def golden(request) -> Path:
     """tests/golden (a missing file there is a failure, never a skip); then the full recordings,
     skipped with a reason where they are not beside the repository."""
     if request.param == "compact":
-        assert (COMPACT_GOLDEN / "losses.pt").is_file(), f"{COMPACT_GOLDEN} is incomplete: the parity recordings are missing"
+        assert (COMPACT_GOLDEN / "losses.pt").is_file(), f"{COMPACT_GOLDEN}: the parity recordings are missing"
         return COMPACT_GOLDEN
     if not FULL_GOLDEN.is_dir():
         pytest.skip(f"full golden folder {FULL_GOLDEN} not found (set FMFA_GOLDEN); tests/golden was checked")

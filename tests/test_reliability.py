@@ -53,16 +53,26 @@ def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path, capsys):
     assert re.search(r"already holds a run .*train\.auto_resume=true",
                      user_error(capsys, train_cli.main, tiny_run_args(root, run, 2)))
     assert (run / "last.pth").read_bytes() == saved
-    assert train_cli.main(tiny_run_args(root, run, 2, "train.auto_resume=true")) == 0
+    # an automatic resume never continues a run of another config (here: more epochs) ...
+    message = user_error(capsys, train_cli.main, tiny_run_args(root, run, 2, "train.auto_resume=true"))
+    assert "holds a run of another config" in message and "solver.epochs: 1 -> 2" in message
+    assert (run / "last.pth").read_bytes() == saved
+    # ... a rerun of the same config reports the finished run and writes nothing ...
+    assert train_cli.main(tiny_run_args(root, run, 1, "train.auto_resume=true")) == 0
+    assert "already finished (1/1 epochs)" in capsys.readouterr().out
+    assert (run / "last.pth").read_bytes() == saved
+    # ... and an explicit train.resume extends it
+    assert train_cli.main(tiny_run_args(root, run, 2, f"train.resume={run}")) == 0
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
 
 
 def test_unwritable_run_folder_is_refused_before_anything_heavy(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    missing_data = tmp_path / "no_data_here"  # the folder check must come before the data is read
+    root = make_fixture(tmp_path / "data")
+    (root / "CUHK-PEDES" / "reid_raw.json").write_text("[not json")  # the folder check comes before any read
     assert f"run folder {blocker}/run is not writable" in \
-        user_error(capsys, train_cli.main, tiny_run_args(missing_data, blocker / "run", 1))
+        user_error(capsys, train_cli.main, tiny_run_args(root, blocker / "run", 1))
 
 
 def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch, capsys):
@@ -85,8 +95,11 @@ def test_checkpoint_space_estimate_counts_adam_state_and_existing_files(tmp_path
 def test_resume_with_a_different_architecture_names_keys_and_config(tmp_path, capsys):
     root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
     assert train_cli.main(tiny_run_args(root, run, 1)) == 0
+    automatic = user_error(capsys, train_cli.main,
+                           tiny_run_args(root, run, 2, "train.auto_resume=true", "model.embed_dim=128"))
+    assert "holds a run of another config" in automatic and "model.embed_dim: 64 -> 128" in automatic
     message = user_error(capsys, train_cli.main,
-                         tiny_run_args(root, run, 2, "train.auto_resume=true", "model.embed_dim=128"))
+                         tiny_run_args(root, run, 2, f"train.resume={run}", "model.embed_dim=128"))
     assert "last.pth: weights do not fit this model" in message
     assert "shape of base_model.text_projection: checkpoint [64, 64], model [64, 128]" in message
     assert "model.embed_dim: 64 -> 128" in message
@@ -190,7 +203,7 @@ def test_a_metrics_line_cut_by_a_crash_is_dropped_on_resume(tmp_path):
     assert train_cli.main(tiny_run_args(root, run, 1)) == 0
     with open(run / "metrics.jsonl", "a") as handle:
         handle.write('{"epoch": 2, "dataset": "CUHK-PE')  # power loss mid-write
-    assert train_cli.main(tiny_run_args(root, run, 2, "train.auto_resume=true")) == 0
+    assert train_cli.main(tiny_run_args(root, run, 2, f"train.resume={run}")) == 0
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
 
 

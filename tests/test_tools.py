@@ -13,18 +13,23 @@ import torch
 from PIL import Image
 
 import export_features
+import numpy_oracles as npo
 import search
 import train as train_cli
 import visualize
+from configs.errors import UserError
 from configs.loader import load_config
-from datasets.build import build_eval_loaders, read_dataset
 from conftest import user_error
+from datasets.bases import load_image
+from datasets.build import build_eval_loaders, read_dataset
 from datasets.synthetic import generate
+from datasets.transforms import build_transform
 from model.build import build_model, initialise_from
 from model.objectives import text_patch_affinity
 from processor.evaluator import extract_features
 from processor.gallery import encode_folder
 from processor.inference import load_model
+from utils import figures
 from utils.figures import CORRECT, WRONG
 
 SMALL = ["model.vision_width=64", "model.text_width=64", "model.embed_dim=64", "model.vision_layers=1",
@@ -64,16 +69,33 @@ def test_search_ranks_like_the_evaluator_and_caches(quick, tmp_path, capsys, cap
     query = read_dataset(str(root), "Synthetic-PEDES").eval_set("test").captions[0]
     text = features.text[0]
     row_of = {Path(p).name: i for i, p in enumerate(loaders.images.dataset.image_paths)}
+    scores = {p.name: float(features.image[row_of[p.name]] @ text) for p in first.paths}
     hits = search.rank_gallery(loaded, first, query, 5)
-    assert len(hits) == 5
-    for path, score in hits:
-        assert score == pytest.approx(float(features.image[row_of[path.name]] @ text), abs=1e-5)
+    check_top_k(hits, scores, 5)
+    # Deliberately wrong rankings fail the same check: reversed, first files, shifted by one.
+    by_score = sorted(first.paths, key=lambda p: -scores[p.name])
+    for broken in (hits[::-1], [(p, scores[p.name]) for p in first.paths[:5]],
+                   [(p, scores[p.name]) for p in by_score[1:6]]):
+        with pytest.raises(AssertionError):
+            check_top_k(broken, scores, 5)
     output = tmp_path / "hits.png"
     assert search.main(["--checkpoint", str(run), "--images", str(folder), "--query", query, "--top-k", "4",
                         "--output", str(output), f"data.root={root}"]) == 0
     with Image.open(output) as png:
         assert png.format == "PNG" and png.width > png.height
-    assert capsys.readouterr().out.count(str(folder)) == 4
+    printed = [line for line in capsys.readouterr().out.splitlines() if str(folder) in line]
+    assert [Path(line.split("|")[3].strip()).name for line in printed] == [p.name for p in by_score[:4]]
+
+
+def check_top_k(hits, scores: dict, k: int) -> None:
+    """``hits`` = the k gallery images of highest evaluator score, best first: the hit at rank r
+    scores the r-th highest of an independent sort of every image's similarity (ties within
+    1e-5 may swap), its reported score is that similarity, and no image comes twice."""
+    expected = sorted(scores.values(), reverse=True)[:k]
+    assert len(hits) == k and len({path.name for path, _ in hits}) == k
+    for rank, (path, score) in enumerate(hits):
+        assert score == pytest.approx(scores[path.name], abs=1e-5)
+        assert scores[path.name] == pytest.approx(expected[rank], abs=1e-5), f"rank {rank + 1}: {path.name}"
 
 
 def test_search_errors(quick, tmp_path, capsys):
@@ -124,12 +146,95 @@ def test_efa_similarity_maps(quick, tmp_path):
     loaded = load_model(run, overrides=[f"data.root={root}"])
     ids = visualize.tokenize("a man in a red coat with a backpack", 48)
     assert visualize.word_positions(ids, "backpack", 48, "") == [9]  # after SOT and 8 words
-    with pytest.raises(ValueError, match="'umbrella' is not in the caption"):
+    with pytest.raises(UserError, match="'umbrella' is not in the caption"):
         visualize.word_positions(ids, "umbrella", 48, "caption text")
     dense, sparse = text_patch_affinity(torch.randn(2, 5, 8), torch.randn(2, 12, 8), threshold=3.0)
     assert torch.allclose(sparse.sum(-1), torch.ones(2, 5))
     assert torch.equal(sparse == 0, dense <= 3.0 / 12)
     assert loaded.model.base_model.visual.grid_size == (12, 4)
+
+
+def _drawing(monkeypatch, draw):
+    """Run ``draw()``, which writes one similarity-map picture: (its result, the figure drawn)."""
+    drawn = []
+    with monkeypatch.context() as patch:
+        patch.setattr(figures.plt, "close", drawn.append)  # keep the figure for its geometry
+        result = draw()
+    [figure] = drawn
+    return result, figure
+
+
+def _after_panel(png_path, figure, row: int, image, grid) -> np.ndarray:
+    """RGB at the centre of every patch cell of word ``row``'s "after sparsification" panel."""
+    pixels = np.asarray(Image.open(png_path).convert("RGB")).astype(int)
+    rows, cols = grid
+    centres = [((j + 0.5) * image.size[0] / cols, (i + 0.5) * image.size[1] / rows)
+               for i in range(rows) for j in range(cols)]
+    axis = figure.axes[3 * row + 2]  # per word: image, before, after
+    fractions = figure.transFigure.inverted().transform(axis.transData.transform(centres))
+    height, width = pixels.shape[:2]
+    return np.array([pixels[int((1 - fy) * height), int(fx * width)] for fx, fy in fractions])
+
+
+def check_efa_picture(picture, figure, reference, reference_figure, image, after) -> None:
+    """In each word's "after" panel, a patch the sparse map prunes (after == 0) shows the bare
+    image (the pixel of ``reference``, the same picture with every patch pruned) and every
+    other patch is coloured (differs from it)."""
+    for row in range(len(after)):
+        ours = _after_panel(picture, figure, row, image, after[row].shape)
+        bare = _after_panel(reference, reference_figure, row, image, after[row].shape)
+        change = np.abs(ours - bare).max(-1).reshape(after[row].shape)
+        pruned = after[row] == 0
+        assert (change[pruned] == 0).all(), f"word {row}: pruned patches coloured: {np.argwhere(pruned & (change > 0))}"
+        assert (change[~pruned] > 2).all(), \
+            f"word {row}: kept patches uncoloured: {np.argwhere(~pruned & (change <= 2))}"
+
+
+def test_efa_picture_colours_exactly_the_patches_the_sparse_map_keeps(quick, tmp_path, monkeypatch):
+    """visualize efa draws the SPEC's sparse map (checked against the numpy oracle on the
+    model's own tokens) and its picture leaves pruned patches uncoloured, colours the others;
+    pictures that colour pruned patches, or nothing, fail the same check."""
+    root, run, _ = quick
+    calls, real_maps = [], figures.similarity_maps
+    monkeypatch.setattr(visualize, "similarity_maps", lambda *a: calls.append(a) or real_maps(*a))
+    out = tmp_path / "figs"
+    status, figure = _drawing(monkeypatch, lambda: visualize.main(
+        ["efa", str(run), "--index", "1", "--output-dir", str(out), "--root", str(root)]))
+    assert status == 0
+    [(image, words, before, after, caption, picture)] = calls
+    assert (after == 0).any() and (after > 0).any(), "the case needs pruned and kept patches"
+    # The maps: the oracle's dense / sparse affinity of the model's tokens, averaged over each word's pieces.
+    loaded = load_model(run, overrides=[f"data.root={root}"])
+    cfg, record = loaded.cfg, read_dataset(str(root), "Synthetic-PEDES").split_records("test")[1]
+    ids = visualize.tokenize(caption, cfg.data.text_length)
+    pixels = build_transform(cfg.model.image_size, train=False)(load_image(record.image_path)).unsqueeze(0)
+    with torch.no_grad(), loaded.autocast:
+        text = loaded.model.encode_text_tokens(ids.unsqueeze(0)).double().numpy()
+        patches = loaded.model.encode_image_tokens(pixels).double().numpy()[:, 1:]
+    dense = npo.row_min_max(npo.affinity(text, patches))[0]
+    sparse = npo.row_normalise(npo.sparsify(npo.row_min_max(npo.affinity(text, patches)), cfg.efa.threshold))[0]
+    grid = tuple(size // cfg.model.patch_size for size in cfg.model.image_size)  # (12, 4)
+    assert after.shape == before.shape == (len(words), *grid)
+    for row, word in enumerate(words):
+        places = visualize.word_positions(ids, word, cfg.data.text_length, caption)
+        np.testing.assert_allclose(before[row], dense[places].mean(0).reshape(grid), atol=1e-5)
+        np.testing.assert_allclose(after[row], sparse[places].mean(0).reshape(grid), atol=1e-5)
+        assert np.array_equal(after[row] == 0, sparse[places].mean(0).reshape(grid) == 0)
+    # The picture.
+    def draw(shown_after, name):
+        return _drawing(monkeypatch, lambda: real_maps(image, words, before, shown_after, caption, tmp_path / name))[1]
+    bare_figure = draw(np.zeros_like(after), "bare.png")
+    check_efa_picture(picture, figure, tmp_path / "bare.png", bare_figure, image, after)
+    chequered = np.where(np.indices(after.shape).sum(0) % 2 == 0, 0.0, after)  # half the patches pruned
+    check_efa_picture(tmp_path / "chequered.png", draw(chequered, "chequered.png"), tmp_path / "bare.png",
+                      bare_figure, image, chequered)
+    unpruned = np.where(after == 0, after[after > 0].min() / 10, after)  # pruned patches drawn anyway
+    with pytest.raises(AssertionError, match="pruned patches coloured"):
+        check_efa_picture(tmp_path / "unpruned.png", draw(unpruned, "unpruned.png"), tmp_path / "bare.png",
+                          bare_figure, image, after)
+    with pytest.raises(AssertionError, match="kept patches uncoloured"):
+        check_efa_picture(tmp_path / "bare.png", bare_figure, tmp_path / "bare.png", bare_figure, image, after)
+    figures.plt.close("all")
 
 
 def test_export_features(quick, tmp_path):
