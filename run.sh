@@ -1,23 +1,67 @@
 #!/usr/bin/env bash
-# The paper's runs and ablations. Edit the variables, then e.g.
-#   bash run.sh paper              # FMFA on the three datasets (paper's settings)
-#   bash run.sh authors_code       # the same with the authors' code-at-HEAD values
-#   bash run.sh ablation           # CUHK-PEDES loss ablation (paper table 3)
-#   bash run.sh sweeps             # A-SDM factor, EFA margins and threshold
-#   bash run.sh finetune           # from Re-ID-domain pre-training (HAM, NAM / MLLM4Text-ReID)
-# Every run writes runs/<dataset>/<time>_<name>/ (see README "Training").
+# The paper's runs and ablations, one section at a time:
+#   bash run.sh paper           # FMFA on the three datasets (paper's settings)
+#   bash run.sh authors_code    # the same with the authors' code-at-HEAD values
+#   bash run.sh ablation        # CUHK-PEDES loss ablation (paper table 3)
+#   bash run.sh sweeps          # A-SDM factor, EFA margins and threshold
+#   bash run.sh finetune        # from Re-ID-domain pre-training (HAM, MLLM4Text-ReID)
+# Every run has a stable folder, $RUNS/<dataset>/<run name>: rerunning a section skips the
+# finished runs (printing their result), continues an interrupted one from its last.pth and
+# starts the rest; a folder holding a run of another config is reported, never overwritten.
+# The section ends with a table of its runs (python -m utils.report).
+# Environment (paths are relative to where you run this from):
+#   DATA_ROOT    datasets folder (CUHK-PEDES/ ICFG-PEDES/ RSTPReid/)      default data
+#   CLIP_WEIGHTS OpenAI CLIP ViT-B/16                                      default data/ViT-B-16.pt
+#   PRETRAINED   Re-ID pre-trained checkpoints (reference key layout)     default pretrained
+#   RUNS         run folders                                               default runs (runs_smoke with SMOKE=1)
+#   GPU          sets CUDA_VISIBLE_DEVICES (an existing value is kept when GPU is unset)
+#   NPROC=N      each run on N processes with torchrun (data.batch_size stays the global batch)
+#   SMOKE=1      every run shrunk to a tiny model on a small synthetic set (CPU, ~30 s a run)
+#   PYTHON       the interpreter                                            default python
 set -euo pipefail
 
-DATA_ROOT=${DATA_ROOT:-data}                  # holds CUHK-PEDES/ ICFG-PEDES/ RSTPReid/
-CLIP_WEIGHTS=${CLIP_WEIGHTS:-data/ViT-B-16.pt}  # OpenAI CLIP ViT-B/16
-PRETRAINED=${PRETRAINED:-pretrained}          # Re-ID pre-trained checkpoints (reference key layout)
-export CUDA_VISIBLE_DEVICES=${GPU:-0}
-PYTHON=${PYTHON:-python}
+SECTIONS="paper authors_code ablation sweeps finetune"
+here=$(pwd)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$here/$1" ;; esac; }
 
+DATA_ROOT=$(absolute "${DATA_ROOT:-data}")
+CLIP_WEIGHTS=$(absolute "${CLIP_WEIGHTS:-data/ViT-B-16.pt}")
+PRETRAINED=$(absolute "${PRETRAINED:-pretrained}")
+SMOKE=${SMOKE:-0}
+if [[ "$SMOKE" == 1 ]]; then RUNS=$(absolute "${RUNS:-runs_smoke}"); else RUNS=$(absolute "${RUNS:-runs}"); fi
+NPROC=${NPROC:-1}
+PYTHON=${PYTHON:-python}
+if [[ -n "${GPU:-}" ]]; then export CUDA_VISIBLE_DEVICES=$GPU; fi
+cd "$repo"
+
+# SMOKE=1: the code path of every run at toy size (a synthetic set drawn once under $RUNS).
+SMOKE_DATA="$RUNS/smoke_data"
+SMOKE_ARGS=(model.pretrain=none model.init_from= model.image_size=[96,32] model.patch_size=16
+  model.embed_dim=64 model.vision_width=64 model.vision_layers=1 model.text_width=64 model.text_layers=1
+  model.cmt_depth=1 model.context_length=48 data.text_length=48 data.root="$SMOKE_DATA"
+  data.dataset=Synthetic-PEDES data.batch_size=16 data.num_workers=0 eval.cross_domain=[]
+  solver.epochs=2 solver.warmup_epochs=1 solver.lr=1e-3 solver.eps=1e-8
+  train.precision=fp32 train.device=cpu train.log_period=5)
+
+dataset_of() {  # the dataset a config file names
+  case "$1" in cuhk*) echo CUHK-PEDES ;; icfg*) echo ICFG-PEDES ;; rstp*) echo RSTPReid ;; *) echo other ;; esac
+}
+
+SECTION_RUNS=()
 train() {  # train CONFIG NAME [key=value ...]
   local config=$1 name=$2; shift 2
-  "$PYTHON" train.py --config "configs/$config" data.root="$DATA_ROOT" model.pretrain="$CLIP_WEIGHTS" \
-    train.name="$name" "$@"
+  local folder="$RUNS/$(dataset_of "$config")/$name"
+  local args=(--config "configs/$config" data.root="$DATA_ROOT" model.pretrain="$CLIP_WEIGHTS"
+    train.name="$name" train.output_dir="$folder" train.auto_resume=true "$@")
+  if [[ "$SMOKE" == 1 ]]; then args+=("${SMOKE_ARGS[@]}"); fi
+  SECTION_RUNS+=("$folder")
+  echo "== $folder"
+  if [[ "$NPROC" -gt 1 ]]; then
+    "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" train.py "${args[@]}"
+  else
+    "$PYTHON" train.py "${args[@]}"
+  fi
 }
 
 paper() {
@@ -59,4 +103,14 @@ finetune() {  # the paper's "with pre-training" rows: batch 128 from Re-ID-domai
   done
 }
 
-"${1:-paper}"
+section=${1:-}
+if [[ -z "$section" || " $SECTIONS " != *" $section "* ]]; then
+  echo "usage: bash run.sh SECTION, one of: $SECTIONS${section:+ (not '$section')}" >&2
+  exit 2
+fi
+if [[ "$SMOKE" == 1 ]]; then
+  "$PYTHON" -m datasets.synthetic --root "$SMOKE_DATA" --train-ids 24 --val-ids 6 --test-ids 6 \
+    --image-size 96 32 > /dev/null
+fi
+"$section"
+"$PYTHON" -m utils.report "${SECTION_RUNS[@]}"
