@@ -1,6 +1,6 @@
 """EFA forward + backward: this project's blockwise loss against a broadcast implementation.
 
-Both compute SPEC section 4's EFA at the paper's shapes (B = 64, L = 77, P = 192,
+Both compute docs/method.md's EFA at the paper's shapes (B = 64, L = 77, P = 192,
 D = 512, float32, CPU). The broadcast version is the formula written directly, as the
 reference does: it materialises the [B, B, P, L] similarity. Each implementation runs
 in its own process so that its peak resident memory can be read; the figure reported

@@ -1,7 +1,7 @@
 """The configuration schema: every key, its type and its default, with comments.
 
 Defaults reproduce the authors' code at HEAD (the golden files). The per-dataset YAML
-files layer the paper's values on top (SPEC section 9 lists where paper and code
+files layer the paper's values on top (docs/method.md lists where paper and code
 differ); ``*_authors_code.yaml`` variants keep these defaults.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ class EfaConfig:
 @dataclass
 class DataConfig:
     # Dataset names: CUHK-PEDES, ICFG-PEDES, RSTPReid, Synthetic-PEDES (CUHK-PEDES format,
-    # made by `python -m datasets.synthetic`). Each lives in ROOT/<name>/ (SPEC section 5).
+    # made by `python -m datasets.synthetic`). Each lives in ROOT/<name>/ (docs/method.md, "Data").
     root: str = "data"
     dataset: str = "CUHK-PEDES"
     train_split: str = "train"

@@ -42,7 +42,7 @@ def tokenize_captions(captions: Sequence[str], text_length: int) -> torch.Tensor
 
 
 def mask_tokens(tokens: torch.Tensor, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
-    """MLM masking of one caption (SPEC 3): ``tokens`` [L] -> (masked ids [L], labels [L]).
+    """MLM masking of one caption (docs/method.md, "Heads"): ``tokens`` [L] -> (masked ids [L], labels [L]).
 
     Each token with 0 < id < MASK_ID is selected with p = 0.15; a selected token becomes
     MASK_ID (p = 0.8), a uniform random id in [1, MASK_ID - 1] (p = 0.1) or stays (p = 0.1);

@@ -1,4 +1,4 @@
-"""Annotation readers for CUHK-PEDES, ICFG-PEDES, RSTPReid and the synthetic set (SPEC 5).
+"""Annotation readers for CUHK-PEDES, ICFG-PEDES, RSTPReid and the synthetic set (docs/method.md, "Data").
 
 All four share one record format, ``{"id": int, <image key>: str, "captions": [str, ...],
 "split": str}``, and differ in folder, annotation file name, image key and splits, so one

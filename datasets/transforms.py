@@ -1,4 +1,4 @@
-"""Image transforms of SPEC section 5 (the reference's, on PIL images)."""
+"""Image transforms of docs/method.md, "Data" (the reference's, on PIL images)."""
 from __future__ import annotations
 
 from typing import Sequence

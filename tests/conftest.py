@@ -37,7 +37,7 @@ def load_golden(golden: Path, name: str):
 
 
 def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:
-    """Relative error ``max|actual - expected| / max|expected|`` at most ``rtol`` (the SPEC's
+    """Relative error ``max|actual - expected| / max|expected|`` at most ``rtol`` (docs/method.md's
     criterion: float32 rounding of the same computation in another operation order)."""
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     error = (actual.detach().double() - expected.double()).abs().max()

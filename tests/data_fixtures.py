@@ -1,4 +1,4 @@
-"""Small dataset folders in the real formats (SPEC 5), written by the tests."""
+"""Small dataset folders in the real formats (docs/method.md, "Data"), written by the tests."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Independent float64 numpy versions of SPEC section 4's losses, written from the SPEC's
+"""Independent float64 numpy versions of the losses of docs/method.md, written from docs/method.md's
 definitions (and IRRA's for ITC / CMPM), never from model/objectives.py: the oracles of
 tests/test_oracles.py and tests/test_objectives.py. Inputs and outputs are numpy arrays."""
 from __future__ import annotations
@@ -66,7 +66,7 @@ def cmpm(image, text, pids):
     return total
 
 
-# ---- EFA, one function per SPEC step --------------------------------------------------------
+# ---- EFA, one function per step of docs/method.md --------------------------------------------------------
 
 def affinity(text, patches):
     """Step 1: A_b = T_b V_b^T, [B, L, P]."""

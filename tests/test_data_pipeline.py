@@ -59,7 +59,7 @@ def check_fallback(masker, rows: int = 1000) -> None:
 
 
 def masking_with_random_fallback(tokens, generator):
-    """Deliberately wrong: the SPEC's masking, but the fallback at position 1 also goes
+    """Deliberately wrong: docs/method.md's masking, but the fallback at position 1 also goes
     through 80/10/10 instead of always becoming MASK."""
     tokens = tokens.long()
     draw = torch.rand(tokens.shape, generator=generator)

@@ -17,7 +17,7 @@ def _efa_inputs(batch=5, text_len=9, patches=12, dim=16, seed=0, dtype=torch.flo
 
 @pytest.mark.parametrize("block_elems", [1, 300, 1 << 20])
 def test_blockwise_efa_equals_the_numpy_oracle(block_elems):
-    """Any block size: the SPEC's EFA (tests/numpy_oracles.py, float64, no code under test),
+    """Any block size: docs/method.md's EFA (tests/numpy_oracles.py, float64, no code under test),
     gradients along random directions against the oracle's central differences."""
     text, image = _efa_inputs(dtype=torch.float64)
     ours = objectives.efa_loss(text, image, block_elems=block_elems)

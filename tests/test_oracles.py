@@ -1,6 +1,6 @@
-"""Closed-form and numpy (float64) oracles for every loss of SPEC section 4.
+"""Closed-form and numpy (float64) oracles for every loss of docs/method.md ("Losses").
 
-Expected values come from tests/numpy_oracles.py (written from the SPEC, never calling the
+Expected values come from tests/numpy_oracles.py (written from docs/method.md, never calling the
 code under test) or are worked by hand in the comments. Each ``check_*`` takes the
 implementation to judge, so tests/test_oracle_mutants.py can show that deliberately
 broken copies fail the very same checks.

@@ -191,7 +191,7 @@ def check_efa_picture(picture, figure, reference, reference_figure, image, after
 
 
 def test_efa_picture_colours_exactly_the_patches_the_sparse_map_keeps(quick, tmp_path, monkeypatch):
-    """visualize efa draws the SPEC's sparse map (checked against the numpy oracle on the
+    """visualize efa draws docs/method.md's sparse map (checked against the numpy oracle on the
     model's own tokens) and its picture leaves pruned patches uncoloured, colours the others;
     pictures that colour pruned patches, or nothing, fail the same check."""
     root, run, _ = quick

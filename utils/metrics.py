@@ -1,4 +1,4 @@
-"""Retrieval metrics (SPEC section 6): R@K, mAP and mINP without sorting the gallery.
+"""Retrieval metrics (docs/method.md, "Evaluation"): R@K, mAP and mINP without sorting the gallery.
 
 For every query only the positions of its relevant gallery items matter. The position of a
 relevant item ``j`` in the descending order is the number of gallery items ranked before it,
