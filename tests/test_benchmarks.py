@@ -41,3 +41,12 @@ def test_efficiency_report_tiny_preset():
     assert len(parts) == 4 and float(counts["total"]) == pytest.approx(sum(float(counts[k]) for k in parts), abs=0.02)
     assert re.search(r"caption query \(77 tokens\)\s+\| [\d.e+-]+\s+\| [\d.]+", out)
     assert re.search(r"gallery image \(96 x 32\)\s+\| [\d.e+-]+\s+\| [\d.]+", out)
+
+
+def test_shared_caption_benchmark_tiny_preset():
+    out = subprocess.run([sys.executable, "-m", "benchmarks.shared_caption", "--preset", "tiny", "--batch", "4",
+                          "--warmup", "0", "--steps", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = re.findall(r"\| (two text passes|one shared pass).*?\| ([\d.]+)\s+\| ([\d.]+)\s+\|", out.stdout)
+    assert [name for name, _, _ in rows] == ["two text passes", "one shared pass"]
+    assert all(float(seconds) > 0 for _, seconds, _ in rows) and float(rows[0][2]) == 1.0
