@@ -28,6 +28,7 @@ import gc
 import itertools
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -219,18 +220,22 @@ def variant_figures(cfg: Config, variant: str, device: torch.device, args, num_c
     warmup_s = time.perf_counter() - started
     release_free_memory(device)
     held = current_memory(device)
-    times = []
+    times, cpu_times = [], []
     with PeakMemory(device) as peak:
         for _ in range(args.steps):
+            cpu = time.process_time()
             times.append(cfg.data.batch_size / bench.run([batch]))
-    return {"step_s": statistics.median(times), "times_s": times, "warmup_s": warmup_s, "model": built - empty,
+            cpu_times.append(time.process_time() - cpu)
+    return {"step_s": statistics.median(times), "times_s": times,
+            "cores": statistics.median(cpu / wall for cpu, wall in zip(cpu_times, times)),
+            "warmup_s": warmup_s, "model": built - empty,
             "held": held - empty, "peak": peak.peak - empty, "step_peak": peak.peak - held}
 
 
 def memory_comparison(preset: str, device: torch.device, args) -> None:
     """--memory: each variant in a subprocess of this script, then one table."""
     batch = args.batch or 16
-    figures = {}
+    figures, load = {}, " ".join(f"{x:.1f}" for x in os.getloadavg())
     for variant in args.variants:
         command = [sys.executable, __file__, "--memory-variant", variant, "--preset", preset, "--batch", str(batch),
                    "--warmup", str(args.warmup), "--steps", str(args.steps)]
@@ -246,17 +251,20 @@ def memory_comparison(preset: str, device: torch.device, args) -> None:
           f"{cfg.loss.names}, Adam; {args.warmup} warm-up + {args.steps} timed steps per variant, each variant in its "
           f"own process; memory = {what}, GiB")
     base = figures.get("default")
-    table = PrettyTable(["variant", "step s (median)", "time x default", "held before step", "step peak above held",
-                         "memory x default", "per sample", "process peak"])
+    table = PrettyTable(["variant", "step s (median)", "time x default", "cores busy", "held before step",
+                         "step peak above held", "memory x default", "per sample", "process peak"])
     for variant, fig in figures.items():
         ratio = (lambda key: f"{fig[key] / base[key]:.2f}") if base else (lambda key: "n/a")
-        table.add_row([MEMORY_LABELS[variant], f"{fig['step_s']:.2f}", ratio("step_s"), f"{fig['held'] / 2**30:.2f}",
+        table.add_row([MEMORY_LABELS[variant], f"{fig['step_s']:.2f}", ratio("step_s"),
+                       f"{fig['cores']:.1f}", f"{fig['held'] / 2**30:.2f}",
                        f"{fig['step_peak'] / 2**30:.2f}", ratio("step_peak"),
                        f"{fig['step_peak'] / batch / 2**20:.0f} MiB", f"{fig['peak'] / 2**30:.2f}"])
     print(table)
     print("held before step = weights + gradients + Adam moments + batch, after the warm-up; step peak above held = "
           "activations and temporaries of one step (what grows with the batch); process peak = above the empty "
-          "process. Steps (s): " + "; ".join(f"{v} " + ", ".join(f"{t:.2f}" for t in f["times_s"])
+          "process; cores busy = CPU time / wall time of a step (below the thread count: the machine was busy; "
+          f"load average {load} before, {' '.join(f'{x:.1f}' for x in os.getloadavg())} after). Wall time per step "
+          "(s): " + "; ".join(f"{v} " + ", ".join(f"{t:.2f}" for t in f["times_s"])
                                             + f" (warm-up {f['warmup_s']:.1f})" for v, f in figures.items()))
 
 
