@@ -50,3 +50,11 @@ def test_shared_caption_benchmark_tiny_preset():
     rows = re.findall(r"\| (two text passes|one shared pass).*?\| ([\d.]+)\s+\| ([\d.]+)\s+\|", out.stdout)
     assert [name for name, _, _ in rows] == ["two text passes", "one shared pass"]
     assert all(float(seconds) > 0 for _, seconds, _ in rows) and float(rows[0][2]) == 1.0
+
+
+def test_train_step_memory_comparison_tiny_preset():
+    out = run_script("benchmarks/train_step.py", "--memory", "--preset", "tiny", "--batch", "4", "--warmup", "1",
+                     "--steps", "1", "--variants", "default", "checkpointing")
+    rows = re.findall(r"\|\s+(fp32 \(default\)|fp32 \+ grad checkpointing)\s+\|\s+([\d.]+)\s+\|\s+([\d.]+)\s+\|", out)
+    assert [name for name, _, _ in rows] == ["fp32 (default)", "fp32 + grad checkpointing"]
+    assert all(float(seconds) > 0 for _, seconds, _ in rows) and float(rows[0][2]) == 1.0
