@@ -69,6 +69,8 @@ class Run:
         self.train_model = DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
             if info.distributed else model
+        if cfg.train.compile:
+            self.train_model = torch.compile(self.train_model)
         self.optimizer = build_optimizer(model, cfg.solver)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.solver)
         self.scaler = self.precision.make_scaler()

@@ -150,3 +150,18 @@ def test_torchrun_two_processes_gloo(tmp_path, gather):
     assert [r["epoch"] for r in read_metrics(run)] == [1]  # rank 0 alone evaluates and writes
     assert ckpt.load_training_state(run / "last.pth")["epoch"] == 1
     assert sorted(p.name for p in run.iterdir() if p.suffix == ".pth") == ["best.pth", "last.pth"]
+
+
+def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path):
+    """train.compile=true trains the same model (fixture data, 5 steps) and its checkpoints
+    keep the plain module's keys, so test.py and init_from read them."""
+    root = make_fixture(tmp_path / "data")
+    weights = {}
+    for flag in ("false", "true"):
+        run = tmp_path / flag
+        assert train_cli.main(tiny_run_args(root, run, 1, f"train.compile={flag}")) == 0
+        weights[flag] = ckpt.load_training_state(run / "last.pth")["model"]
+    assert weights["true"].keys() == weights["false"].keys()
+    assert not any("_orig_mod" in key for key in weights["true"])
+    moved = [k for k, v in weights["false"].items() if not torch.allclose(v, weights["true"][k], atol=1e-4)]
+    assert not moved, moved[:5]
