@@ -1,8 +1,13 @@
-"""The quick-start recipe learns: a few epochs of configs/quickstart.yaml (its model, losses,
-optimizer and schedule shape) on a small synthetic set lower the training loss and make the
-model retrieve its training identities far better than the untrained model. Retrieval of
-unseen identities needs the full recipe (hundreds of steps; the README's first command): after
-48 steps the test split's R1 on 20 identities is noise (CI saw 6.7 untrained, 6.0 trained)."""
+"""The quick-start recipe learns: configs/quickstart.yaml (its model, losses, optimizer and
+schedule shape) trained briefly on a small synthetic set lowers the training loss and makes
+the model retrieve its training identities far better than the untrained model.
+
+Shrunk to stay cheap in CI (about 25 s): 60 identities, batch 16 instead of 64 and 6 epochs,
+so 138 steps of a quarter of the quick start's cost. Step count is what matters: the recipe
+sits on a plateau for its first ~250 steps (in the full run A-SDM stays near 28 for 5
+epochs of 48 steps while MLM and ID fall), and 48 steps of
+batch 64 left even the training identities at chance (R1 1.3 against 0.8 untrained). Unseen
+identities need the full recipe, the README's first command."""
 from __future__ import annotations
 
 import json
@@ -13,17 +18,17 @@ from conftest import ROOT
 from datasets.synthetic import generate
 
 
-def test_quickstart_recipe_learns_in_a_few_epochs(tmp_path):
+def test_quickstart_recipe_learns_its_training_identities(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
-    generate(data, num_train_ids=120, num_val_ids=10, num_test_ids=20)
+    generate(data, num_train_ids=60, num_val_ids=10, num_test_ids=20)
     argv = ["--config", str(ROOT / "configs" / "quickstart.yaml"), f"data.root={data}", f"train.output_dir={run}",
-            "solver.epochs=4", "solver.warmup_epochs=1", "eval.at_start=true", "data.num_workers=0",
+            "data.batch_size=16", "solver.epochs=6", "solver.warmup_epochs=1", "eval.at_start=true",
             "eval.split=train"]
     assert train_cli.main(argv) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     t2i = {row["epoch"]: row for row in rows if row["task"] == "t2i" and row["split"] == "train"}
-    assert sorted(t2i) == [0, 1, 2, 3, 4]
-    # untrained: chance level on 120 identities (mAP a few points)
-    assert t2i[4]["R1"] > t2i[0]["R1"] + 10 and t2i[4]["mAP"] > t2i[0]["mAP"] + 10, (t2i[0], t2i[4])
-    losses = [float(v) for v in re.findall(r"epoch \d+/4: .*? loss ([\d.]+),", (run / "train.log").read_text())]
-    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    assert sorted(t2i) == [0, 1, 2, 3, 4, 5, 6]
+    # Measured: R1 2.75 -> 22.25, mAP 4.76 -> 26.95 (chance level on 60 identities at epoch 0).
+    assert t2i[6]["R1"] > t2i[0]["R1"] + 10 and t2i[6]["mAP"] > t2i[0]["mAP"] + 10, (t2i[0], t2i[6])
+    losses = [float(v) for v in re.findall(r"epoch \d+/6: .*? loss ([\d.]+),", (run / "train.log").read_text())]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
