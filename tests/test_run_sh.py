@@ -69,7 +69,8 @@ def test_from_another_folder_with_torchrun_and_the_callers_gpus(tmp_path):
     first = recorded(record)[0]
     assert first[0] == "2,3"  # an existing CUDA_VISIBLE_DEVICES is kept
     assert first[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    assert f"data.root={tmp_path}/mydata" in first and f"train.output_dir={tmp_path}/runs/CUHK-PEDES/fmfa_paper" in first
+    assert f"data.root={tmp_path}/mydata" in first
+    assert f"train.output_dir={tmp_path}/runs/CUHK-PEDES/fmfa_paper" in first
     assert run_sh("paper", cwd=tmp_path, GPU="1", **{**env, "NPROC": "1"}).returncode == 0
     assert recorded(record)[-2][0] == "1"  # GPU=1 sets it
 
