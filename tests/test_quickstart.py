@@ -2,20 +2,20 @@
 schedule shape) trained briefly on a small synthetic set lowers the training loss and makes
 the model retrieve its training identities far better than the untrained model.
 
-Shrunk to stay cheap in CI (about 25 s): 60 identities, batch 16 instead of 64 and 6 epochs,
+Shrunk to stay cheap in CI (about 30 s): 60 identities, batch 16 instead of 64 and 6 epochs,
 so 138 steps of a quarter of the quick start's cost. Step count is what matters: the recipe
-sits on a plateau for its first ~250 steps (in the full run A-SDM stays near 28 for 5
-epochs of 48 steps while MLM and ID fall), and 48 steps of
-batch 64 left even the training identities at chance (R1 1.3 against 0.8 untrained). Unseen
-identities need the full recipe, the README's first command."""
+sits on a plateau for its first ~250 steps (in the full run A-SDM stays near 28 for 5 epochs
+of 48 steps while MLM and ID fall), and 48 steps of batch 64 left even the training
+identities at chance (R1 1.3 against 0.8 untrained). Unseen identities need the full
+recipe, the README's first command."""
 from __future__ import annotations
 
 import json
-import re
 
 import train as train_cli
 from conftest import ROOT
 from datasets.synthetic import generate
+from train_fixtures import epoch_means
 
 
 def test_quickstart_recipe_learns_its_training_identities(tmp_path):
@@ -30,5 +30,5 @@ def test_quickstart_recipe_learns_its_training_identities(tmp_path):
     assert sorted(t2i) == [0, 1, 2, 3, 4, 5, 6]
     # Measured: R1 2.75 -> 22.25, mAP 4.76 -> 26.95 (chance level on 60 identities at epoch 0).
     assert t2i[6]["R1"] > t2i[0]["R1"] + 10 and t2i[6]["mAP"] > t2i[0]["mAP"] + 10, (t2i[0], t2i[6])
-    losses = [float(v) for v in re.findall(r"epoch \d+/6: .*? loss ([\d.]+),", (run / "train.log").read_text())]
+    losses = [means["loss"] for means in epoch_means(run)]
     assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses

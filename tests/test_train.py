@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from processor.precision import Precision
 from processor.trainer import NonFiniteLossError, StepLog, train_one_epoch
 from solver import build_optimizer
 from utils.io import save_atomic
-from train_fixtures import make_fixture, read_metrics, tiny_run_args
+from train_fixtures import epoch_means, make_fixture, read_metrics, tiny_run_args
 
 # test.py by path: the name "test" is also a standard-library package.
 _spec = importlib.util.spec_from_file_location("fmfa_test_cli", ROOT / "test.py")
@@ -167,8 +166,7 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, monke
     for flag in ("false", "true"):
         run = tmp_path / flag
         assert train_cli.main(tiny_run_args(root, run, 1, f"train.compile={flag}")) == 0
-        line = re.search(r"epoch 1/1: (.*?); memory", (run / "train.log").read_text()).group(1)
-        terms[flag] = {name: float(value) for name, value in (item.split() for item in line.split(", "))}
+        [terms[flag]] = epoch_means(run)
         weights[flag] = ckpt.load_training_state(run / "last.pth")["model"]
     assert len(compiled) == 1  # only the compiled run, once
     assert terms["true"].keys() == terms["false"].keys() and "loss" in terms["true"]

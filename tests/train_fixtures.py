@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Dict, List
 
@@ -35,3 +36,10 @@ def make_fixture(root: Path, identities: int = 5) -> Path:
 
 def read_metrics(run: Path) -> List[Dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def epoch_means(run: Path) -> List[Dict[str, float]]:
+    """The per-epoch lines of ``run/train.log`` ("epoch E/N: name value, ...; memory ..."),
+    each as {loss or metric name: epoch mean}, in order."""
+    lines = re.findall(r"epoch \d+/\d+: (.*?); memory", (run / "train.log").read_text())
+    return [{name: float(value) for name, value in (item.split() for item in line.split(", "))} for line in lines]
