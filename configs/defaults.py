@@ -73,6 +73,9 @@ class EfaConfig:
 class DataConfig:
     # Dataset names: CUHK-PEDES, ICFG-PEDES, RSTPReid, Synthetic-PEDES (CUHK-PEDES format,
     # made by `python -m datasets.synthetic`). Each lives in ROOT/<name>/ (docs/method.md, "Data").
+    # Any other name is your own data: ROOT/<name>/annotations.json (records {"id", "file_path"
+    # | "img_path", "captions", "split"}; no split = test) with the images under ROOT/<name>/imgs/
+    # (README "Your own data"; `python -m datasets.make_annotations` writes it from a CSV).
     root: str = "data"
     dataset: str = "CUHK-PEDES"
     train_split: str = "train"
@@ -137,9 +140,11 @@ class TrainConfig:
     # memory, docs/memory.md; GPU not measured). Evaluation and checkpoints use the plain
     # module; the first steps are slow while it compiles.
     compile: bool = False
-    # Several GPUs: compute the batch losses over features gathered from all ranks
-    # (deviation from the single-GPU reference, which sees only its own batch).
-    gather_features: bool = False
+    # Several processes (torchrun): true = the batch-coupled losses (SDM/A-SDM, ITC, CMPM,
+    # EFA) compare every sample of the global batch (data.batch_size) with every other, and
+    # ID/MLM are global means: the same training as one process with that batch (the
+    # reference). false = each rank's losses see only its own share (a deviation, IRRA's DDP).
+    global_batch_losses: bool = True
 
 
 @dataclass
@@ -147,7 +152,7 @@ class EvalConfig:
     # The reference selects its best epoch on the test split (its reported protocol);
     # "val" gives a clean model selection on datasets that have one.
     split: str = "test"
-    cross_domain: List[str] = field(default_factory=list)  # other datasets evaluated too
+    cross_domain: List[str] = field(default_factory=list)  # other datasets evaluated too (built-in or your own)
     batch_size: int = 512
     query_chunk: int = 256  # queries ranked at once on the device (256 fastest on CPU, measured)
     i2t: bool = False  # also report image-to-text

@@ -54,7 +54,7 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
     if data.sampler == "identity":
         sampler = IdentitySampler(pairs.pids, per_rank, data.num_instance, cfg.train.seed, rank, world_size)
     elif data.sampler == "random":
-        sampler = RandomSampler(len(dataset), cfg.train.seed, rank, world_size)
+        sampler = RandomSampler(len(dataset), cfg.train.seed, rank, world_size, data.batch_size)
     else:
         raise ConfigError(f"data.sampler={data.sampler!r}; expected one of {', '.join(SAMPLERS)}")
     num_classes = len(dataset) if cfg.model.id_classes == "captions" else pairs.num_classes

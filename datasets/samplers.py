@@ -39,23 +39,39 @@ class EpochSampler(Sampler[Tuple[int, int]]):
 
 
 class RandomSampler(EpochSampler):
-    """Every index once per epoch in a random order (the paper's sampler). Distributed:
-    rank r takes positions r, r + W, ... of the permutation cut to a multiple of W (the
-    at most W - 1 left over change every epoch), so shares are disjoint and equal."""
+    """Every index once per epoch in a random order (the paper's sampler).
 
-    def __init__(self, num_samples: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    Distributed: the permutation is cut into global batches of ``batch_size`` and rank r
+    takes the r-th of W equal contiguous blocks of each, so the ranks' shares of a step,
+    concatenated in rank order, are the one-process batch in its order. A last global
+    batch of m < ``batch_size`` samples gives each rank m // W of them: at most W - 1
+    samples per epoch are left out (they change every epoch).
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 0):
         super().__init__(seed, rank, world_size)
         if num_samples < world_size:
             raise ValueError(f"{num_samples} samples cannot be shared by {world_size} ranks")
-        self.num_samples = num_samples
+        if world_size > 1 and (batch_size < 1 or batch_size % world_size):
+            raise ValueError(f"the global batch size {batch_size} is not a positive multiple of the "
+                             f"{world_size} ranks")
+        self.num_samples, self.batch_size = num_samples, batch_size or num_samples
 
     def __len__(self) -> int:
-        return self.num_samples // self.world_size
+        full, left = divmod(self.num_samples, self.batch_size)
+        return full * (self.batch_size // self.world_size) + left // self.world_size
 
     def indices(self) -> List[int]:
-        order = torch.randperm(self.num_samples, generator=self.generator())
-        usable = len(self) * self.world_size
-        return order[:usable][self.rank::self.world_size].tolist()
+        order = torch.randperm(self.num_samples, generator=self.generator()).tolist()
+        if self.world_size == 1:
+            return order
+        shares = []
+        for start in range(0, self.num_samples, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            size = len(batch) // self.world_size
+            shares.extend(batch[self.rank * size:(self.rank + 1) * size])
+        return shares
 
 
 class IdentitySampler(EpochSampler):

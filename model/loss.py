@@ -7,11 +7,18 @@ accuracies for the log. Built from a config by ``model.build.build_criterion``.
 Adding a loss: a pure function in :mod:`model.objectives`, one entry in :data:`LOSSES`
 below (its name must be in ``configs.validation.LOSS_NAMES``, the config's allowed values;
 a mismatch fails at import).
+
+Several processes (torchrun): with ``collective`` set, every batch-coupled loss (SDM/A-SDM,
+ITC, CMPM, EFA) is computed over the global batch (each process's rows against the
+gathered columns, :class:`model.objectives.Shard`), ID and MLM are means over the global
+batch, and every term's *value* is the global one on every process while its gradient is
+this process's share: after DDP averages the gradients, the step is the one-process step
+on the same global batch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 
@@ -23,20 +30,32 @@ Tensors = Dict[str, torch.Tensor]
 Term = Tuple[torch.Tensor, Tensors]  # (unweighted loss, metrics)
 
 
+class Collective(Protocol):
+    """The process group as the losses need it (``utils.distributed.ProcessGroupCollective``)."""
+    rank: int
+    world_size: int
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """[R, ...] -> [N * R, ...] in rank order, differentiable."""
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over processes, no gradient."""
+
+
 @dataclass
 class FMFALoss:
     """Loss names, weights and settings (A-SDM, EFA, temperature) of a training run.
 
-    ``feature_gather``: on several GPUs with ``train.gather_features``, a differentiable
-    all-gather applied to the global features and identities before the batch-wide losses
-    (SDM/ITC/CMPM see the global batch; a deviation from the single-GPU reference).
+    ``collective``: under torchrun, the process group; the losses are then those of the
+    global batch (module docstring). None = this process's batch alone (one process, or
+    ``train.global_batch_losses=false``).
     """
     names: List[str]
     weights: Dict[str, float] = field(default_factory=dict)
     logit_scale: float = 50.0
     asdm: AsdmConfig = field(default_factory=AsdmConfig)
     efa: EfaConfig = field(default_factory=EfaConfig)
-    feature_gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    collective: Optional[Collective] = None
 
     def __post_init__(self):
         unknown = [name for name in self.names if name not in LOSSES]
@@ -50,6 +69,14 @@ class FMFALoss:
     def weight(self, name: str) -> float:
         return float(self.weights.get(name, 1.0))
 
+    @property
+    def shard(self) -> Optional[objectives.Shard]:
+        """How this process's batch sits in the global batch (None: it is the whole batch)."""
+        group = self.collective
+        if group is None or group.world_size == 1:
+            return None
+        return objectives.Shard(group.gather, group.rank, group.world_size)
+
     def __call__(self, outputs: Tensors, batch: Tensors) -> Tuple[Tensors, Tensors]:
         """Weighted loss terms by name and detached metrics, in float32 outside autocast."""
         device = outputs["image_tokens"].device.type
@@ -61,14 +88,26 @@ class FMFALoss:
                 value, extra = LOSSES[name](self, outputs, batch)
                 terms[name] = self.weight(name) * value
                 metrics.update({key: metric.detach() for key, metric in extra.items()})
+        if self.shard is not None:
+            terms, metrics = self._global_values(terms, metrics)
         return terms, metrics
 
-    def batch_features(self, outputs: Tensors, batch: Tensors) -> Tuple[torch.Tensor, ...]:
-        """(image_feats, text_feats, pids), gathered across ranks when so configured."""
-        feats = (outputs["image_feats"], outputs["text_feats"], batch["pids"])
-        if self.feature_gather is not None:
-            feats = tuple(self.feature_gather(x) for x in feats)
-        return feats
+    def _global_values(self, terms: Tensors, metrics: Tensors) -> Tuple[Tensors, Tensors]:
+        """Every process's shares -> the global batch's values (their mean over processes),
+        in one collective; a term keeps this process's gradient."""
+        shares = torch.stack([*(t.detach() for t in terms.values()), *metrics.values()])
+        means = self.collective.sum(shares) / self.collective.world_size
+        globals_ = dict(zip([*terms, *metrics], means))
+        terms = {name: term + (globals_[name] - term.detach()) for name, term in terms.items()}
+        return terms, {name: globals_[name] for name in metrics}
+
+    def global_share(self, count: int, device: torch.device) -> torch.Tensor:
+        """count x N / (the sum of count over processes): turns a mean over this process's
+        ``count`` items into its share of the mean over every process's items."""
+        if self.shard is None:
+            return torch.ones((), device=device)
+        local = torch.tensor(float(count), device=device)
+        return local * self.collective.world_size / self.collective.sum(local)
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -76,9 +115,9 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _sdm(loss: FMFALoss, out: Tensors, batch: Tensors, adaptive: bool = False) -> Term:
-    image, text, pids = loss.batch_features(out, batch)
-    return objectives.sdm_loss(image, text, pids, loss.logit_scale, adaptive=adaptive,
-                               adaptive_factor=loss.asdm.factor, adaptive_mode=loss.asdm.mode), {}
+    return objectives.sdm_loss(out["image_feats"], out["text_feats"], batch["pids"], loss.logit_scale,
+                               adaptive=adaptive, adaptive_factor=loss.asdm.factor, adaptive_mode=loss.asdm.mode,
+                               shard=loss.shard), {}
 
 
 def _asdm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
@@ -86,30 +125,32 @@ def _asdm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
 
 
 def _itc(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
-    image, text, _ = loss.batch_features(out, batch)
-    return objectives.itc_loss(image, text, loss.logit_scale), {}
+    return objectives.itc_loss(out["image_feats"], out["text_feats"], loss.logit_scale, shard=loss.shard), {}
 
 
 def _cmpm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
-    return objectives.cmpm_loss(*loss.batch_features(out, batch)), {}
+    return objectives.cmpm_loss(out["image_feats"], out["text_feats"], batch["pids"], shard=loss.shard), {}
 
 
 def _id(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    # Every process holds the same number of samples, so the mean of their means is global.
     pids = batch["pids"]
     value = objectives.id_loss(out["image_logits"], out["text_logits"], pids)
     return value, {"img_acc": _accuracy(out["image_logits"], pids), "txt_acc": _accuracy(out["text_logits"], pids)}
 
 
 def _mlm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    # The processes' captions carry different numbers of masked tokens: weight by the count.
     scores, labels = out["mlm_scores"], out["mlm_labels"]
-    return objectives.mlm_loss(scores, labels), {"mlm_acc": _accuracy(scores, labels)}
+    share = loss.global_share(labels.shape[0], scores.device)
+    return objectives.mlm_loss(scores, labels) * share, {"mlm_acc": _accuracy(scores, labels) * share}
 
 
 def _efa(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
     efa = loss.efa
     return objectives.efa_loss(out["text_tokens"], out["image_tokens"], text_margin=efa.text_margin,
                                image_margin=efa.image_margin, lse_lambda=efa.lse_lambda,
-                               threshold=efa.threshold, block_elems=efa.block_elems), {}
+                               threshold=efa.threshold, block_elems=efa.block_elems, shard=loss.shard), {}
 
 
 LOSSES: Dict[str, Callable[[FMFALoss, Tensors, Tensors], Term]] = {

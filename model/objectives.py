@@ -2,10 +2,16 @@
 
 Every loss takes float32 tensors and returns a scalar tensor. Notation: B = batch,
 D = embedding width, C = identities, L = text tokens, P = image patches.
+
+The batch-coupled losses (SDM/A-SDM, ITC, CMPM, EFA) also take a :class:`Shard` when the
+batch is split over processes: each process then scores its own R = B / N rows against the
+gathered columns of the whole batch and returns its share, so that the mean of the N shares
+is the loss of the whole batch (value and, after DDP's gradient averaging, gradient).
 """
 from __future__ import annotations
 
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +22,40 @@ from .max_similarity import max_dot_product
 EPSILON = 1e-8
 
 
-def _same_identity(pids: torch.Tensor) -> torch.Tensor:
-    """y[i, j] = [pid_i == pid_j] as float  ->  [B, B]."""
-    return (pids.reshape(-1, 1) == pids.reshape(1, -1)).float()
+@dataclass(frozen=True)
+class Shard:
+    """This process's rows of a batch split over ``world_size`` processes in equal shares,
+    rank 0's first (the order of the one-process batch).
+
+    ``gather``: [R, ...] -> [B, ...], the concatenation of every process's tensor in rank
+    order, differentiable (its backward sums each process's gradients back to the owner).
+    """
+    gather: Callable[[torch.Tensor], torch.Tensor]
+    rank: int
+    world_size: int
+
+    def first_row(self, rows: int) -> int:
+        return self.rank * rows
 
 
-def _identity_targets(pids: torch.Tensor) -> torch.Tensor:
-    """q[i, j] = [pid_i == pid_j] / #{k: pid_k == pid_i}  ->  [B, B]."""
-    same = _same_identity(pids)
+def _columns(shard: Optional[Shard], *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """The whole batch's version of each of this process's tensors (the same on one process)."""
+    return tensors if shard is None else tuple(shard.gather(x) for x in tensors)
+
+
+def _first_row(shard: Optional[Shard], rows: int) -> int:
+    return 0 if shard is None else shard.first_row(rows)
+
+
+def _same_identity(row_pids: torch.Tensor, col_pids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y[i, j] = [pid_i == pid_j] as float  ->  [R, B]."""
+    col_pids = row_pids if col_pids is None else col_pids
+    return (row_pids.reshape(-1, 1) == col_pids.reshape(1, -1)).float()
+
+
+def _identity_targets(row_pids: torch.Tensor, col_pids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """q[i, j] = [pid_i == pid_j] / #{k: pid_k == pid_i}  ->  [R, B]."""
+    same = _same_identity(row_pids, col_pids)
     return same / same.sum(dim=1, keepdim=True)
 
 
@@ -33,13 +65,13 @@ def _row_kl(logits: torch.Tensor, log_targets: torch.Tensor) -> torch.Tensor:
 
 
 def _adaptive_weights(cosine: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, *,
-                      factor: float, mode: str) -> torch.Tensor:
+                      factor: float, mode: str, first_row: int = 0) -> torch.Tensor:
     """A-SDM row weights w_i >= 1 (not detached, as in the reference)  ->  [rows].
 
     ``cosine``: 1 + factor * (c[i, m_i] - c[i, g_i]) where m_i is the most similar
     column and g_i the first column of the same identity (1 where they agree); the
     authors' code. ``probability``: 1 + factor * (max_k p_ik - p_ii) on the softmax
-    probabilities of the row; the paper's formula.
+    probabilities of the row; the paper's formula. Row i is column ``first_row + i``.
     """
     if mode == "cosine":
         rows = torch.arange(cosine.shape[0], device=cosine.device)
@@ -48,54 +80,67 @@ def _adaptive_weights(cosine: torch.Tensor, logits: torch.Tensor, targets: torch
         return torch.where(best != matched, gap * factor + 1, torch.ones_like(gap))
     if mode == "probability":
         probs = F.softmax(logits, dim=1)
-        return (probs.max(dim=1).values - probs.diagonal()) * factor + 1
+        own = probs.diagonal(offset=first_row)
+        return (probs.max(dim=1).values - own) * factor + 1
     raise ValueError(f"asdm mode must be one of {ASDM_MODES}, got {mode!r}")
 
 
 def sdm_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Tensor,
              logit_scale: float | torch.Tensor, adaptive: bool = False,
-             adaptive_factor: float = 0.1, adaptive_mode: str = "cosine") -> torch.Tensor:
+             adaptive_factor: float = 0.1, adaptive_mode: str = "cosine",
+             shard: Optional[Shard] = None) -> torch.Tensor:
     """Similarity distribution matching (IRRA); with ``adaptive=True``, FMFA's A-SDM.
 
     Args:
-        image_feats, text_feats: [B, D] global embeddings (any norm).
-        pids: [B] identities.
+        image_feats, text_feats: [R, D] global embeddings (any norm); R = B on one process.
+        pids: [R] identities.
         logit_scale: s, the inverse temperature (50).
         adaptive_factor, adaptive_mode: see :func:`_adaptive_weights`.
+        shard: the split of the batch over processes (module docstring); None = one process.
     Returns:
         KL(i2t) + KL(t2i), each the mean over rows (weighted per row when adaptive).
     """
-    t2i_cos = F.normalize(text_feats, dim=1, eps=0.0) @ F.normalize(image_feats, dim=1, eps=0.0).t()
-    targets = _identity_targets(pids)
+    image_cols, text_cols, col_pids = _columns(shard, image_feats, text_feats, pids)
+    first = _first_row(shard, image_feats.shape[0])
+    targets = _identity_targets(pids, col_pids)
     log_targets = torch.log(targets + EPSILON)
-    loss = t2i_cos.new_zeros(())
-    for cosine in (t2i_cos.t(), t2i_cos):  # rows = images, then rows = texts
+    loss = image_feats.new_zeros(())
+    # rows = images against every text, then rows = texts against every image
+    for rows, cols in ((image_feats, text_cols), (text_feats, image_cols)):
+        cosine = F.normalize(rows, dim=1, eps=0.0) @ F.normalize(cols, dim=1, eps=0.0).t()
         logits = logit_scale * cosine
         row_kl = _row_kl(logits, log_targets)
         if adaptive:
-            row_kl = _adaptive_weights(cosine, logits, targets, factor=adaptive_factor, mode=adaptive_mode) * row_kl
+            row_kl = _adaptive_weights(cosine, logits, targets, factor=adaptive_factor, mode=adaptive_mode,
+                                       first_row=first) * row_kl
         loss = loss + row_kl.mean()
     return loss
 
 
 def itc_loss(image_feats: torch.Tensor, text_feats: torch.Tensor,
-             logit_scale: float | torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over the batch, [B, D] x 2 -> mean of the two directions."""
-    logits = logit_scale * F.normalize(image_feats, dim=1, eps=0.0) @ F.normalize(text_feats, dim=1, eps=0.0).t()
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+             logit_scale: float | torch.Tensor, shard: Optional[Shard] = None) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch, [R, D] x 2 -> mean of the two directions."""
+    image_cols, text_cols = _columns(shard, image_feats, text_feats)
+    labels = torch.arange(image_feats.shape[0], device=image_feats.device) + _first_row(shard, image_feats.shape[0])
+    loss = image_feats.new_zeros(())
+    for rows, cols in ((image_feats, text_cols), (text_feats, image_cols)):
+        logits = logit_scale * F.normalize(rows, dim=1, eps=0.0) @ F.normalize(cols, dim=1, eps=0.0).t()
+        loss = loss + F.cross_entropy(logits, labels) / 2
+    return loss
 
 
-def cmpm_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
-    """Cross-modal projection matching (IRRA's form), [B, D] x 2, pids [B].
+def cmpm_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Tensor,
+              shard: Optional[Shard] = None) -> torch.Tensor:
+    """Cross-modal projection matching (IRRA's form), [R, D] x 2, pids [R].
 
     Each embedding is projected on the *normalised* embeddings of the other modality;
     the target rows are the identity mask divided by its L2 norm.
     """
-    same = _same_identity(pids)
+    image_cols, text_cols, col_pids = _columns(shard, image_feats, text_feats, pids)
+    same = _same_identity(pids, col_pids)
     log_targets = torch.log(same / same.norm(dim=1, keepdim=True) + EPSILON)
-    image_proj_text = image_feats @ F.normalize(text_feats, dim=1, eps=0.0).t()
-    text_proj_image = text_feats @ F.normalize(image_feats, dim=1, eps=0.0).t()
+    image_proj_text = image_feats @ F.normalize(text_cols, dim=1, eps=0.0).t()
+    text_proj_image = text_feats @ F.normalize(image_cols, dim=1, eps=0.0).t()
     return _row_kl(image_proj_text, log_targets).mean() + _row_kl(text_proj_image, log_targets).mean()
 
 
@@ -135,35 +180,54 @@ def language_grouped_vision(text_tokens: torch.Tensor, patch_tokens: torch.Tenso
     return text_patch_affinity(text_tokens, patch_tokens, threshold)[1] @ patch_tokens
 
 
-def _ranking_cost(sims: torch.Tensor, margin: float) -> torch.Tensor:
-    """EFA step 5 on a [B, B] set-similarity matrix (rows: the pooled sets)."""
+def _ranking_cost_per_column(sims: torch.Tensor, margin: float) -> torch.Tensor:
+    """EFA step 5 per column b of a [B, B] set-similarity matrix (rows: the pooled sets):
+    LSE_a R1[:, b] + LSE_a R2[:, b]  ->  [B]."""
     diag = sims.diagonal()
     off_diag = ~torch.eye(sims.shape[0], dtype=torch.bool, device=sims.device)
     zero = sims.new_zeros(())
     by_row_anchor = torch.where(off_diag, sims - diag.unsqueeze(1) + margin, zero)  # S[a,b] - S[a,a] + m
     by_col_anchor = torch.where(off_diag, sims - diag.unsqueeze(0) + margin, zero)  # S[a,b] - S[b,b] + m
-    return torch.logsumexp(by_col_anchor, dim=0).mean() + torch.logsumexp(by_row_anchor, dim=0).mean()
+    return torch.logsumexp(by_col_anchor, dim=0) + torch.logsumexp(by_row_anchor, dim=0)
+
+
+def _ranking_cost(sims: torch.Tensor, margin: float) -> torch.Tensor:
+    """EFA step 5 on a [B, B] set-similarity matrix: the mean over columns."""
+    return _ranking_cost_per_column(sims, margin).mean()
+
+
+def _set_similarity(tokens: torch.Tensor, targets: torch.Tensor, lse_lambda: float,
+                    block_elems: int) -> torch.Tensor:
+    """EFA step 4: [R, N, D] token sets against unit targets [B, L, D] -> [R, B], rows unit."""
+    best = max_dot_product(F.normalize(tokens, dim=-1), targets, block_elems)  # [R, N, B]
+    return F.normalize(torch.logsumexp(lse_lambda * best, dim=1) / lse_lambda, dim=-1)
 
 
 def efa_loss(text_tokens: torch.Tensor, image_tokens: torch.Tensor, *, text_margin: float = 0.1,
              image_margin: float = 0.9, lse_lambda: float = 1.0, threshold: float = 1.0,
-             block_elems: int = 1 << 22) -> torch.Tensor:
+             block_elems: int = 1 << 22, shard: Optional[Shard] = None) -> torch.Tensor:
     """Explicit fine-grained alignment (docs/method.md, "Losses", EFA steps 1-6).
 
     Args:
-        text_tokens: [B, L, D] projected text tokens, every position (padding included).
-        image_tokens: [B, 1 + P, D] projected image tokens, class token at index 0.
+        text_tokens: [R, L, D] projected text tokens, every position (padding included).
+        image_tokens: [R, 1 + P, D] projected image tokens, class token at index 0.
         text_margin, image_margin: margins of the text->joint and image->joint costs.
         lse_lambda: LSE pooling sharpness; S = (1/lambda) log sum_x exp(lambda * max_y cos).
         threshold: sparsification threshold in units of 1/P.
         block_elems: memory bound of the blockwise set similarity (see max_similarity).
+        shard: the split over processes: this process's rows of S against the gathered
+            grouped embeddings, then the gathered S and the mean over this process's columns.
     """
     patches = image_tokens[:, 1:]
-    grouped = language_grouped_vision(text_tokens, patches, threshold)
-    targets = F.normalize(grouped, dim=-1)
+    targets = F.normalize(language_grouped_vision(text_tokens, patches, threshold), dim=-1)
+    (all_targets,) = _columns(shard, targets)
     loss = text_tokens.new_zeros(())
     for tokens, margin in ((text_tokens, text_margin), (patches, image_margin)):
-        best = max_dot_product(F.normalize(tokens, dim=-1), targets, block_elems)  # [B, L|P, B]
-        sims = torch.logsumexp(lse_lambda * best, dim=1) / lse_lambda  # [B, B]
-        loss = loss + _ranking_cost(F.normalize(sims, dim=-1), margin)
+        sims = _set_similarity(tokens, all_targets, lse_lambda, block_elems)
+        if shard is None:
+            loss = loss + _ranking_cost(sims, margin)
+        else:
+            first = shard.first_row(sims.shape[0])
+            per_column = _ranking_cost_per_column(shard.gather(sims), margin)
+            loss = loss + per_column[first:first + sims.shape[0]].mean()
     return loss

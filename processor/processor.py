@@ -22,7 +22,7 @@ from processor.precision import Precision
 from processor.trainer import train_one_epoch
 from solver import build_lr_scheduler, build_optimizer
 from processor.run_folder import WHERE_KEYS, write_progress
-from utils.distributed import DistInfo, all_gather_with_grad, barrier
+from utils.distributed import DistInfo, ProcessGroupCollective, barrier
 from utils.io import METRICS_FILE, append_jsonl, drop_metrics_after, save_atomic
 from utils.memory import memory_figures
 from utils.metrics import summary_table
@@ -64,8 +64,8 @@ class Run:
         if info.is_main:
             ckpt.check_free_space(output_dir, ckpt.checkpoint_bytes_needed(model, output_dir))
             log_run_start(model, info.device)
-        if info.distributed and cfg.train.gather_features:
-            self.criterion.feature_gather = all_gather_with_grad
+        if info.distributed and cfg.train.global_batch_losses:
+            self.criterion.collective = ProcessGroupCollective()
         self.train_model = DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
             if info.distributed else model

@@ -93,11 +93,21 @@ def test_random_sampler_every_index_once_and_epoch_dependent():
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_distributed_random_sampler_disjoint_shares(world_size):
-    shares = [[i for _, i in RandomSampler(103, seed=3, rank=r, world_size=world_size)] for r in range(world_size)]
-    assert all(len(share) == 103 // world_size for share in shares)
+def test_distributed_random_sampler_shares_are_the_one_process_batches(world_size):
+    """Global batch 12 over 103 samples: step s of every rank, concatenated in rank order,
+    is step s of one process; the last batch (7 samples) loses 7 mod world_size of them."""
+    one = [i for _, i in RandomSampler(103, seed=3)]
+    samplers = [RandomSampler(103, seed=3, rank=r, world_size=world_size, batch_size=12) for r in range(world_size)]
+    shares = [[i for _, i in sampler] for sampler in samplers]
+    per_rank = 12 // world_size
+    assert all(len(share) == len(sampler) == 8 * per_rank + 7 // world_size for share, sampler in zip(shares, samplers))
+    for step in range(9):
+        joined = [i for share in shares for i in share[step * per_rank:(step + 1) * per_rank]]
+        expected = one[step * 12:(step + 1) * 12]
+        assert joined == (expected if step < 8 else [i for r in range(world_size) for i in
+                                                     expected[r * (7 // world_size):(r + 1) * (7 // world_size)]])
     union = [index for share in shares for index in share]
-    assert len(set(union)) == len(union) == (103 // world_size) * world_size
+    assert len(set(union)) == len(union) == 103 - 7 % world_size
 
 
 def identity_pids(num_ids: int = 20) -> list:
@@ -149,13 +159,15 @@ def test_distributed_identity_sampler_disjoint_and_structured():
     for share in shares:
         for start in range(0, len(share), 8):
             assert set(Counter(pids[i] for i in share[start:start + 8]).values()) == {2}
+    one = [i for _, i in IdentitySampler(pids, 16, 2, seed=5)]  # the same global batch on one process
+    assert one == [i for start in range(0, len(shares[0]), 8) for share in shares for i in share[start:start + 8]]
 
 
 def test_samplers_reject_impossible_settings():
     with pytest.raises(ValueError, match="batch size 6 is not a multiple of num_instance 4"):
         IdentitySampler(identity_pids(), 6, 4)
     with pytest.raises(ValueError, match="rank 2 is not in"):
-        RandomSampler(10, rank=2, world_size=2)
+        RandomSampler(10, rank=2, world_size=2, batch_size=4)
 
 
 def tiny_data_config(root, **data) -> Config:

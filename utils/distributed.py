@@ -88,11 +88,32 @@ def broadcast_object(value, info: DistInfo):
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenation over ranks of ``tensor`` [B, ...] -> [W * B, ...], differentiable."""
+    """Concatenation over ranks of ``tensor`` [R, ...] -> [W * R, ...] in rank order,
+    differentiable: the backward sums every rank's gradient of each share back to its owner."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
     from torch.distributed.nn.functional import all_gather
     return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+class ProcessGroupCollective:
+    """The default process group as :class:`model.loss.Collective`: what the losses of the
+    global batch need (a differentiable gather, a sum for the logged values)."""
+
+    def __init__(self):
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.is_floating_point():
+            return all_gather_with_grad(tensor)
+        shares = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(shares, tensor.contiguous())  # identities: nothing to differentiate
+        return torch.cat(shares, dim=0)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.detach().clone()
+        dist.all_reduce(total)
+        return total
 
 
 def cleanup() -> None:

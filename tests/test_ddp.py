@@ -1,0 +1,98 @@
+"""Several processes train exactly the one-process recipe (gloo on the CPU).
+
+One step per case (random and identity sampler x both caption modes, tests/ddp_step.py)
+with 1, 2 and 3 processes on the same global batch of 12: every loss term, metric and
+parameter gradient (after DDP's averaging) agree to float32 rounding. Then a whole 2-epoch
+run with torchrun ends with the one-process run's weights and metrics.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train as train_cli
+from processor import checkpointing as ckpt
+from train_fixtures import make_fixture, read_metrics, tiny_run_args
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (tensor-wise)."""
+    return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-12))
+
+
+def run_steps(root: Path, output: Path, processes: int, *extra: str) -> dict:
+    launcher = [sys.executable] if processes == 1 else [*TORCHRUN, f"--nproc_per_node={processes}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*launcher, "tests/ddp_step.py", str(root), str(output), *extra], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(output, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    root = make_fixture(folder / "data", identities=8)
+    return {n: run_steps(root, folder / f"{n}.pt", n) for n in (1, 2, 3)}, root, folder
+
+
+def largest_differences(many: dict, one: dict) -> dict:
+    """Per case: the largest relative error among the terms, the metrics and the gradients."""
+    out = {}
+    for case, expected in one.items():
+        got = many[case]
+        assert got["terms"].keys() == expected["terms"].keys() and got["grads"].keys() == expected["grads"].keys()
+        out[case] = {kind: max(relative_error(got[kind][name], expected[kind][name]) for name in expected[kind])
+                     for kind in ("terms", "metrics", "grads")}
+    return out
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_one_step_on_n_processes_is_the_one_process_step(steps, processes):
+    results, _, _ = steps
+    assert len(results[1]) == 4 and all(len(case["grads"]) > 20 for case in results[1].values())
+    for case, errors in largest_differences(results[processes], results[1]).items():
+        assert max(errors.values()) <= 1e-5, f"{processes} processes, {case}: {errors}"
+
+
+def test_per_rank_losses_are_a_different_training(steps):
+    """train.global_batch_losses=false (each rank's losses see its own share): the same
+    comparison sees gradients far apart, so the check above can fail."""
+    results, root, folder = steps
+    per_rank = run_steps(root, folder / "per_rank.pt", 2, "train.global_batch_losses=false")
+    for case, errors in largest_differences(per_rank, results[1]).items():
+        assert errors["grads"] > 1e-2, f"{case}: {errors}"
+
+
+def test_two_process_run_ends_with_the_one_process_weights_and_metrics(steps, tmp_path):
+    """2 epochs, global batch 8 over 32 training captions, A-SDM + MLM + ID + EFA with
+    augmentation and the shared masked caption, the recipe's Adam epsilon (1e-3). With
+    epsilon 1e-8 the key biases of the attention layers, whose true gradient is 0 (softmax
+    ignores a shift shared by all keys), move by +-lr on the sign of float32 rounding
+    noise, differently in each process count; that is Adam, not the data parallelism."""
+    _, root, _ = steps
+    args = ["data.batch_size=8", "data.augment=true", "model.id_classes=identities", "solver.eps=1e-3"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train_cli.main(tiny_run_args(root, one, 2, *args)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*TORCHRUN, "--nproc_per_node=2", "train.py", *tiny_run_args(root, two, 2, *args)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in two.iterdir() if p.suffix == ".pth") == ["best.pth", "last.pth"]
+    assert [r["epoch"] for r in read_metrics(two)] == [1, 2]  # rank 0 alone evaluates and writes
+    weights = [ckpt.load_training_state(run / "last.pth")["model"] for run in (one, two)]
+    assert weights[0].keys() == weights[1].keys()
+    errors = {name: relative_error(weights[1][name], value) for name, value in weights[0].items()}
+    assert max(errors.values()) <= 1e-4, sorted(errors.items(), key=lambda item: -item[1])[:3]
+    for expected, got in zip(read_metrics(one), read_metrics(two), strict=True):
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert got[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), key
