@@ -1,4 +1,8 @@
-"""utils.metrics.rank: golden numbers, chunking, a case worked by hand, ties, errors."""
+"""utils.metrics.rank: golden numbers, chunking, cases worked by hand, ties, errors, and
+broken rankings that the checks must reject."""
+import functools
+
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +160,60 @@ def test_format_table():
                                                                    "11.485", "4.600"]
     assert [c.strip() for c in lines[4].strip("|").split("|")] == ["i2t", "1.000", "2.000", "3.000", "4.000",
                                                                    "5.000"]
+
+
+# ---- the checks bite: a faithful sort-based copy passes them, each broken copy fails -------------
+
+def check_rank(rank_fn):
+    """A hand-worked case where mAP and mINP differ from R1, then agreement with loop_rank on
+    random data with and without ties. ``rank_fn`` has the signature of utils.metrics.rank."""
+    # Query 0 (pid 7): descending order is items 0, 3, 2, 5, 1, 4 with pids 7, 9, 8, 8, 7, 7: relevant
+    # at ranks 1, 5 and 6, so R1 = 1 but AP = (1/1 + 2/5 + 3/6) / 3 = 1.9 / 3 and INP = 3/6.
+    # Query 1 (pid 9): items 0 (pid 7), 3 (pid 9): its one relevant item at rank 2, AP = INP = 1/2.
+    # max_rank 4: cmc = [50, 100, 100, 100]; mAP = (1.9/3 + 1/2) / 2 = 56.67; mINP = (1/2 + 1/2) / 2 = 50.
+    similarity = torch.tensor([[0.9, 0.2, 0.5, 0.7, 0.1, 0.3],
+                               [0.6, 0.1, 0.2, 0.4, 0.3, 0.0]])
+    cmc, mAP, mINP = rank_fn(similarity, torch.tensor([7, 9]), torch.tensor([7, 7, 8, 9, 7, 8]), max_rank=4)
+    assert [float(v) for v in cmc] == pytest.approx([50.0, 100.0, 100.0, 100.0], rel=1e-6)
+    assert float(mAP) == pytest.approx((1.9 / 3 + 0.5) / 2 * 100, rel=1e-6)
+    assert float(mINP) == pytest.approx(50.0, rel=1e-6)
+    for levels in (None, 7):
+        problem = random_problem(60, 40, 12, seed=8, levels=levels)
+        assert_same(rank_fn(*problem, max_rank=12), loop_rank(*problem, max_rank=12))
+
+
+RANK_BUGS = ["ascending", "ap_over_gallery_size", "ap_within_max_rank", "inp_at_first_relevant", "ties_optimistic"]
+
+
+def rank_copy(similarity, q_pids, g_pids, max_rank=10, *, bug=None):
+    """One query at a time with numpy's lexsort: similarity descending, then non-relevant first."""
+    sim, q, g = similarity.double().numpy(), q_pids.numpy(), g_pids.numpy()
+    cmc, aps, inps = np.zeros(max_rank), [], []
+    for row, pid in zip(sim, q):
+        relevant = g == pid
+        primary = row if bug == "ascending" else -row
+        order = np.lexsort((~relevant if bug == "ties_optimistic" else relevant, primary))
+        ranks = np.flatnonzero(relevant[order]) + 1.0  # 1-based ranks of the relevant items
+        cmc[int(ranks[0]) - 1:] += 1  # an empty slice when the first hit is beyond max_rank
+        precision = np.arange(1, len(ranks) + 1) / ranks
+        if bug == "ap_within_max_rank":
+            aps.append(precision[ranks <= max_rank].sum() / max(1, (ranks <= max_rank).sum()))
+        else:
+            aps.append(precision.sum() / (len(g) if bug == "ap_over_gallery_size" else len(ranks)))
+        inps.append(len(ranks) / (ranks[0] if bug == "inp_at_first_relevant" else ranks[-1]))
+    return tuple(torch.tensor(value * 100, dtype=torch.float32) for value in (cmc / len(q), np.mean(aps), np.mean(inps)))
+
+
+def test_rank_passes_the_check():
+    check_rank(rank)
+
+
+@pytest.mark.parametrize("bug", [None, *RANK_BUGS])
+def test_the_rank_check_passes_a_faithful_copy_and_rejects_each_broken_one(bug):
+    """bug=None: the sort-based copy passes (the check is not merely strict); any bug fails it."""
+    broken = functools.partial(rank_copy, bug=bug)
+    if bug is None:
+        check_rank(broken)
+    else:
+        with pytest.raises(AssertionError):
+            check_rank(broken)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import test_oracles as oracles
+import test_oracles_by_hand as by_hand
 from model import objectives
 
 
@@ -152,8 +153,23 @@ CASES = [  # (check, copy, bugs); each check also runs on copy(bug=None), which 
     (oracles.check_ranking, ranking_copy, RANKING_BUGS),
     (oracles.check_efa, efa_copy, ["class_token_kept", "margins_swapped", "dense_grouping", *RANKING_BUGS,
                                    *SET_BUGS, *[b for b in AFFINITY_BUGS if b not in EFA_BLIND]]),
+    # the hand-worked cases of tests/test_oracles_by_hand.py (values only: a detached weight is
+    # invisible there; row 2's g = 0 is what catches g_is_the_diagonal / probability_wrong_diagonal)
+    (functools.partial(by_hand.check_asdm_shared_identity, mode=None), sdm_copy, SDM_BUGS),
+    (functools.partial(by_hand.check_asdm_shared_identity, mode="cosine"), sdm_copy,
+     ["g_is_the_diagonal", "modes_swapped", *SDM_BUGS]),
+    (functools.partial(by_hand.check_asdm_shared_identity, mode="probability"), sdm_copy,
+     ["probability_wrong_diagonal", "probability_on_cosines", "modes_swapped", *SDM_BUGS]),
+    (by_hand.check_ranking_asymmetric, ranking_copy, RANKING_BUGS),
 ]
-PARAMS = [pytest.param(check, copy, bug, id=f"{copy.__name__}-{getattr(check, 'keywords', {}).get('mode', '')}-{bug}")
+
+
+def _case_id(check, copy, bug):
+    name = getattr(check, "func", check).__name__.removeprefix("check_")
+    return f"{name}-{copy.__name__}-{getattr(check, 'keywords', {}).get('mode', '')}-{bug}"
+
+
+PARAMS = [pytest.param(check, copy, bug, id=_case_id(check, copy, bug))
           for check, copy, bugs in CASES for bug in [None, *bugs]]
 
 
@@ -168,12 +184,20 @@ def test_the_oracle_check_passes_the_faithful_copy_and_rejects_each_bug(check, c
             check(impl)
 
 
-@pytest.mark.parametrize("bug", [None, *SET_BUGS, "dense_grouping", "cosine_affinity"])
-def test_set_similarity_check_rejects_each_bug(bug, monkeypatch):
-    """Step 4 alone: S passed to the ranking cost must be the oracle's LSE-pooled, row-L2 S."""
+SET_CASES = [  # (name, check of step 4, bugs it must reject)
+    ("oracle", oracles.check_set_similarity, [*SET_BUGS, "dense_grouping", "cosine_affinity"]),
+    # P = 2 in the hand-worked case: dense and sparse grouping coincide, dot and cosine pick the same patch
+    ("by_hand", by_hand.check_set_similarity_lambda_2, [*SET_BUGS, "class_token_kept"]),
+]
+
+
+@pytest.mark.parametrize("check, bug", [pytest.param(check, bug, id=f"{name}-{bug}")
+                                        for name, check, bugs in SET_CASES for bug in [None, *bugs]])
+def test_set_similarity_check_rejects_each_bug(check, bug, monkeypatch):
+    """Step 4 alone: S passed to the ranking cost must be the LSE-pooled, row-L2 S."""
     impl = functools.partial(efa_copy, bug=bug)
     if bug is None:
-        oracles.check_set_similarity(impl, monkeypatch)
+        check(impl, monkeypatch)
     else:
         with pytest.raises(AssertionError):
-            oracles.check_set_similarity(impl, monkeypatch)
+            check(impl, monkeypatch)
