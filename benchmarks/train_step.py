@@ -281,6 +281,7 @@ def parse_args():
     parser.add_argument("--pipeline-mode", choices=PRECISIONS, default="amp_bf16")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="model.grad_checkpointing=true")
     parser.add_argument("--batch", type=int, default=None,
                         help="batch size (default: the preset's; 16 with --memory)")
     parser.add_argument("--memory", action="store_true",
@@ -299,7 +300,8 @@ def main() -> None:
     if args.memory:
         return memory_comparison(preset, device, args)
     cfg = preset_config(preset)
-    cfg = replace(cfg, solver=replace(cfg.solver, fused=True))
+    cfg = replace(cfg, solver=replace(cfg.solver, fused=True),
+                  model=replace(cfg.model, grad_checkpointing=args.grad_checkpointing))
     if args.batch or args.memory_variant:
         cfg = replace(cfg, data=replace(cfg.data, batch_size=args.batch or 16))
     num_classes = cuhk_id_outputs(cfg) if preset == "paper" else 50
@@ -310,7 +312,8 @@ def main() -> None:
     flops = count_step_flops(cfg, device, num_classes)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, preset {preset}: batch {cfg.data.batch_size}, {cfg.model.image_size[0]} x "
-          f"{cfg.model.image_size[1]}, {cfg.loss.names}; {flops / 1e9:.1f} GFLOP per step (fwd + bwd, "
+          f"{cfg.model.image_size[1]}, {cfg.loss.names}"
+          f"{', grad checkpointing' if args.grad_checkpointing else ''}; {flops / 1e9:.1f} GFLOP per step (fwd + bwd, "
           f"torch.utils.flop_counter); MFU against {f'{peak:.1f} TFLOP/s dense bf16' if peak else 'n/a'}")
     table = PrettyTable(["mode", "samples/s", "step ms", "TFLOP/s", "MFU %", "peak GiB"])
     rates = {}

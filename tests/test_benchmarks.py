@@ -1,6 +1,7 @@
 """The benchmark scripts run on the CPU with their tiny preset and print positive figures."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -58,3 +59,24 @@ def test_train_step_memory_comparison_tiny_preset():
     rows = re.findall(r"\|\s+(fp32 \(default\)|fp32 \+ grad checkpointing)\s+\|\s+([\d.]+)\s+\|\s+([\d.]+)\s+\|", out)
     assert [name for name, _, _ in rows] == ["fp32 (default)", "fp32 + grad checkpointing"]
     assert all(float(seconds) > 0 for _, seconds, _ in rows) and float(rows[0][2]) == 1.0
+
+
+def test_ddp_loss_benchmark_tiny_preset():
+    out = subprocess.run([sys.executable, "-m", "benchmarks.ddp_loss", "--preset", "tiny", "--repeats", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = re.findall(r"\|\s+(\d)\s+\|\s+(\d+)\s+\|\s+([\d.]+)\s+\|\s+([\d.]+)\s+\|", out.stdout)
+    assert [(n, r) for n, r, _, _ in rows] == [("1", "8"), ("2", "4"), ("4", "2")]
+    assert all(float(ms) > 0 for _, _, ms, _ in rows) and float(rows[0][3]) == 1.0
+
+
+def test_gpu_check_runs_its_tiny_preset_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh end to end without a GPU: every section in the report."""
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "gpu_check.md").read_text()
+    assert "torch " in report and "no CUDA GPU" in report
+    assert len(re.findall(r"\| pure_fp16 \|\s+[\d.]+\s+\|", report)) == 2  # with and without checkpointing
+    assert len(re.findall(r"captions encoded in [\d.]+ s", report)) == 2
+    assert "not run: 0 GPU(s) visible" in report

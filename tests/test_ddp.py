@@ -1,6 +1,6 @@
 """Several processes train exactly the one-process recipe (gloo on the CPU).
 
-One step per case (random and identity sampler x both caption modes, tests/ddp_step.py)
+One step per case (random and identity sampler x both caption modes, benchmarks/ddp_equality.py)
 with 1, 2 and 3 processes on the same global batch of 12: every loss term, metric and
 parameter gradient (after DDP's averaging) agree to float32 rounding. Then a whole 2-epoch
 run with torchrun ends with the one-process run's weights and metrics.
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import train as train_cli
+from benchmarks.ddp_equality import largest_differences, relative_error
 from processor import checkpointing as ckpt
 from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
@@ -23,16 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected| (tensor-wise)."""
-    return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-12))
-
-
 def run_steps(root: Path, output: Path, processes: int, *extra: str) -> dict:
     launcher = [sys.executable] if processes == 1 else [*TORCHRUN, f"--nproc_per_node={processes}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*launcher, "tests/ddp_step.py", str(root), str(output), *extra], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*launcher, "-m", "benchmarks.ddp_equality", "step", str(root), str(output), *extra],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(output, weights_only=True)
 
@@ -42,17 +38,6 @@ def steps(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
     root = make_fixture(folder / "data", identities=8)
     return {n: run_steps(root, folder / f"{n}.pt", n) for n in (1, 2, 3)}, root, folder
-
-
-def largest_differences(many: dict, one: dict) -> dict:
-    """Per case: the largest relative error among the terms, the metrics and the gradients."""
-    out = {}
-    for case, expected in one.items():
-        got = many[case]
-        assert got["terms"].keys() == expected["terms"].keys() and got["grads"].keys() == expected["grads"].keys()
-        out[case] = {kind: max(relative_error(got[kind][name], expected[kind][name]) for name in expected[kind])
-                     for kind in ("terms", "metrics", "grads")}
-    return out
 
 
 @pytest.mark.parametrize("processes", [2, 3])

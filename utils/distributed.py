@@ -87,13 +87,31 @@ def broadcast_object(value, info: DistInfo):
     return holder[0]
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums every rank's gradient of each share back to its owner
+    (an all-reduce of the whole gradient, then this rank's rows: any backend, and the
+    gathered tensors of the losses are small next to DDP's gradient buckets)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
+        out = tensor.new_empty((dist.get_world_size() * tensor.shape[0], *tensor.shape[1:]))
+        dist.all_gather_single(out, tensor.contiguous())
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenation over ranks of ``tensor`` [R, ...] -> [W * R, ...] in rank order,
     differentiable: the backward sums every rank's gradient of each share back to its owner."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
-    from torch.distributed.nn.functional import all_gather
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    return _GatherWithGrad.apply(tensor)
 
 
 class ProcessGroupCollective:
@@ -104,11 +122,11 @@ class ProcessGroupCollective:
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.is_floating_point():
+        if tensor.requires_grad:
             return all_gather_with_grad(tensor)
-        shares = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(shares, tensor.contiguous())  # identities: nothing to differentiate
-        return torch.cat(shares, dim=0)
+        out = tensor.new_empty((self.world_size * tensor.shape[0], *tensor.shape[1:]))
+        dist.all_gather_single(out, tensor.contiguous())  # e.g. identities: nothing to differentiate
+        return out
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         total = tensor.detach().clone()

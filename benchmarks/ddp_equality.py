@@ -1,0 +1,97 @@
+"""Several processes against one: the same training step on the same global batch.
+
+``step``: one training step per case of :data:`CASES` (caption mode x sampler) built as
+train.py builds it (seeded model, the rank's share of the first global batch, DDP and the
+global-batch losses under torchrun, fp32 without TF32); rank 0 saves every loss term,
+metric and (after DDP's averaging) parameter gradient. ``compare``: the largest relative
+error per case between two such files. Used by tests/test_ddp.py (gloo on the CPU) and
+benchmarks/gpu_check.sh (NCCL on two GPUs).
+
+    python -m benchmarks.ddp_equality step DATA_ROOT one.pt [key=value ...]
+    torchrun --nproc_per_node=2 -m benchmarks.ddp_equality step DATA_ROOT two.pt [key=value ...]
+    python -m benchmarks.ddp_equality compare one.pt two.pt
+"""
+from __future__ import annotations
+
+import sys
+from typing import Dict
+
+import torch
+from prettytable import PrettyTable
+from torch.nn.parallel import DistributedDataParallel
+
+from configs.loader import load_config
+from datasets.build import build_train_loader
+from model.build import build_criterion, build_model
+from processor.trainer import move_batch
+from utils.distributed import ProcessGroupCollective, cleanup, init_distributed
+
+# A tiny CLIP on 32 x 16 images, global batch 12 (2 or 3 processes split it evenly).
+TINY = ["model.pretrain=none", "model.image_size=[32,16]", "model.patch_size=8", "model.embed_dim=64",
+        "model.vision_width=64", "model.vision_layers=1", "model.text_width=64", "model.text_layers=1",
+        "model.cmt_depth=1", "model.context_length=32", "data.text_length=32", "data.dataset=CUHK-PEDES",
+        "data.batch_size=12", "data.num_instance=2", "data.num_workers=0", "train.precision=fp32",
+        "train.device=cpu", "model.id_classes=identities", "data.augment=true"]
+CASES = {f"{sampler}, share_masked_caption={shared}": [f"data.sampler={sampler}",
+                                                          f"data.share_masked_caption={shared}"]
+         for sampler in ("random", "identity") for shared in ("true", "false")}
+
+
+def one_step(root: str, overrides: list, info) -> dict:
+    cfg = load_config(None, [*TINY, f"data.root={root}", *overrides])
+    torch.manual_seed(cfg.train.seed)
+    loader, num_classes = build_train_loader(cfg, info.rank, info.world_size)
+    loader.sampler.set_epoch(1)
+    model = build_model(cfg, num_classes).to(info.device)
+    criterion = build_criterion(cfg)
+    if info.distributed:
+        if cfg.train.global_batch_losses:
+            criterion.collective = ProcessGroupCollective()
+        model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    batch = move_batch(next(iter(loader)), info.device)
+    terms, metrics = criterion(model(batch), batch)
+    sum(terms.values()).backward()
+    module = model.module if info.distributed else model
+    return {"terms": {name: value.detach().cpu() for name, value in terms.items()},
+            "metrics": {name: value.cpu() for name, value in metrics.items()},
+            "grads": {name: p.grad.detach().cpu() for name, p in module.named_parameters() if p.grad is not None}}
+
+
+def step(root: str, output: str, *extra: str) -> None:
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    device = next((item.split("=", 1)[1] for item in extra if item.startswith("train.device=")), "cpu")
+    info = init_distributed(device)
+    results = {name: one_step(root, [*overrides, *extra], info) for name, overrides in CASES.items()}
+    if info.is_main:
+        torch.save(results, output)
+    cleanup()
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (tensor-wise)."""
+    return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-12))
+
+
+def largest_differences(many: dict, one: dict) -> Dict[str, Dict[str, float]]:
+    """Per case: the largest relative error among the terms, the metrics and the gradients."""
+    out = {}
+    for case, expected in one.items():
+        got = many[case]
+        for kind in ("terms", "metrics", "grads"):
+            if got[kind].keys() != expected[kind].keys():
+                raise ValueError(f"{case}: the {kind} differ in names: {sorted(got[kind])} vs {sorted(expected[kind])}")
+        out[case] = {kind: max(relative_error(got[kind][name], expected[kind][name]) for name in expected[kind])
+                     for kind in ("terms", "metrics", "grads")}
+    return out
+
+
+def compare(one: str, many: str) -> None:
+    errors = largest_differences(*(torch.load(path, weights_only=True) for path in (many, one)))
+    table = PrettyTable(["case", "loss terms", "metrics", "gradients"])
+    for case, values in errors.items():
+        table.add_row([case, *(f"{values[kind]:.1e}" for kind in ("terms", "metrics", "grads"))])
+    print(f"largest relative error, {many} against {one}\n{table}")
+
+
+if __name__ == "__main__":
+    {"step": step, "compare": compare}[sys.argv[1]](*sys.argv[2:])
