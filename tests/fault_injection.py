@@ -1,40 +1,65 @@
-"""train.py with a fault injected, for the reliability tests (run by python or torchrun).
+"""train.py with a fault injected, for the reliability tests (run by python or torchrun, with
+the project on PYTHONPATH). The faults fire at a named point of the run, never after a time,
+so a test sees the same fault on every run however slow the machine. Environment, each
+variable optional:
 
-Environment: FMFA_FAULT="rank:epoch:batch" raises RuntimeError("injected fault") on that
-rank when it reaches that batch (0-based) of that epoch (0-based); with FMFA_FAULT_MARKER
-set, only while the marker file is absent (it is created when the fault fires), so a
-restarted job runs clean.
+  FMFA_FAULT="rank:epoch:batch"  raises RuntimeError("injected fault") on that rank when it
+      reaches that batch (0-based) of that epoch (0-based); with FMFA_FAULT_MARKER set, only
+      while the marker file is absent (it is created when the fault fires), so a restarted
+      job runs clean.
+  FMFA_FAULT_KILL_AFTER_EPOCH=N  the process SIGKILLs itself right after the checkpoints and
+      progress.json of epoch N (1-based, as in last.pth's "epoch") are written: a kill -9
+      at a known point, after which nothing of the process runs (no handler, no atexit).
+      A run resumed past epoch N is not killed again.
+  FMFA_FAULT_KILL_RUN=FOLDER  with the above, only in the run whose train.output_dir is
+      FOLDER (run.sh starts several runs, each in its own folder).
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import train
 from processor import processor
 
-RANK, EPOCH, BATCH = (int(v) for v in os.environ["FMFA_FAULT"].split(":"))
+FAULT = os.environ.get("FMFA_FAULT")
 MARKER = os.environ.get("FMFA_FAULT_MARKER")
-_real_train_one_epoch = processor.train_one_epoch
+KILL_AFTER_EPOCH = os.environ.get("FMFA_FAULT_KILL_AFTER_EPOCH")
+KILL_RUN = os.environ.get("FMFA_FAULT_KILL_RUN")
 
 
-def _faulty_batches(loader):
-    for index, batch in enumerate(loader):
-        if index == BATCH and not (MARKER and os.path.exists(MARKER)):
+def _faulty_batches(loader, batch):
+    for index, item in enumerate(loader):
+        if index == batch and not (MARKER and os.path.exists(MARKER)):
             if MARKER:
                 Path(MARKER).touch()
             raise RuntimeError("injected fault")
-        yield batch
+        yield item
 
 
-def _train_one_epoch(model, criterion, loader, optimizer, precision, scaler, epoch, *args, **kwargs):
-    if epoch == EPOCH and int(os.environ.get("RANK", "0")) == RANK:
-        loader = _faulty_batches(loader)
-    return _real_train_one_epoch(model, criterion, loader, optimizer, precision, scaler, epoch, *args, **kwargs)
+if FAULT:
+    RANK, EPOCH, BATCH = (int(v) for v in FAULT.split(":"))
+    _real_train_one_epoch = processor.train_one_epoch
 
+    def _train_one_epoch(model, criterion, loader, optimizer, precision, scaler, epoch, *args, **kwargs):
+        if epoch == EPOCH and int(os.environ.get("RANK", "0")) == RANK:
+            loader = _faulty_batches(loader, BATCH)
+        return _real_train_one_epoch(model, criterion, loader, optimizer, precision, scaler, epoch, *args, **kwargs)
 
-processor.train_one_epoch = _train_one_epoch
+    processor.train_one_epoch = _train_one_epoch
+
+if KILL_AFTER_EPOCH:
+    _real_save = processor.Run.save
+
+    def _save_then_kill(self, best_metrics):
+        _real_save(self, best_metrics)  # best.pth, last.pth, progress.json
+        in_named_run = not KILL_RUN or Path(self.output_dir).resolve() == Path(KILL_RUN).resolve()
+        if self.epoch == int(KILL_AFTER_EPOCH) and in_named_run:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    processor.Run.save = _save_then_kill
 
 if __name__ == "__main__":
     sys.exit(train.main(sys.argv[1:]))

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from configs.loader import parse_cli
 from conftest import ROOT
+from processor import checkpointing as ckpt
 
 SECTIONS = {"paper": 3, "authors_code": 3, "ablation": 10, "sweeps": 16, "finetune": 6}
 
@@ -75,21 +76,36 @@ def test_from_another_folder_with_torchrun_and_the_callers_gpus(tmp_path):
     assert recorded(record)[-2][0] == "1"  # GPU=1 sets it
 
 
+def fault_injecting_python(tmp_path: Path) -> Path:
+    """A stand-in for $PYTHON that runs train.py as tests/fault_injection.py (the same
+    train.main with the faults its FMFA_FAULT* variables name) and everything else as is."""
+    wrapper = tmp_path / "python_with_faults"
+    python, script = shlex.quote(sys.executable), shlex.quote(str(ROOT / "tests" / "fault_injection.py"))
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = train.py ]; then shift; exec {python} {script} "$@"; fi\n'
+                       f'exec {python} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 def test_a_killed_smoke_section_resumes_where_it_stopped(tmp_path):
-    """SMOKE=1 bash run.sh paper, SIGKILLed during its second run (after that run's first
-    epoch), then rerun: the first run is reported finished, the second continues from its
-    last.pth, the third runs; the section's table lists all three with their differences."""
+    """SMOKE=1 bash run.sh paper, its second run SIGKILLed right after that run's epoch 1
+    checkpoint (tests/fault_injection.py's FMFA_FAULT_KILL_AFTER_EPOCH, a point, not a time),
+    then rerun: the first run is reported finished, the second continues from its last.pth,
+    the third runs; the section's table lists all three with their differences."""
     runs = tmp_path / "runs"
     env = {**os.environ, "SMOKE": "1", "RUNS": str(runs), "PYTHON": sys.executable}
     second = runs / "ICFG-PEDES" / "fmfa_paper"
-    process = subprocess.Popen(["bash", str(ROOT / "run.sh"), "paper"], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600  # a hang ends here, not as a speed check
-    while not (second / "progress.json").is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert json.loads((second / "progress.json").read_text())["epoch"] == 1, "not killed inside the second run"
+    faults = {"PYTHON": str(fault_injecting_python(tmp_path)), "PYTHONPATH": str(ROOT),
+              "FMFA_FAULT_KILL_AFTER_EPOCH": "1", "FMFA_FAULT_KILL_RUN": str(second)}
+    # timeout: a hang ends the test here; the kill itself waits on no clock
+    killed = subprocess.run(["bash", str(ROOT / "run.sh"), "paper"], cwd=tmp_path, env={**env, **faults},
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 128 + signal.SIGKILL, killed.stderr[-3000:]  # set -e: bash stops with train.py
+    first = runs / "CUHK-PEDES" / "fmfa_paper"
+    assert [line for line in killed.stdout.splitlines() if line.startswith("== ")] == [f"== {first}", f"== {second}"]
+    assert json.loads((first / "progress.json").read_text())["epoch"] == 2
+    assert json.loads((second / "progress.json").read_text())["epoch"] == 1, "not killed after the second run's epoch 1"
+    assert ckpt.load_training_state(second / "last.pth")["epoch"] == 1
     assert not (runs / "RSTPReid").exists()
     result = subprocess.run(["bash", str(ROOT / "run.sh"), "paper"], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=600)
