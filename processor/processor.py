@@ -135,7 +135,8 @@ class Run:
             self.loader.sampler.set_epoch(self.epoch)
             self.step, averages = train_one_epoch(
                 self.train_model, self.criterion, self.loader, self.optimizer, self.precision, self.scaler, self.epoch,
-                self.step, cfg.train.log_period, self.writer, progress=self.info.is_main, epochs=cfg.solver.epochs)
+                self.step, cfg.train.log_period, self.writer, progress=self.info.is_main, epochs=cfg.solver.epochs,
+                processes=self.info.world_size)
             self.epoch += 1
             self.scheduler.step()
             if self.info.is_main:

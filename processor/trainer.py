@@ -89,11 +89,12 @@ def log_line(epoch: int, epochs: int, done: int, steps: int, averages: Dict[str,
 def train_one_epoch(model: torch.nn.Module, criterion: Criterion, loader: DataLoader,
                     optimizer: torch.optim.Optimizer, precision: Precision, scaler: Optional[torch.amp.GradScaler],
                     epoch: int, step: int, log_period: int, writer=None, progress: bool = True,
-                    epochs: int = 0) -> tuple[int, Dict[str, float]]:
+                    epochs: int = 0, processes: int = 1) -> tuple[int, Dict[str, float]]:
     """One pass over ``loader``; returns the global step and the epoch's mean losses/metrics.
     The loss is ``sum(criterion(model(batch), batch)[0].values())``. Every ``log_period``
     steps the averages go to the log (``epochs``: the run's total, for the time left),
-    TensorBoard and the progress bar."""
+    TensorBoard and the progress bar. ``processes``: the ranks sharing each step (samples/s
+    counts the global batch)."""
     model.train()
     log, epoch_log = StepLog(precision.device), StepLog(precision.device)
     started, seen, done = time.perf_counter(), 0, 0
@@ -114,7 +115,7 @@ def train_one_epoch(model: torch.nn.Module, criterion: Criterion, loader: DataLo
             optimizer.step()
         step += 1
         done += 1
-        seen += batch["pids"].shape[0]
+        seen += batch["pids"].shape[0] * processes
         log.add(step, terms, metrics)
         epoch_log.add(step, terms, metrics)
         if step % log_period == 0:
