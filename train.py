@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,36 +15,17 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from configs.defaults import Config
 from configs.errors import UserError
 from configs.loader import build_parser, parse_args
-from processor.checkpointing import prepare_run_folder
 from processor.preflight import check_device, check_run_inputs
 from processor.processor import train
-from processor.run_folder import CONFIG_FILE, plan_start
 from utils.cli import report_user_errors
-from utils.distributed import (DistInfo, broadcast_object, cleanup, elastic_job_id, init_distributed,
-                               pick_device, restart_attempt)
-from utils.io import METRICS_FILE, save_config
+from utils.distributed import cleanup, init_distributed, pick_device
+from utils.io import save_config
 from utils.logger import setup_logging
 from utils.metrics import summary_table
+from utils.run_folder import CONFIG_FILE, METRICS_FILE, plan_start, prepare_run_folder, resolve_output_dir
 from utils.reproducibility import make_deterministic
 
 logger = logging.getLogger("train")
-
-
-def resolve_output_dir(cfg: Config, info: DistInfo) -> Path:
-    """train.output_dir; else the folder being resumed; else runs/<dataset>/<time>_<name>
-    (under torchrun with the job's id appended, so that a restart finds the folder its first
-    attempt made). Rank 0 decides (the time stamp) and tells the other ranks."""
-    if cfg.train.output_dir:
-        folder = cfg.train.output_dir
-    elif cfg.train.resume:
-        resume = Path(cfg.train.resume)
-        folder = str(resume if resume.is_dir() else resume.parent)
-    else:
-        parent, job = Path("runs") / cfg.data.dataset, elastic_job_id()
-        suffix = f"_{cfg.train.name}" + (f"_{job}" if job else "")
-        earlier = sorted(parent.glob(f"*{suffix}")) if job and restart_attempt() > 0 else []
-        folder = str(earlier[-1] if earlier else parent / f"{time.strftime('%Y%m%d_%H%M%S')}{suffix}")
-    return Path(broadcast_object(folder, info))
 
 
 def report_finished(cfg: Config, output_dir: Path, epoch: int) -> None:

@@ -1,4 +1,6 @@
-"""Run checkpoints: ``last.pth`` (everything to continue identically) and ``best.pth``.
+"""What the run checkpoints hold: ``last.pth`` (everything to continue identically) and
+``best.pth`` (the best epoch's weights, metrics and config); their names and the run
+folder are ``utils.run_folder``'s.
 
 Files are written with ``utils.io.save_atomic`` (a temporary file in the same folder moved
 into place with ``os.replace``), so a crash mid-write leaves the previous checkpoint intact. They hold only
@@ -6,32 +8,13 @@ tensors and plain Python values and load with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
-from configs.errors import UserError
-from model.checkpoint import WeightsError, WeightsNotFoundError, load_matching_state_dict, load_weights_file
-
-LAST, BEST = "last.pth", "best.pth"
-
-
-class RunFolderError(UserError, RuntimeError):
-    """The run folder cannot hold the run (not writable, too little space, or already holds one)."""
-
-
-def prepare_run_folder(path: Path) -> None:
-    """Create ``path`` and prove it writable with a probe file, before anything heavy starts."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_probe"):
-            pass
-    except OSError as error:
-        raise RunFolderError(f"run folder {path} is not writable ({error.strerror or error}); "
-                             "fix its permissions or choose another train.output_dir") from None
+from model.checkpoint import WeightsError, load_matching_state_dict, load_weights_file
+from utils.run_folder import BEST, LAST
 
 
 def checkpoint_bytes_needed(model: torch.nn.Module, path: Path) -> int:
@@ -41,14 +24,6 @@ def checkpoint_bytes_needed(model: torch.nn.Module, path: Path) -> int:
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     existing = sum((path / name).stat().st_size for name in (LAST, BEST) if (path / name).is_file())
     return max(int(1.1 * weights * (3 + 3 + 1)) - existing, 0)
-
-
-def check_free_space(path: Path, needed: int) -> None:
-    free = shutil.disk_usage(path).free
-    if free < needed:
-        raise RunFolderError(f"run folder {path}: {free / 2**30:.2f} GiB free, but its checkpoints need about "
-                             f"{needed / 2**30:.2f} GiB (last.pth, its temporary copy while written, best.pth); "
-                             "free some space or choose another train.output_dir")
 
 
 def rng_state() -> Dict[str, Any]:
@@ -72,14 +47,11 @@ def training_state(model, optimizer, scheduler, scaler, epoch: int, step: int, b
             "best": best, "rng": rng_state(), "config": config, "num_classes": num_classes}
 
 
-def find_resume_file(path: str | Path) -> Path:
-    """``path`` itself, or ``path/last.pth`` for a run folder; a clear error if absent."""
-    path = Path(path)
-    candidate = path / LAST if path.is_dir() else path
-    if not candidate.is_file():
-        raise WeightsNotFoundError(f"cannot resume: {candidate} not found (give a run folder holding {LAST} "
-                                "or the checkpoint file)")
-    return candidate
+def best_state(model, epoch: int, metrics: Dict[str, float], config: Dict[str, Any],
+               num_classes: int) -> Dict[str, Any]:
+    """The content of ``best.pth``: the weights of the best epoch so far and what test.py needs."""
+    return {"model": model.state_dict(), "epoch": epoch, "metrics": metrics, "config": config,
+            "num_classes": num_classes}
 
 
 def load_training_state(path: Path) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ from configs.loader import load_config
 from model.build import model_from_checkpoint
 from model.checkpoint import WeightsNotFoundError
 from model.fmfa import FMFA
-from processor.checkpointing import BEST, LAST
+from utils.run_folder import BEST, CONFIG_FILE, LAST
 from processor.precision import Precision
 from utils.distributed import pick_device
 
@@ -30,9 +30,9 @@ def resolve_source(source: str | Path, config: Optional[str] = None, overrides: 
     """(validated config, weights file) of a run folder or a weights file."""
     source = Path(source)
     if source.is_dir():
-        saved = source / "config.yaml"
+        saved = source / CONFIG_FILE
         if not saved.is_file():
-            raise ConfigError(f"{source} is a folder without config.yaml; give a run folder or a weights file")
+            raise ConfigError(f"{source} is a folder without {CONFIG_FILE}; give a run folder or a weights file")
         cfg, weights = load_config(config or saved, overrides), source / (BEST if which == "best" else LAST)
     else:
         cfg, weights = load_config(config, overrides), source

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from configs.defaults import Config
-from configs.loader import config_differences, config_to_dict
+from configs.loader import config_to_dict
 from datasets.build import EvalLoaders, build_eval_loaders, build_train_loader, read_dataset
 from datasets.readers import log_statistics
 from model.build import build_criterion, build_model
@@ -21,11 +21,12 @@ from processor.evaluator import eval_targets, evaluate, results_table
 from processor.precision import Precision
 from processor.trainer import train_one_epoch
 from solver import build_lr_scheduler, build_optimizer
-from processor.run_folder import WHERE_KEYS, write_progress
 from utils.distributed import DistInfo, ProcessGroupCollective, barrier
-from utils.io import METRICS_FILE, append_jsonl, drop_metrics_after, save_atomic
+from utils.io import append_jsonl, drop_metrics_after, save_atomic
 from utils.memory import memory_figures
 from utils.metrics import summary_table
+from utils.run_folder import (BEST, LAST, METRICS_FILE, TENSORBOARD_DIR, check_free_space, find_resume_file,
+                              run_config_differences, write_progress)
 from utils.run_info import log_run_start
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Run:
         self.model = model
         self.criterion = build_criterion(cfg)
         if info.is_main:
-            ckpt.check_free_space(output_dir, ckpt.checkpoint_bytes_needed(model, output_dir))
+            check_free_space(output_dir, ckpt.checkpoint_bytes_needed(model, output_dir))
             log_run_start(model, info.device)
         if info.distributed and cfg.train.global_batch_losses:
             self.criterion.collective = ProcessGroupCollective()
@@ -80,10 +81,9 @@ class Run:
         self.writer: Optional[SummaryWriter] = None  # opened by train(), after a resume
 
     def resume(self, path: str | Path) -> None:
-        file = ckpt.find_resume_file(path)
+        file = find_resume_file(path)
         state = ckpt.load_training_state(file)
-        changed = [line for line in config_differences(state.get("config", {}), config_to_dict(self.cfg))
-                   if line.split(":")[0] not in WHERE_KEYS]
+        changed = run_config_differences(state.get("config", {}), self.cfg)
         if changed:
             logger.warning("resuming %s with a config that differs from the saved one:\n  %s", file,
                            "\n  ".join(changed))
@@ -103,10 +103,10 @@ class Run:
     def save(self, best_metrics: Optional[Dict[str, float]]) -> None:
         config = config_to_dict(self.cfg)
         if best_metrics is not None:
-            save_atomic({"model": self.model.state_dict(), "epoch": self.epoch, "metrics": best_metrics,
-                         "config": config, "num_classes": self.num_classes}, self.output_dir / ckpt.BEST)
+            save_atomic(ckpt.best_state(self.model, self.epoch, best_metrics, config, self.num_classes),
+                        self.output_dir / BEST)
         save_atomic(ckpt.training_state(self.model, self.optimizer, self.scheduler, self.scaler, self.epoch,
-                                        self.step, self.best, config, self.num_classes), self.output_dir / ckpt.LAST)
+                                        self.step, self.best, config, self.num_classes), self.output_dir / LAST)
         write_progress(self.output_dir, self.epoch, self.cfg.solver.epochs, self.best)
 
     def finish_epoch(self, averages: Dict[str, float]) -> None:
@@ -127,7 +127,7 @@ class Run:
     def train(self, evaluate_first: bool = False) -> Dict[str, float]:
         cfg = self.cfg
         if self.info.is_main:  # purge_step: a resumed run overwrites curves past its checkpoint
-            self.writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=self.step or None)
+            self.writer = SummaryWriter(str(self.output_dir / TENSORBOARD_DIR), purge_step=self.step or None)
         if evaluate_first and self.epoch == 0 and self.info.is_main:
             self.evaluate(0)
         barrier(self.info)
@@ -153,7 +153,7 @@ class Run:
 
     def evaluate_best_on_test(self) -> None:
         """A run selected on val: its best.pth on the test split too (rows at the best epoch)."""
-        best = load_weights_file(self.output_dir / ckpt.BEST)
+        best = load_weights_file(self.output_dir / BEST)
         self.model.load_state_dict(best["model"])
         test = build_eval_loaders(self.cfg, self.cfg.data.dataset, "test")
         logger.info("best.pth (epoch %d, selected on %s) on the test split", best["epoch"], self.cfg.eval.split)
@@ -162,7 +162,7 @@ class Run:
 
 def train(cfg: Config, info: DistInfo, output_dir: Path, resume_from: str = "") -> Dict[str, float]:
     """Build a run in ``output_dir``, resume it from ``resume_from`` when given (see
-    ``processor.run_folder.plan_start``), and train to the last epoch."""
+    ``utils.run_folder.plan_start``), and train to the last epoch."""
     run = Run(cfg, info, output_dir)
     if resume_from:
         run.resume(resume_from)

@@ -15,6 +15,7 @@ import torch
 import train as train_cli
 from conftest import ROOT, user_error
 from processor import checkpointing as ckpt
+from utils import run_folder
 from processor import processor
 from processor.trainer import StepLog
 from train_fixtures import make_fixture, read_metrics, tiny_run_args
@@ -76,7 +77,7 @@ def test_unwritable_run_folder_is_refused_before_anything_heavy(tmp_path, capsys
 def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch, capsys):
     root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 4096, 4096))
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 4096, 4096))
     assert "0.00 GiB free, but its checkpoints need about" in user_error(capsys, train_cli.main,
                                                                         tiny_run_args(root, run, 1))
     assert not (run / "last.pth").exists() and not (run / "metrics.jsonl").exists()

@@ -23,7 +23,6 @@ from configs.loader import config_yaml
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 METRICS_KEYS = ("epoch", "dataset", "split", "task", "R1")
 
 

@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from utils.run_folder import LOG_FILE
+
 FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 
-def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, file_name: str = "train.log") -> None:
+def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, file_name: str = LOG_FILE) -> None:
     """INFO to the console (rank 0) and to ``output_dir/file_name``; other ranks log
     warnings to the console and append their errors to the same file."""
     root = logging.getLogger()

@@ -23,10 +23,10 @@ import yaml
 from prettytable import PrettyTable, TableStyle
 
 from utils.io import read_metrics_rows, write_text_atomic, write_with
+from utils.run_folder import CONFIG_FILE, METRICS_FILE
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.jsonl"
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 COLUMNS = ("run", "dataset", "split", *METRICS, "epoch", "state")
 # Where a run was written (and its seed): neither a column nor a reason to keep runs apart.
