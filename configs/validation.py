@@ -20,8 +20,12 @@ DATASET_SPLITS = {
     "RSTPReid": ("train", "val", "test"),
     "Synthetic-PEDES": ("train", "val", "test"),
 }
-DATASETS = tuple(DATASET_SPLITS)
+DATASETS = tuple(DATASET_SPLITS)  # the built-in datasets
 NO_VAL = tuple(name for name, splits in DATASET_SPLITS.items() if "val" not in splits)
+# Your own data: any other NAME is the folder ROOT/NAME/ holding this file (records in the
+# common format, images under ROOT/NAME/imgs/; README "Your own data").
+CUSTOM_ANNOTATION = "annotations.json"
+
 # The losses model/loss.py composes (its registry is keyed by exactly these names).
 LOSS_NAMES = ("itc", "sdm", "a-sdm", "cmpm", "id", "mlm", "efa")
 ID_CLASSES = ("captions", "identities")
@@ -31,6 +35,27 @@ OPTIMIZERS = ("Adam", "AdamW", "SGD")
 SCHEDULERS = ("cosine", "step", "linear", "exponential", "poly")
 WARMUP_METHODS = ("linear", "constant")
 ASDM_MODES = ("cosine", "probability")
+
+
+def dataset_name_problem(name: str) -> str:
+    """Why ``name`` cannot name a dataset folder ("" when it can): one path component."""
+    if not name or name != name.strip():
+        return "empty or with surrounding spaces"
+    if name in (".", "..") or any(char in name for char in "/\\\0"):
+        return "a folder name, not a path (no '/', '\\', '.' or '..')"
+    return ""
+
+
+def dataset_problem(name: str) -> str:
+    """Why ``name`` cannot be a dataset ("" when it can): a built-in name, or your own
+    dataset's folder name under data.root. Whether that folder holds an annotation and
+    images is checked when a run starts (processor.preflight) and when the data is read,
+    not here: a saved config stays loadable where its data is not."""
+    problem = "" if name in DATASET_SPLITS else dataset_name_problem(name)
+    if not problem:
+        return ""
+    return (f"one of {', '.join(DATASETS)}, or your own dataset: the name of a folder under data.root holding "
+            f"{CUSTOM_ANNOTATION} and imgs/; {problem}")
 
 
 def validate(cfg: Config) -> None:
@@ -79,7 +104,8 @@ def validate(cfg: Config) -> None:
     need(cfg.efa.block_elems >= 1, "efa.block_elems", cfg.efa.block_elems, ">= 1")
 
     # data
-    choice("data.dataset", d.dataset, DATASETS)
+    problem = dataset_problem(d.dataset)
+    need(not problem, "data.dataset", d.dataset, problem)
     choice("data.train_split", d.train_split, SPLITS)
     need(d.batch_size >= 1, "data.batch_size", d.batch_size, ">= 1")
     choice("data.sampler", d.sampler, SAMPLERS)
@@ -120,7 +146,8 @@ def validate(cfg: Config) -> None:
     # eval
     choice("eval.split", e.split, SPLITS)
     for name in e.cross_domain:
-        choice("eval.cross_domain", name, DATASETS)
+        problem = dataset_problem(name)
+        need(not problem, "eval.cross_domain", name, problem)
     if d.dataset in NO_VAL:
         for key, split in (("eval.split", e.split), ("data.train_split", d.train_split)):
             need(split != "val", key, split, f"train or test ({d.dataset} has no val split)")

@@ -1,24 +1,28 @@
-"""Annotation readers for CUHK-PEDES, ICFG-PEDES, RSTPReid and the synthetic set (docs/method.md, "Data").
+"""Annotation readers for CUHK-PEDES, ICFG-PEDES, RSTPReid, the synthetic set (docs/method.md,
+"Data") and your own data (README, "Your own data").
 
-All four share one record format, ``{"id": int, <image key>: str, "captions": [str, ...],
+All share one record format, ``{"id": int, <image key>: str, "captions": [str, ...],
 "split": str}``, and differ in folder, annotation file name, image key and splits, so one
-reader driven by a :class:`DatasetLayout` serves them all. A split can be viewed as
-training pairs (one per caption, identities remapped to 0..N-1) or as an evaluation set
-(one gallery entry per image, one query per caption), whichever split it is, so a model
-trained on one dataset can be evaluated on any split of another.
+reader driven by a :class:`DatasetLayout` serves them all. Any name other than the four
+built-in ones is your own dataset: ``ROOT/NAME/annotations.json`` with either image key
+(``file_path`` or ``img_path``, relative to ``ROOT/NAME/imgs/``) and ``split`` optional
+(a record without one is a test record, so a set without splits is evaluation-only).
+A split can be viewed as training pairs (one per caption, identities remapped to 0..N-1)
+or as an evaluation set (one gallery entry per image, one query per caption), whichever
+split it is, so a model trained on one dataset can be evaluated on any split of another.
 """
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from prettytable import PrettyTable
 
 from configs.errors import UserError
-from configs.validation import DATASET_SPLITS
+from configs.validation import CUSTOM_ANNOTATION, DATASET_SPLITS, SPLITS, dataset_name_problem
 
 logger = logging.getLogger(__name__)
 
@@ -27,15 +31,25 @@ class DataError(UserError, ValueError):
     """A dataset file or record is missing or malformed; the message names it."""
 
 
+CUSTOM_IMAGE_KEYS = ("file_path", "img_path")  # your own data may use either key
+DEFAULT_SPLIT = "test"  # the split of a record of your own data that names none
+
+
 @dataclass(frozen=True)
 class DatasetLayout:
     name: str
     annotation_files: Tuple[str, ...]  # accepted names, first found wins
     image_key: str
     splits: Tuple[str, ...]
+    custom: bool = False  # your own data: either image key, "split" optional (absent = test)
 
     def describe(self, root: Path) -> str:
         folder = root / self.name
+        if self.custom:
+            return (f"{folder}/{self.annotation_files[0]} (a JSON list of records "
+                    f'{{"id": int, "file_path" | "img_path": str, "captions": [str, ...], "split": '
+                    f"{'|'.join(self.splits)} (optional; absent = {DEFAULT_SPLIT})}}) and the images under "
+                    f"{folder}/imgs/, the records' paths relative to it")
         return (f"{folder}/{self.annotation_files[0]} (a JSON list of records "
                 f'{{"id": int, "{self.image_key}": str, "captions": [str, ...], "split": '
                 f"{'|'.join(self.splits)}}}) and the images under {folder}/imgs/")
@@ -63,9 +77,14 @@ class Record:
 
 
 def get_layout(name: str) -> DatasetLayout:
-    if name not in LAYOUTS:
-        raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(LAYOUTS)}")
-    return LAYOUTS[name]
+    """A built-in dataset's layout, or that of your own dataset folder ``name``."""
+    if name in LAYOUTS:
+        return LAYOUTS[name]
+    problem = dataset_name_problem(name)
+    if problem:
+        raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(LAYOUTS)}, or the name of "
+                        f"your own dataset's folder ({problem})")
+    return DatasetLayout(name, (CUSTOM_ANNOTATION,), CUSTOM_IMAGE_KEYS[0], SPLITS, custom=True)
 
 
 # Where each dataset comes from (the authors' README points to the same places).
@@ -79,12 +98,18 @@ SOURCES = {
 
 
 def _where_from(root: Path, layout: DatasetLayout) -> str:
+    if layout.custom:
+        return (f"expected {layout.describe(root)}; `python -m datasets.make_annotations CSV --root {root} "
+                f"--name {layout.name}` writes it from a CSV of image,caption,id[,split] (README \"Your own data\")")
     return (f"expected {layout.describe(root)}; set data.root to the folder holding {layout.name}/ "
             f"(obtain it from {SOURCES[layout.name]})")
 
 
 def find_annotation_file(root: Path, layout: DatasetLayout) -> Path:
     folder = root / layout.name
+    if not folder.is_dir() and layout.custom:
+        raise DataError(f"unknown dataset {layout.name!r}; expected one of {', '.join(LAYOUTS)}, or your own "
+                        f"dataset: {folder} not found; {_where_from(root, layout)}")
     if not folder.is_dir():
         raise DataError(f"dataset folder {folder} not found; {_where_from(root, layout)}")
     for file_name in layout.annotation_files:
@@ -126,22 +151,43 @@ def _text_problem(text: str) -> str:
     return "is empty" if not text.strip() else ""
 
 
+def image_key_of(record: dict, layout: DatasetLayout) -> str:
+    """The record's image key: the layout's, or for your own data whichever of file_path /
+    img_path the record has (``file_path`` when it has neither, to be reported missing)."""
+    if layout.custom:
+        return next((key for key in CUSTOM_IMAGE_KEYS if key in record), CUSTOM_IMAGE_KEYS[0])
+    return layout.image_key
+
+
+def split_of(record: dict) -> str:
+    """The record's split; a record of your own data without one is a test record."""
+    return record.get("split", DEFAULT_SPLIT)
+
+
 def record_problems(index: int, record, layout: DatasetLayout) -> List[str]:
     """Every problem of one raw record, each naming its index and key (empty when valid)."""
     where = f"record {index}"
     if not isinstance(record, dict):
         return [f"{where}: expected an object, got {type(record).__name__}"]
     problems = []
-    expected = {"id": int, layout.image_key: str, "captions": list, "split": str}
+    image_key = image_key_of(record, layout)
+    expected = {"id": int, image_key: str, "captions": list, "split": str}
     for key, kind in expected.items():
         if key not in record:
-            problems.append(f"{where}: missing key {key!r}")
+            if key == "split" and layout.custom:
+                continue  # your own data: no split = test
+            named = f"{key!r} (or 'img_path')" if layout.custom and key == image_key else repr(key)
+            problems.append(f"{where}: missing key {named}")
         elif not isinstance(record[key], kind) or isinstance(record[key], bool):
             problems.append(f"{where}: key {key!r} should be {kind.__name__}, got {type(record[key]).__name__}")
+    if layout.custom and all(key in record for key in CUSTOM_IMAGE_KEYS):
+        problems.append(f"{where}: has both 'file_path' and 'img_path'; expected one image key")
     if problems:
         return problems
-    if record["split"] not in layout.splits:
-        problems.append(f"{where}: key 'split' is {record['split']!r}; expected one of {', '.join(layout.splits)}")
+    if split_of(record) not in layout.splits:
+        absent = f" (or no 'split': {DEFAULT_SPLIT})" if layout.custom else ""
+        problems.append(f"{where}: key 'split' is {record['split']!r}; expected one of "
+                        f"{', '.join(layout.splits)}{absent}")
     if not record["captions"]:
         problems.append(f"{where}: key 'captions' is an empty list")
     for position, caption in enumerate(record["captions"]):
@@ -149,9 +195,9 @@ def record_problems(index: int, record, layout: DatasetLayout) -> List[str]:
             problems.append(f"{where}: captions[{position}] should be str, got {type(caption).__name__}")
         elif _text_problem(caption):
             problems.append(f"{where}: captions[{position}] {_text_problem(caption)}")
-    image = record[layout.image_key]
+    image = record[image_key]
     if _text_problem(image) or "\0" in image:
-        problems.append(f"{where}: key {layout.image_key!r} {_text_problem(image) or 'holds a NUL character'}")
+        problems.append(f"{where}: key {image_key!r} {_text_problem(image) or 'holds a NUL character'}")
     return problems
 
 
@@ -165,7 +211,7 @@ def parse_records(raw, layout: DatasetLayout, source: Path) -> List[Record]:
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise DataError(f"{source}: {len(problems)} invalid record field(s):\n  {shown}{more}")
     images = source.parent / "imgs"
-    return [Record(r["id"], images / r[layout.image_key], tuple(r["captions"]), r["split"]) for r in raw]
+    return [Record(r["id"], images / r[image_key_of(r, layout)], tuple(r["captions"]), split_of(r)) for r in raw]
 
 
 @dataclass
@@ -196,16 +242,33 @@ class RetrievalDataset:
         self.name = name
         self.annotation_file = find_annotation_file(self.root, self.layout)
         self.records = parse_records(load_json(self.annotation_file), self.layout, self.annotation_file)
+        if self.layout.custom:  # your own data has the splits its records name
+            present = tuple(split for split in SPLITS if any(record.split == split for record in self.records))
+            self.layout = replace(self.layout, splits=present)
+
+    @property
+    def splits(self) -> Tuple[str, ...]:
+        """The splits: a built-in dataset's; for your own data, those its records name."""
+        return self.layout.splits
 
     def split_records(self, split: str) -> List[Record]:
         if split not in self.layout.splits:
-            raise DataError(f"{self.name} has no {split!r} split; its splits are {', '.join(self.layout.splits)}")
+            note = f" (a record without 'split' is a {DEFAULT_SPLIT} record)" if self.layout.custom else ""
+            raise DataError(f"{self.name} has no {split!r} split; its splits are "
+                            f"{', '.join(self.layout.splits) or 'none (no records)'}{note}")
         records = [record for record in self.records if record.split == split]
         if not records:
             raise DataError(f"{self.annotation_file}: no record has split {split!r}")
         return records
 
     def train_pairs(self, split: str = "train") -> TrainPairs:
+        if self.layout.custom and split not in self.splits:
+            make = f"python -m datasets.make_annotations CSV --root {self.root} --name {self.name} --split 0.8 0.1 0.1"
+            raise DataError(
+                f"{self.annotation_file}: no record has split {split!r}, so {self.name} cannot be trained on "
+                f"(data.train_split={split}); its records' splits are {', '.join(self.splits) or 'none'} (a record "
+                f"without 'split' is a {DEFAULT_SPLIT} record). Give the training records \"split\": \"{split}\" "
+                f"(e.g. `{make}`), or only evaluate it: `python test.py WEIGHTS data.dataset={self.name}`")
         records = self.split_records(split)
         remap = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
         pairs = TrainPairs([], [], [], [], len(remap))
@@ -225,7 +288,7 @@ class RetrievalDataset:
 
     def statistics(self) -> PrettyTable:
         table = PrettyTable(["split", "ids", "images", "captions"], title=self.name)
-        for split in self.layout.splits:
+        for split in self.splits:
             records = [r for r in self.records if r.split == split]
             table.add_row([split, len({r.pid for r in records}), len(records),
                            sum(len(r.captions) for r in records)])

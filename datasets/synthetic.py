@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import shutil
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +35,8 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
+from datasets.readers import DataError
+from utils.cli import report_user_errors
 from utils.io import write_text_atomic
 from .synthetic_draw import PALETTE, SKIN_RGB, Identity, render
 
@@ -242,11 +245,11 @@ def generate(root: PathLike, num_train_ids: int = 500, num_val_ids: int = 100, n
     low, high = (int(v) for v in images_per_id)
     height, width = (int(v) for v in image_size)
     if min(num_train_ids, num_val_ids, num_test_ids) < 0 or num_train_ids < 1:
-        raise ValueError("identity counts must be >= 0, with at least one training identity")
+        raise DataError("identity counts must be >= 0, with at least one training identity")
     if not 1 <= low <= high:
-        raise ValueError(f"images_per_id must be (min, max) with 1 <= min <= max, got {images_per_id}")
+        raise DataError(f"images_per_id must be (min, max) with 1 <= min <= max, got {images_per_id}")
     if width < 8 or height != 3 * width:
-        raise ValueError(f"image_size must be (height, width) with height = 3 x width >= 24, got {image_size}")
+        raise DataError(f"image_size must be (height, width) with height = 3 x width >= 24, got {image_size}")
     params = {"num_train_ids": int(num_train_ids), "num_val_ids": int(num_val_ids), "num_test_ids": int(num_test_ids),
               "images_per_id": [low, high], "image_size": [height, width], "seed": int(seed)}
     meta = {"generator_version": GENERATOR_VERSION, "params": params}
@@ -275,7 +278,8 @@ def generate(root: PathLike, num_train_ids: int = 500, num_val_ids: int = 100, n
     return folder
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Path:
+def parse_and_generate(argv: Optional[Sequence[str]] = None) -> Path:
+    """The command line's dataset: generated (or found complete) under --root."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="data", help="the dataset goes to ROOT/Synthetic-PEDES")
     parser.add_argument("--train-ids", type=int, default=500)
@@ -291,5 +295,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                     tuple(args.image_size), args.seed, args.workers)
 
 
+@report_user_errors
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parse_and_generate(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

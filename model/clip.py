@@ -1,9 +1,16 @@
 """CLIP dual encoder through open_clip, with the reference's token outputs and loading.
 
-The backbone is open_clip's OpenAI-compatible ``CLIP`` (QuickGELU, OpenAI key names),
-built at a non-square input (384 x 128 for person images). Weights come from a local
-OpenAI TorchScript archive, an OpenAI-format state dict, an open_clip checkpoint, an
-open_clip pretrained tag (``open_clip:ViT-B-16/openai``; downloads), or ``none``.
+The backbone is open_clip's OpenAI-compatible ``CLIP`` (OpenAI key names), built at a
+non-square input (384 x 128 for person images). Weights come from a local OpenAI
+TorchScript archive, an OpenAI-format state dict, an open_clip checkpoint, an open_clip
+pretrained tag (``open_clip:ViT-B-16/openai``; downloads), ``open_clip:MODEL/FILE`` (a local
+file of open_clip model MODEL), or ``none``.
+
+The MLP activation is the one the weights were trained with (:mod:`model.open_clip_config`):
+QuickGELU for OpenAI's weights and random init (the paper), plain GELU where open_clip's
+tag config, model config or an ``open_clip_config.json`` beside the file says so (LAION,
+DataComp). A model built with GELU carries a ``plain_gelu`` buffer, so its checkpoints say
+so themselves; a bare state dict that says nothing is taken as OpenAI's (with a warning).
 """
 from __future__ import annotations
 
@@ -11,20 +18,22 @@ import logging
 import os
 import warnings
 import zipfile
-from dataclasses import dataclass
-from typing import Dict, Tuple
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Dict, Tuple
 
 import open_clip
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg, resize_pos_embed
 
 from .checkpoint import WeightsError, WeightsNotFoundError, load_weights_file, unwrap_state_dict
+from .open_clip_config import OpenClipSpec, size_mismatches, spec_beside, spec_for_tag
 
 logger = logging.getLogger(__name__)
 
 HEAD_WIDTH = 64  # OpenAI CLIP: attention heads = width // 64 in both towers
 OPEN_CLIP_TAG_PREFIX = "open_clip:"
 NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "logit_scale", "attn_mask")
+GELU_MARKER = "plain_gelu"  # buffer (and state-dict key) of a backbone built with plain GELU
 
 
 @dataclass(frozen=True)
@@ -39,10 +48,24 @@ class ClipArch:
     text_layers: int = 12
     context_length: int = 77
     vocab_size: int = 49408
+    quick_gelu: ClassVar[bool] = True  # OpenAI's activation; GeluClipArch: plain GELU
+
+
+@dataclass(frozen=True)
+class GeluClipArch(ClipArch):
+    """The same sizes with plain GELU (open_clip's LAION / DataComp weights)."""
+
+    quick_gelu: ClassVar[bool] = False
+
+
+def with_activation(arch: ClipArch, quick_gelu: bool) -> ClipArch:
+    """``arch``'s sizes with QuickGELU (:class:`ClipArch`) or plain GELU (:class:`GeluClipArch`)."""
+    return (ClipArch if quick_gelu else GeluClipArch)(**asdict(arch))
 
 
 def build_clip(arch: ClipArch, image_size: Tuple[int, int]) -> open_clip.model.CLIP:
-    """A randomly initialised open_clip CLIP of ``arch`` at ``image_size`` (H, W).
+    """A randomly initialised open_clip CLIP of ``arch`` at ``image_size`` (H, W), with
+    ``arch``'s activation (a GELU one carries the ``plain_gelu`` marker buffer).
 
     Image tokens come out of the vision tower (``output_tokens``); the learnable logit
     scale is removed because FMFA's temperature is fixed.
@@ -55,8 +78,10 @@ def build_clip(arch: ClipArch, image_size: Tuple[int, int]) -> open_clip.model.C
                            patch_size=arch.patch_size, image_size=(height, width), output_tokens=True)
     text = CLIPTextCfg(context_length=arch.context_length, vocab_size=arch.vocab_size,
                        width=arch.text_width, heads=arch.text_width // HEAD_WIDTH, layers=arch.text_layers)
-    clip = open_clip.model.CLIP(arch.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+    clip = open_clip.model.CLIP(arch.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=arch.quick_gelu)
     del clip.logit_scale
+    if not arch.quick_gelu:
+        clip.register_buffer(GELU_MARKER, torch.ones(()))
     return clip
 
 
@@ -65,9 +90,10 @@ def _count_blocks(state_dict: Dict[str, torch.Tensor], prefix: str) -> int:
 
 
 def arch_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> ClipArch:
-    """Read the sizes of an OpenAI-format ViT CLIP state dict (unprefixed keys)."""
+    """Read the sizes of an OpenAI-format ViT CLIP state dict (unprefixed keys), and its
+    activation: plain GELU where it carries the ``plain_gelu`` marker, else QuickGELU."""
     conv = state_dict["visual.conv1.weight"]
-    return ClipArch(
+    return with_activation(ClipArch(
         embed_dim=state_dict["text_projection"].shape[1],
         vision_width=conv.shape[0],
         vision_layers=_count_blocks(state_dict, "visual.transformer.resblocks."),
@@ -76,7 +102,7 @@ def arch_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> ClipArch:
         text_layers=_count_blocks(state_dict, "transformer.resblocks."),
         context_length=state_dict["positional_embedding"].shape[0],
         vocab_size=state_dict["token_embedding.weight"].shape[0],
-    )
+    ), quick_gelu=GELU_MARKER not in state_dict)
 
 
 def is_torchscript_archive(path: str) -> bool:
@@ -96,46 +122,89 @@ CLIP_WEIGHTS_HELP = (
 
 def check_pretrain(pretrain: str, key: str = "model.pretrain") -> None:
     """Fail early, before any data is read, when ``pretrain`` cannot be what it names: a
-    missing or empty file, or an open_clip model/tag open_clip does not know."""
+    missing or empty file, an open_clip model/tag open_clip does not know, or open_clip
+    weights of an architecture this backbone does not build (all without downloading)."""
     if pretrain == "none":
         return
     if pretrain.startswith(OPEN_CLIP_TAG_PREFIX):
-        name, _, tag = pretrain[len(OPEN_CLIP_TAG_PREFIX):].partition("/")
-        known = name in open_clip.list_models() and (tag or "openai") in open_clip.list_pretrained_tags_by_model(name)
-        if not known:
-            raise WeightsNotFoundError(f"{key}={pretrain!r}: open_clip has no model {name!r} with weights "
-                                       f"{tag or 'openai'!r} (see open_clip.list_pretrained()). {CLIP_WEIGHTS_HELP}")
+        try:
+            spec_for_tag(*split_open_clip_tag(pretrain), f"{key}={pretrain!r}")
+        except WeightsNotFoundError as error:
+            raise WeightsNotFoundError(f"{error}. {CLIP_WEIGHTS_HELP}") from None
         return
     if not os.path.isfile(pretrain):
         raise WeightsNotFoundError(f"{key}={pretrain!r}: file not found. {CLIP_WEIGHTS_HELP}")
     if os.path.getsize(pretrain) == 0:
         raise WeightsError(f"{key}={pretrain!r}: the file is empty (an interrupted download?). {CLIP_WEIGHTS_HELP}")
+    spec_beside(pretrain)
 
 
-def _open_clip_tag_state_dict(tag: str) -> Dict[str, torch.Tensor]:
+def split_open_clip_tag(source: str) -> Tuple[str, str]:
+    """``open_clip:MODEL/TAG`` -> (MODEL, TAG); TAG defaults to 'openai' and may be a file path."""
+    model_name, _, tag = source[len(OPEN_CLIP_TAG_PREFIX):].partition("/")
+    return model_name, tag or "openai"
+
+
+def _open_clip_tag_state_dict(source: str) -> Dict[str, torch.Tensor]:
     """Download (network needed) and return the state dict of ``open_clip:MODEL/TAG``."""
-    model_name, _, pretrained = tag[len(OPEN_CLIP_TAG_PREFIX):].partition("/")
-    model = open_clip.create_model(model_name, pretrained=pretrained or "openai")
-    return model.state_dict()
+    model_name, pretrained = split_open_clip_tag(source)
+    try:
+        return open_clip.create_model(model_name, pretrained=pretrained).state_dict()
+    except RuntimeError as error:  # open_clip's answer to a failed download
+        raise WeightsNotFoundError(
+            f"{source}: open_clip could not get the weights ({str(error).splitlines()[0][:300]}). Where the network "
+            f"is reachable open_clip downloads and caches them; or copy the file here and set "
+            f"model.pretrain={OPEN_CLIP_TAG_PREFIX}{model_name}/PATH_TO_FILE") from None
+
+
+def _read_weights_file(path: str) -> Dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise WeightsNotFoundError(f"CLIP weights not found: {path!r}. {CLIP_WEIGHTS_HELP}")
+    if is_torchscript_archive(path):
+        with warnings.catch_warnings():  # torch deprecates jit.load; OpenAI's release needs it
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(path, map_location="cpu").state_dict()
+    return unwrap_state_dict(load_weights_file(path), path)
 
 
 def read_clip_state_dict(source: str) -> Dict[str, torch.Tensor]:
     """OpenAI-format CLIP weights from a file or an open_clip tag, float32, no prefixes.
 
     Accepts an OpenAI TorchScript archive (``torch.jit.load``), a state dict, or a
-    checkpoint wrapping one under ``state_dict`` / ``model`` (``module.`` stripped).
+    checkpoint wrapping one under ``state_dict`` / ``model`` (``module.`` stripped);
+    ``open_clip:MODEL/TAG`` downloads TAG, ``open_clip:MODEL/FILE`` reads FILE.
     """
     if source.startswith(OPEN_CLIP_TAG_PREFIX):
-        state_dict = _open_clip_tag_state_dict(source)
-    elif not os.path.isfile(source):
-        raise WeightsNotFoundError(f"CLIP weights not found: {source!r}. {CLIP_WEIGHTS_HELP}")
-    elif is_torchscript_archive(source):
-        with warnings.catch_warnings():  # torch deprecates jit.load; OpenAI's release needs it
-            warnings.simplefilter("ignore", FutureWarning)
-            state_dict = torch.jit.load(source, map_location="cpu").state_dict()
+        tag = split_open_clip_tag(source)[1]
+        state_dict = _read_weights_file(tag) if os.path.isfile(tag) else _open_clip_tag_state_dict(source)
     else:
-        state_dict = unwrap_state_dict(load_weights_file(source), source)
+        state_dict = _read_weights_file(source)
     return clean_clip_state_dict(state_dict, source)
+
+
+def _checked(spec: OpenClipSpec, arch: ClipArch, source: str) -> OpenClipSpec:
+    mismatches = size_mismatches(spec.model_cfg, asdict(arch))
+    if mismatches:
+        raise WeightsError(f"{source}: the weights do not match {spec.origin}: {', '.join(mismatches)}")
+    return spec
+
+
+def weights_activation(source: str, state_dict: Dict[str, torch.Tensor], arch: ClipArch) -> Tuple[bool, str]:
+    """(QuickGELU?, what said so) for the weights ``state_dict`` read from ``source``."""
+    if source.startswith(OPEN_CLIP_TAG_PREFIX):
+        spec = _checked(spec_for_tag(*split_open_clip_tag(source), source), arch, source)
+        return spec.quick_gelu, spec.origin
+    if GELU_MARKER in state_dict:
+        return False, f"the weights' {GELU_MARKER} marker"
+    if os.path.isfile(source) and is_torchscript_archive(source):
+        return True, "OpenAI's TorchScript archive"
+    spec = spec_beside(source) if os.path.isfile(source) else None
+    if spec is not None:
+        return _checked(spec, arch, source).quick_gelu, spec.origin
+    logger.warning("%s does not say which activation its weights were trained with: QuickGELU assumed (OpenAI's "
+                   "CLIP). For open_clip weights trained with GELU (LAION, DataComp) set model.pretrain="
+                   "open_clip:MODEL/%s or put open_clip's open_clip_config.json beside the file", source, source)
+    return True, "assumed (OpenAI's CLIP)"
 
 
 def clean_clip_state_dict(state_dict: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
@@ -168,14 +237,21 @@ def fit_position_embedding(state_dict: Dict[str, torch.Tensor], clip: open_clip.
 
 
 def clip_from_state_dict(state_dict: Dict[str, torch.Tensor], image_size: Tuple[int, int], source: str):
-    """Build the CLIP that ``state_dict`` describes at ``image_size`` and load it: (clip, arch)."""
+    """Build the CLIP that ``state_dict`` describes, with the activation ``source`` says its
+    weights were trained with (:func:`weights_activation`), at ``image_size`` and load it:
+    (clip, arch)."""
     arch = arch_from_state_dict(state_dict)
+    quick_gelu, origin = weights_activation(source, state_dict, arch)
+    arch = with_activation(arch, quick_gelu)
     clip = build_clip(arch, image_size)
-    missing, unexpected = clip.load_state_dict(fit_position_embedding(state_dict, clip, source), strict=False)
+    weights = {key: value for key, value in state_dict.items() if key != GELU_MARKER}
+    missing, unexpected = clip.load_state_dict(fit_position_embedding(weights, clip, source), strict=False)
+    missing = [key for key in missing if key != GELU_MARKER]
     if missing or unexpected:
         raise WeightsError(f"{source}: CLIP weights do not fit the architecture read from them; "
                          f"missing {missing[:8]}, unexpected {unexpected[:8]}")
-    logger.info("Loaded CLIP weights from %s (%s)", source, arch)
+    logger.info("Loaded CLIP weights from %s (%s; %s: %s)", source, arch, "QuickGELU" if quick_gelu else "GELU",
+                origin)
     return clip, arch
 
 

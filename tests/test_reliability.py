@@ -199,13 +199,13 @@ def test_the_tensor_count_sees_a_leak(tmp_path, monkeypatch):
 
 def test_bad_config_values_stop_train_py_before_anything_is_created(tmp_path, capsys):
     run = tmp_path / "run"
-    bad = ["data.batch_size=0", "solver.lr=-1e-5", "loss.names=a-sdm+foo", "data.dataset=Market-1501",
+    bad = ["data.batch_size=0", "solver.lr=-1e-5", "loss.names=a-sdm+foo", "data.dataset=Market/1501",
            "model.image_size=[36,16]"]
     with pytest.raises(SystemExit) as caught:
         train_cli.main(tiny_run_args(tmp_path / "data", run, 1, *bad))
     assert caught.value.code == 2
     message = capsys.readouterr().err
-    for key in ("data.batch_size=0", "solver.lr=-1e-05", "loss.names", "foo", "data.dataset='Market-1501'",
+    for key in ("data.batch_size=0", "solver.lr=-1e-05", "loss.names", "foo", "data.dataset='Market/1501'",
                 "CUHK-PEDES, ICFG-PEDES, RSTPReid", "model.image_size", "multiples of model.patch_size=8"):
         assert key in message, key
     assert not run.exists()
@@ -227,6 +227,8 @@ def test_a_metrics_line_cut_by_a_crash_is_dropped_on_resume(tmp_path):
     ("data.root={tmp}/nodata", ["dataset folder {tmp}/nodata/CUHK-PEDES not found", "set data.root",
                                 "ShuangLI59/Person-Search-with-Natural-Language-Description"]),
     ("eval.cross_domain=[RSTPReid]", ["RSTPReid not found", "NjtechCVLab"]),
+    ("data.dataset=Market-1501", ["unknown dataset 'Market-1501'", "{tmp}/data/Market-1501/annotations.json",
+                                  "datasets.make_annotations"]),
     ("model.init_from={tmp}/ham.pth", ["model.init_from=", "ham.pth", "not found"]),
 ])
 def test_a_failed_start_names_the_key_and_leaves_no_folder(tmp_path, capsys, override, expected):
