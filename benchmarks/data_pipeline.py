@@ -2,22 +2,19 @@
 resize, flip/pad/crop/erasing augmentation, MLM masking, collation) for several worker
 counts, on synthetic JPEGs written at 384 x 128.
 
-    python benchmarks/data_pipeline.py [--workers 0 1 2] [--batches 30]
+    python -m benchmarks.data_pipeline [--workers 0 1 2] [--batches 30]
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configs.defaults import Config, DataConfig, ModelConfig  # noqa: E402
-from datasets.build import build_train_loader, read_dataset  # noqa: E402
-from datasets.synthetic import generate  # noqa: E402
+from configs.defaults import Config, DataConfig, ModelConfig
+from datasets.build import build_train_loader, read_dataset
+from datasets.synthetic import generate
 
 
 def measure(cfg: Config, batches: int) -> float:

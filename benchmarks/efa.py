@@ -7,7 +7,7 @@ in its own process so that its peak resident memory can be read; the figure repo
 is the peak during the first timed call minus the resident memory just before it
 (after a small warm-up call); the time is the median over the repeats.
 
-    python benchmarks/efa.py [--batch 64] [--repeats 3] [--threads N]
+    python -m benchmarks.efa [--batch 64] [--repeats 3] [--threads N]
 """
 from __future__ import annotations
 
@@ -16,15 +16,13 @@ import multiprocessing as mp
 import os
 import resource
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from model.objectives import efa_loss, language_grouped_vision  # noqa: E402
+from model.objectives import efa_loss, language_grouped_vision
 
 
 def broadcast_efa(text_tokens: torch.Tensor, image_tokens: torch.Tensor, text_margin: float = 0.1,

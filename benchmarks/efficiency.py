@@ -6,27 +6,24 @@ GFLOPs are counted with ``torch.utils.flop_counter`` (one item: a 77-token capti
 384 x 128 image); times are the median per item over ``--repeats`` runs at batch 1 and at
 ``--batch`` on this machine's device. Ranking costs one D-dim dot product per pair.
 
-    python benchmarks/efficiency.py [--preset paper|tiny] [--batch 64] [--repeats 3]
+    python -m benchmarks.efficiency [--preset paper|tiny] [--batch 64] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from prettytable import PrettyTable  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+from prettytable import PrettyTable
+from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.presets import cuhk_id_outputs, preset_config, random_batch, synchronize  # noqa: E402
-from model.build import build_model  # noqa: E402
-from model.fmfa import FMFA  # noqa: E402
+from benchmarks.presets import cuhk_id_outputs, preset_config, random_batch, synchronize
+from model.build import build_model
+from model.fmfa import FMFA
 
 TRAINING_ONLY = ("classifier", "cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post",
                  "mlm_head")

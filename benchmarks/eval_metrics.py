@@ -10,25 +10,22 @@ full argsort of the whole matrix, the match matrix, then one query at a time in 
 Times are medians over --repeats after one warm-up call; both run in the same process.
 The "sort" column is the baseline's argsort alone, for reference.
 
-    python benchmarks/eval_metrics.py [--queries 6156] [--gallery 3074] [--ids 1000]
+    python -m benchmarks.eval_metrics [--queries 6156] [--gallery 3074] [--ids 1000]
                                       [--device cpu] [--repeats 5] [--threads N] [--chunk-size 256]
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 from typing import Callable
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from utils.metrics import rank  # noqa: E402
+from utils.metrics import rank
 
 Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -6,30 +6,27 @@ batches; ``--jpeg`` also times the real evaluation loaders on synthetic JPEGs at
 preset's image size. Paper preset (ViT-B/16, 384 x 128) on a GPU; tiny on a CPU, where
 ``--images/--captions`` default to a tenth of the split.
 
-    python benchmarks/eval_speed.py [--mode amp_bf16] [--jpeg --workers 8]
+    python -m benchmarks.eval_speed [--mode amp_bf16] [--jpeg --workers 8]
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from benchmarks.presets import (CUHK_TEST_CAPTIONS, CUHK_TEST_IMAGES, cuhk_id_outputs, preset_config,  # noqa: E402
+from benchmarks.presets import (CUHK_TEST_CAPTIONS, CUHK_TEST_IMAGES, cuhk_id_outputs, preset_config,
                                 random_captions, synchronize)
-from datasets.build import EvalLoaders, build_eval_loaders, read_dataset  # noqa: E402
-from datasets.synthetic import generate  # noqa: E402
-from model.build import build_model  # noqa: E402
-from processor.evaluator import extract_features, retrieval_metrics  # noqa: E402
-from processor.precision import PRECISIONS, Precision  # noqa: E402
+from datasets.build import EvalLoaders, build_eval_loaders, read_dataset
+from datasets.synthetic import generate
+from model.build import build_model
+from processor.evaluator import extract_features, retrieval_metrics
+from processor.precision import PRECISIONS, Precision
 
 
 def tensor_loaders(cfg, images: int, captions: int, device: torch.device) -> EvalLoaders:

@@ -48,11 +48,11 @@ section() {
     printf '```\n'
 } > "$report"
 
-section "Training step, pure_fp16" "$py" benchmarks/train_step.py --modes pure_fp16 "${step_args[@]}"
+section "Training step, pure_fp16" "$py" -m benchmarks.train_step --modes pure_fp16 "${step_args[@]}"
 section "Training step, pure_fp16 + grad checkpointing" \
-    "$py" benchmarks/train_step.py --modes pure_fp16 --grad-checkpointing "${step_args[@]}"
-section "Evaluation, amp_bf16" "$py" benchmarks/eval_speed.py --mode amp_bf16 "${eval_args[@]}"
-section "Evaluation, pure_fp16" "$py" benchmarks/eval_speed.py --mode pure_fp16 "${eval_args[@]}"
+    "$py" -m benchmarks.train_step --modes pure_fp16 --grad-checkpointing "${step_args[@]}"
+section "Evaluation, amp_bf16" "$py" -m benchmarks.eval_speed --mode amp_bf16 "${eval_args[@]}"
+section "Evaluation, pure_fp16" "$py" -m benchmarks.eval_speed --mode pure_fp16 "${eval_args[@]}"
 
 if [ "$gpus" -ge 2 ]; then
     data=$(mktemp -d)

@@ -16,9 +16,9 @@ peak of the timed steps (CPU: resident set, the kernel's VmHWM; CUDA: max alloca
 the memory held before them (weights, gradients, Adam moments, the batch); the per-sample
 figure is that divided by the batch. docs/memory.md has the figures.
 
-    python benchmarks/train_step.py                      # paper preset on a GPU, tiny on a CPU
-    python benchmarks/train_step.py --modes amp_bf16 --pipeline --workers 8
-    python benchmarks/train_step.py --memory --preset paper --batch 16 --warmup 1 --steps 2
+    python -m benchmarks.train_step                      # paper preset on a GPU, tiny on a CPU
+    python -m benchmarks.train_step --modes amp_bf16 --pipeline --workers 8
+    python -m benchmarks.train_step --memory --preset paper --batch 16 --warmup 1 --steps 2
 """
 from __future__ import annotations
 
@@ -39,21 +39,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from prettytable import PrettyTable  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+from prettytable import PrettyTable
+from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.presets import (CUHK_TRAIN_PAIRS, cuhk_id_outputs, preset_config, random_batch,  # noqa: E402
+from benchmarks.presets import (CUHK_TRAIN_PAIRS, cuhk_id_outputs, preset_config, random_batch,
                                 synchronize)
-from configs.defaults import Config  # noqa: E402
-from datasets.build import build_train_loader, read_dataset  # noqa: E402
-from datasets.synthetic import generate  # noqa: E402
-from model.build import build_criterion, build_model  # noqa: E402
-from processor.precision import PRECISIONS, Precision  # noqa: E402
-from processor.trainer import train_one_epoch  # noqa: E402
-from solver import build_optimizer  # noqa: E402
+from configs.defaults import Config
+from datasets.build import build_train_loader, read_dataset
+from datasets.synthetic import generate
+from model.build import build_criterion, build_model
+from processor.precision import PRECISIONS, Precision
+from processor.trainer import train_one_epoch
+from solver import build_optimizer
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 DENSE_BF16_PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H200": 989.4,
@@ -237,9 +236,9 @@ def memory_comparison(preset: str, device: torch.device, args) -> None:
     batch = args.batch or 16
     figures, load = {}, " ".join(f"{x:.1f}" for x in os.getloadavg())
     for variant in args.variants:
-        command = [sys.executable, __file__, "--memory-variant", variant, "--preset", preset, "--batch", str(batch),
-                   "--warmup", str(args.warmup), "--steps", str(args.steps)]
-        result = subprocess.run(command, capture_output=True, text=True)
+        command = [sys.executable, "-m", "benchmarks.train_step", "--memory-variant", variant, "--preset", preset,
+                   "--batch", str(batch), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         if result.returncode != 0:
             print(f"{variant}: failed (exit {result.returncode})\n{result.stderr[-3000:]}", file=sys.stderr)
             continue

@@ -15,7 +15,7 @@ from model.clip import check_pretrain
 
 # One fp32 training step of CLIP ViT-B/16 at 384 x 128 with the paper's heads, batch 16
 # (forward + backward + Adam) on a 2-core CPU: 15.4 s, from
-# `python benchmarks/train_step.py --memory --preset paper --batch 16` (docs/memory.md).
+# `python -m benchmarks.train_step --memory --preset paper --batch 16` (docs/memory.md).
 CPU_SECONDS_PER_16_SAMPLES = 15.0
 PAPER_IMAGE_AREA = 384 * 128
 

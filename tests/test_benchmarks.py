@@ -11,14 +11,16 @@ import pytest
 from conftest import ROOT
 
 
-def run_script(*args: str) -> str:
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run_script(module: str, *args: str) -> str:
+    """``python -m module args`` from the repository root; its standard output."""
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
 def test_train_step_benchmark_tiny_preset():
-    out = run_script("benchmarks/train_step.py", "--modes", "fp32", "amp_fp16", "--steps", "2", "--repeats", "1",
+    out = run_script("benchmarks.train_step", "--modes", "fp32", "amp_fp16", "--steps", "2", "--repeats", "1",
                      "--warmup", "1", "--pipeline", "--pipeline-mode", "fp32", "--workers", "0")
     assert "preset tiny" in out and re.search(r"[\d.]+ GFLOP per step", out)
     rows = {m.group(1): float(m.group(2)) for m in re.finditer(r"\|\s+(fp32|amp_fp16)\s+\|\s+([\d.]+)\s+\|", out)}
@@ -28,7 +30,7 @@ def test_train_step_benchmark_tiny_preset():
 
 
 def test_eval_speed_benchmark_tiny_preset():
-    out = run_script("benchmarks/eval_speed.py", "--repeats", "1", "--images", "60", "--captions", "120",
+    out = run_script("benchmarks.eval_speed", "--repeats", "1", "--images", "60", "--captions", "120",
                      "--jpeg", "--workers", "0")
     match = re.search(r"60 images \+ 120 captions encoded in ([\d.]+) s .* ranked in ([\d.]+) s", out)
     assert match and float(match.group(1)) > 0
@@ -36,7 +38,7 @@ def test_eval_speed_benchmark_tiny_preset():
 
 
 def test_efficiency_report_tiny_preset():
-    out = run_script("benchmarks/efficiency.py", "--preset", "tiny", "--batch", "4", "--repeats", "1")
+    out = run_script("benchmarks.efficiency", "--preset", "tiny", "--batch", "4", "--repeats", "1")
     counts = dict(re.findall(r"\| (.+?)\s+\| ([\d.]+)\s+\|", out))
     parts = [key for key in counts if "(used at test)" in key or "(training only)" in key]
     assert len(parts) == 4 and float(counts["total"]) == pytest.approx(sum(float(counts[k]) for k in parts), abs=0.02)
@@ -54,7 +56,7 @@ def test_shared_caption_benchmark_tiny_preset():
 
 
 def test_train_step_memory_comparison_tiny_preset():
-    out = run_script("benchmarks/train_step.py", "--memory", "--preset", "tiny", "--batch", "4", "--warmup", "1",
+    out = run_script("benchmarks.train_step", "--memory", "--preset", "tiny", "--batch", "4", "--warmup", "1",
                      "--steps", "1", "--variants", "default", "checkpointing")
     rows = re.findall(r"\|\s+(fp32 \(default\)|fp32 \+ grad checkpointing)\s+\|\s+([\d.]+)\s+\|\s+([\d.]+)\s+\|", out)
     assert [name for name, _, _ in rows] == ["fp32 (default)", "fp32 + grad checkpointing"]

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 from PIL import Image
 
+from conftest import user_error
 from utils.report import PAPER_LABEL, find_runs, main, markdown_table, read_run, report_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,10 +161,9 @@ def test_missing_dir_exits_2_with_one_line(tmp_path):
     assert len(lines) == 1 and str(missing) in lines[0], result.stderr
 
 
-def test_folder_without_runs_exits_2(tmp_path, caplog):
+def test_folder_without_runs_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main([str(tmp_path / "empty")]) == 2
-    assert str(tmp_path / "empty") in caplog.text
+    assert str(tmp_path / "empty") in user_error(capsys, main, [str(tmp_path / "empty")])
 
 
 def test_unfinished_and_unreadable_runs_are_listed(tmp_path, capsys):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import user_error
 from datasets.synthetic import (ANNOTATION, ATTRIBUTES, DATASET_NAME, META, generate, main, make_captions,
                                 sample_identities, tokenize_words)
 
@@ -139,8 +140,12 @@ def test_invalid_parameters_are_errors(tmp_path):
     assert not (tmp_path / DATASET_NAME).exists()
 
 
-def test_command_line(tmp_path):
-    folder = main(["--root", str(tmp_path), "--train-ids", "2", "--val-ids", "0", "--test-ids", "1",
-                   "--images-per-id", "1", "1", "--image-size", "48", "16", "--seed", "5"])
-    records = _records(folder)
+def test_command_line(tmp_path, capsys):
+    assert main(["--root", str(tmp_path), "--train-ids", "2", "--val-ids", "0", "--test-ids", "1",
+                 "--images-per-id", "1", "1", "--image-size", "48", "16", "--seed", "5"]) == 0
+    records = _records(tmp_path / DATASET_NAME)
     assert [r["split"] for r in records] == ["train", "train", "test"] and [r["id"] for r in records] == [1, 2, 3]
+
+
+def test_command_line_mistake_is_one_error_line(tmp_path, capsys):
+    assert "3 x width" in user_error(capsys, main, ["--root", str(tmp_path), "--image-size", "40", "16"])

@@ -151,7 +151,7 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, monke
     data, 5 steps, every term of the epoch's mean within 1e-4 relative) and its checkpoints
     keep the plain module's keys, so test.py and init_from read them. The backend is
     aot_eager (AOTAutograd's forward/backward graphs without inductor's C++ code generation,
-    which takes a minute here); the inductor path itself is measured by benchmarks/train_step.py."""
+    which takes a minute here); the inductor path itself is measured by benchmarks.train_step."""
     real_compile, compiled = torch.compile, []
     monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or
                         real_compile(module, backend="aot_eager"))

@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 from prettytable import PrettyTable, TableStyle
 
+from configs.errors import UserError
+from utils.cli import report_user_errors
 from utils.io import read_metrics_rows, write_text_atomic, write_with
 from utils.run_folder import CONFIG_FILE, METRICS_FILE
 
@@ -39,8 +41,8 @@ PAPER = {  # the paper's text-to-image results (test split; mINP not reported)
 }
 
 
-class ReportError(Exception):
-    """A problem with the command line's folders (exit status 2)."""
+class ReportError(UserError):
+    """A problem with the command line's folders or output files (exit status 2)."""
 
 
 @dataclass
@@ -288,6 +290,7 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> None:
 
 # ------------------------------------------------------------------------------ command line
 
+@report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="run folders or folders holding them")
@@ -295,11 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--plot", metavar="FILE", help="also write a PNG of R1 and mAP against epoch")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    try:
-        runs = [read_run(folder) for folder in find_runs(args.dirs)]
-    except ReportError as error:
-        logger.error("%s", error)
-        return 2
+    runs = [read_run(folder) for folder in find_runs(args.dirs)]
     rows = report_rows(runs)
     print(markdown_table(rows))
     outputs = ((args.csv, lambda: write_csv(rows, args.csv)), (args.plot, lambda: plot_curves(runs, args.plot)))
@@ -309,8 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 write()
                 logger.info("wrote %s", target)
         except (OSError, ValueError) as error:
-            logger.error("could not write %s: %s", target, error)
-            return 1
+            raise ReportError(f"could not write {target}: {error}") from None
     return 0
 
 
