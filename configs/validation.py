@@ -7,25 +7,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable, List
 
+from configs.datasets import CUSTOM_ANNOTATION, DATASETS, NO_VAL, SPLITS, dataset_name_problem
 from configs.defaults import Config
 from configs.errors import ConfigError
 
 # Every set of allowed values, declared once; the packages that act on a value import its set.
-SPLITS = ("train", "val", "test")
-# The splits each dataset has (docs/method.md, "Data"); datasets/readers.py builds its
-# layouts on this table.
-DATASET_SPLITS = {
-    "CUHK-PEDES": ("train", "val", "test"),
-    "ICFG-PEDES": ("train", "test"),
-    "RSTPReid": ("train", "val", "test"),
-    "Synthetic-PEDES": ("train", "val", "test"),
-}
-DATASETS = tuple(DATASET_SPLITS)  # the built-in datasets
-NO_VAL = tuple(name for name, splits in DATASET_SPLITS.items() if "val" not in splits)
-# Your own data: any other NAME is the folder ROOT/NAME/ holding this file (records in the
-# common format, images under ROOT/NAME/imgs/; README "Your own data").
-CUSTOM_ANNOTATION = "annotations.json"
-
+# The datasets' table is configs/datasets.py.
 # The losses model/loss.py composes (its registry is keyed by exactly these names).
 LOSS_NAMES = ("itc", "sdm", "a-sdm", "cmpm", "id", "mlm", "efa")
 ID_CLASSES = ("captions", "identities")
@@ -37,21 +24,12 @@ WARMUP_METHODS = ("linear", "constant")
 ASDM_MODES = ("cosine", "probability")
 
 
-def dataset_name_problem(name: str) -> str:
-    """Why ``name`` cannot name a dataset folder ("" when it can): one path component."""
-    if not name or name != name.strip():
-        return "empty or with surrounding spaces"
-    if name in (".", "..") or any(char in name for char in "/\\\0"):
-        return "a folder name, not a path (no '/', '\\', '.' or '..')"
-    return ""
-
-
 def dataset_problem(name: str) -> str:
     """Why ``name`` cannot be a dataset ("" when it can): a built-in name, or your own
     dataset's folder name under data.root. Whether that folder holds an annotation and
     images is checked when a run starts (processor.preflight) and when the data is read,
     not here: a saved config stays loadable where its data is not."""
-    problem = "" if name in DATASET_SPLITS else dataset_name_problem(name)
+    problem = "" if name in DATASETS else dataset_name_problem(name)
     if not problem:
         return ""
     return (f"one of {', '.join(DATASETS)}, or your own dataset: the name of a folder under data.root holding "

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from configs.defaults import DataConfig
 from datasets.bases import load_image
 from datasets.caption_checks import CaptionedImage, caption_warnings
-from datasets.readers import (LAYOUTS, DataError, RetrievalDataset, find_annotation_file, get_layout, image_key_of,
+from configs.datasets import DATASETS
+from datasets.readers import (DataError, RetrievalDataset, find_annotation_file, get_layout, image_key_of,
                               load_json, record_problems)
 from utils.cli import report_user_errors
 
@@ -94,7 +95,7 @@ def check_dataset_and_captions(root: str | Path, name: str, text_length: int = D
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="dataset root holding the dataset folders")
-    parser.add_argument("name", help=f"dataset: {', '.join(LAYOUTS)}, or your own folder ROOT/NAME/ "
+    parser.add_argument("name", help=f"dataset: {', '.join(DATASETS)}, or your own folder ROOT/NAME/ "
                                      "holding annotations.json and imgs/")
     parser.add_argument("--text-length", type=int, default=DataConfig.text_length, metavar="N",
                         help="data.text_length: longer captions are reported as truncated (default: %(default)s)")

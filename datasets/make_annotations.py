@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from tqdm import tqdm
 
-from configs.validation import CUSTOM_ANNOTATION, DATASETS, SPLITS, dataset_name_problem
+from configs.datasets import CUSTOM_ANNOTATION, DATASETS, SPLITS, dataset_name_problem
 from datasets.bases import load_image
 from datasets.readers import DataError, RetrievalDataset
 from utils.cli import report_user_errors

@@ -17,55 +17,18 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from prettytable import PrettyTable
 
 from configs.errors import UserError
-from configs.validation import CUSTOM_ANNOTATION, DATASET_SPLITS, SPLITS, dataset_name_problem
+from configs.datasets import BUILT_IN, DATASETS, DEFAULT_SPLIT, DatasetLayout, dataset_name_problem, layout_of
 
 logger = logging.getLogger(__name__)
 
 
 class DataError(UserError, ValueError):
     """A dataset file or record is missing or malformed; the message names it."""
-
-
-CUSTOM_IMAGE_KEYS = ("file_path", "img_path")  # your own data may use either key
-DEFAULT_SPLIT = "test"  # the split of a record of your own data that names none
-
-
-@dataclass(frozen=True)
-class DatasetLayout:
-    name: str
-    annotation_files: Tuple[str, ...]  # accepted names, first found wins
-    image_key: str
-    splits: Tuple[str, ...]
-    custom: bool = False  # your own data: either image key, "split" optional (absent = test)
-
-    def describe(self, root: Path) -> str:
-        folder = root / self.name
-        if self.custom:
-            return (f"{folder}/{self.annotation_files[0]} (a JSON list of records "
-                    f'{{"id": int, "file_path" | "img_path": str, "captions": [str, ...], "split": '
-                    f"{'|'.join(self.splits)} (optional; absent = {DEFAULT_SPLIT})}}) and the images under "
-                    f"{folder}/imgs/, the records' paths relative to it")
-        return (f"{folder}/{self.annotation_files[0]} (a JSON list of records "
-                f'{{"id": int, "{self.image_key}": str, "captions": [str, ...], "split": '
-                f"{'|'.join(self.splits)}}}) and the images under {folder}/imgs/")
-
-
-# (accepted annotation file names, image key) per dataset; the splits come from the
-# config's table of datasets. Synthetic-PEDES is written by `python -m datasets.synthetic`
-# in the CUHK-PEDES format.
-_FILES = {
-    "CUHK-PEDES": (("reid_raw.json",), "file_path"),
-    "ICFG-PEDES": (("ICFG-PEDES.json", "ICFG_PEDES.json"), "file_path"),
-    "RSTPReid": (("data_captions.json",), "img_path"),
-    "Synthetic-PEDES": (("reid_raw.json",), "file_path"),
-}
-LAYOUTS: Dict[str, DatasetLayout] = {name: DatasetLayout(name, *_FILES[name], splits)
-                                     for name, splits in DATASET_SPLITS.items()}
 
 
 @dataclass(frozen=True)
@@ -78,23 +41,11 @@ class Record:
 
 def get_layout(name: str) -> DatasetLayout:
     """A built-in dataset's layout, or that of your own dataset folder ``name``."""
-    if name in LAYOUTS:
-        return LAYOUTS[name]
-    problem = dataset_name_problem(name)
+    problem = "" if name in BUILT_IN else dataset_name_problem(name)
     if problem:
-        raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(LAYOUTS)}, or the name of "
+        raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}, or the name of "
                         f"your own dataset's folder ({problem})")
-    return DatasetLayout(name, (CUSTOM_ANNOTATION,), CUSTOM_IMAGE_KEYS[0], SPLITS, custom=True)
-
-
-# Where each dataset comes from (the authors' README points to the same places).
-SOURCES = {
-    "CUHK-PEDES": "https://github.com/ShuangLI59/Person-Search-with-Natural-Language-Description "
-                  "(request from its authors)",
-    "ICFG-PEDES": "https://github.com/zifyloo/SSAN (request from its authors)",
-    "RSTPReid": "https://github.com/NjtechCVLab/RSTPReid-Dataset",
-    "Synthetic-PEDES": "`python -m datasets.synthetic --root DATA_ROOT` (drawn on this machine)",
-}
+    return layout_of(name)
 
 
 def _where_from(root: Path, layout: DatasetLayout) -> str:
@@ -102,13 +53,13 @@ def _where_from(root: Path, layout: DatasetLayout) -> str:
         return (f"expected {layout.describe(root)}; `python -m datasets.make_annotations CSV --root {root} "
                 f"--name {layout.name}` writes it from a CSV of image,caption,id[,split] (README \"Your own data\")")
     return (f"expected {layout.describe(root)}; set data.root to the folder holding {layout.name}/ "
-            f"(obtain it from {SOURCES[layout.name]})")
+            f"(obtain it from {layout.source})")
 
 
 def find_annotation_file(root: Path, layout: DatasetLayout) -> Path:
     folder = root / layout.name
     if not folder.is_dir() and layout.custom:
-        raise DataError(f"unknown dataset {layout.name!r}; expected one of {', '.join(LAYOUTS)}, or your own "
+        raise DataError(f"unknown dataset {layout.name!r}; expected one of {', '.join(DATASETS)}, or your own "
                         f"dataset: {folder} not found; {_where_from(root, layout)}")
     if not folder.is_dir():
         raise DataError(f"dataset folder {folder} not found; {_where_from(root, layout)}")
@@ -152,11 +103,9 @@ def _text_problem(text: str) -> str:
 
 
 def image_key_of(record: dict, layout: DatasetLayout) -> str:
-    """The record's image key: the layout's, or for your own data whichever of file_path /
-    img_path the record has (``file_path`` when it has neither, to be reported missing)."""
-    if layout.custom:
-        return next((key for key in CUSTOM_IMAGE_KEYS if key in record), CUSTOM_IMAGE_KEYS[0])
-    return layout.image_key
+    """The first of the layout's image keys that the record has (for your own data file_path
+    or img_path); the layout's first when it has none, to be reported missing."""
+    return next((key for key in layout.image_keys if key in record), layout.image_key)
 
 
 def split_of(record: dict) -> str:
@@ -180,7 +129,7 @@ def record_problems(index: int, record, layout: DatasetLayout) -> List[str]:
             problems.append(f"{where}: missing key {named}")
         elif not isinstance(record[key], kind) or isinstance(record[key], bool):
             problems.append(f"{where}: key {key!r} should be {kind.__name__}, got {type(record[key]).__name__}")
-    if layout.custom and all(key in record for key in CUSTOM_IMAGE_KEYS):
+    if len(layout.image_keys) > 1 and all(key in record for key in layout.image_keys):
         problems.append(f"{where}: has both 'file_path' and 'img_path'; expected one image key")
     if problems:
         return problems
@@ -243,7 +192,8 @@ class RetrievalDataset:
         self.annotation_file = find_annotation_file(self.root, self.layout)
         self.records = parse_records(load_json(self.annotation_file), self.layout, self.annotation_file)
         if self.layout.custom:  # your own data has the splits its records name
-            present = tuple(split for split in SPLITS if any(record.split == split for record in self.records))
+            named = {record.split for record in self.records}
+            present = tuple(split for split in self.layout.splits if split in named)
             self.layout = replace(self.layout, splits=present)
 
     @property

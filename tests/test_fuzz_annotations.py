@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 from datasets.bases import tokenize_captions
 from datasets.check import check_dataset
-from datasets.readers import LAYOUTS, DataError, RetrievalDataset
+from configs.datasets import BUILT_IN
+from datasets.readers import DataError, RetrievalDataset
 
 FORMATS = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid")
 EXAMPLES = 250  # per test and format; the note reports the total
@@ -59,7 +60,7 @@ json_values = st.recursive(
 
 
 def valid_records(name: str, count: int = 6) -> list:
-    layout = LAYOUTS[name]
+    layout = BUILT_IN[name]
     return [{"id": index // 2 + 1, layout.image_key: f"{layout.splits[index % len(layout.splits)]}/{index}.jpg",
              "captions": [f"a person in a red coat number {index}", "black bag"],
              "split": layout.splits[index % len(layout.splits)]} for index in range(count)]
@@ -80,7 +81,7 @@ def assert_only_clear_errors(name: str, payload: bytes) -> None:
     with hang_guard(), tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         (root / name).mkdir()
-        (root / name / LAYOUTS[name].annotation_files[0]).write_bytes(payload)
+        (root / name / BUILT_IN[name].annotation_files[0]).write_bytes(payload)
         try:
             read_everything(root, name)
         except DataError as error:
