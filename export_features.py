@@ -18,7 +18,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from datasets.build import build_eval_loaders, read_dataset
+from datasets.build import build_eval_loaders
 from processor.evaluator import extract_features
 from processor.gallery import encode_folder
 from processor.inference import LoadedModel, load_model
@@ -31,9 +31,9 @@ logger = logging.getLogger("export_features")
 
 def split_arrays(loaded: LoadedModel, dataset: str, split: str, root: Optional[str]) -> Dict[str, np.ndarray]:
     cfg = loaded.cfg
-    eval_set = read_dataset(str(Path(root or cfg.data.root)), dataset).eval_set(split)
-    features = extract_features(loaded.model, build_eval_loaders(cfg, dataset, split, root), loaded.device,
-                                loaded.autocast, progress=True)
+    loaders = build_eval_loaders(cfg, dataset, split, root)
+    eval_set = loaders.eval_set
+    features = extract_features(loaded.model, loaders, loaded.device, loaded.autocast, progress=True)
     return {"image_features": features.image.cpu().numpy(), "image_pids": features.image_pids.cpu().numpy(),
             "image_paths": np.array([str(p) for p in eval_set.image_paths]),
             "text_features": features.text.cpu().numpy(), "text_pids": features.text_pids.cpu().numpy(),

@@ -22,7 +22,7 @@ import torch
 
 from configs.errors import UserError
 from datasets.bases import load_image
-from datasets.build import build_eval_loaders, read_dataset
+from datasets.build import build_eval_loaders
 from datasets.tokenizer import EOT_ID, SOT_ID, tokenize
 from datasets.transforms import build_transform
 from model.objectives import text_patch_affinity
@@ -44,20 +44,19 @@ def pick_queries(count: int, chosen: List[int], how_many: int, seed: int) -> Lis
 
 def retrieval_pictures(loaded: LoadedModel, args) -> List[Path]:
     cfg = loaded.cfg
-    records = read_dataset(str(Path(args.root or cfg.data.root)), args.dataset).split_records(args.split)
-    captions = [(image, caption) for image, record in enumerate(records) for caption in record.captions]
     loaders = build_eval_loaders(cfg, args.dataset, args.split, args.root)
+    gallery = loaders.eval_set
     features = extract_features(loaded.model, loaders, loaded.device, loaded.autocast, progress=True)
     written = []
-    for query in pick_queries(len(captions), args.queries, args.random, args.seed):
+    for query in pick_queries(len(gallery.captions), args.queries, args.random, args.seed):
         scores = features.image @ features.text[query]
-        top = scores.topk(min(args.top_k, len(records))).indices.tolist()
-        correct = [records[i].pid == records[captions[query][0]].pid for i in top]
+        top = scores.topk(min(args.top_k, len(gallery.image_paths))).indices.tolist()
+        correct = [gallery.image_pids[i] == gallery.caption_pids[query] for i in top]
         output = args.output_dir / f"retrieval_{args.dataset}_{args.split}_{query}.png"
-        ranked_row([load_image(records[i].image_path) for i in top],
+        ranked_row([load_image(gallery.image_paths[i]) for i in top],
                    [f"#{n} {float(scores[i]):.2f}" for n, i in enumerate(top, 1)],
-                   f"query {query}: {captions[query][1]}", output, correct,
-                   query_image=load_image(records[captions[query][0]].image_path))
+                   f"query {query}: {gallery.captions[query]}", output, correct,
+                   query_image=load_image(gallery.image_paths[gallery.caption_images[query]]))
         written.append(output)
     return written
 
@@ -75,13 +74,13 @@ def word_positions(ids: torch.Tensor, word: str, text_length: int, caption: str)
 @torch.no_grad()
 def efa_maps(loaded: LoadedModel, args) -> List[Path]:
     cfg = loaded.cfg
-    records = read_dataset(str(Path(args.root or cfg.data.root)), args.dataset).split_records(args.split)
-    if not 0 <= args.index < len(records):
-        raise UserError(f"--index {args.index} out of range: the split has {len(records)} images")
-    record = records[args.index]
-    if not 0 <= args.caption < len(record.captions):
-        raise UserError(f"--caption {args.caption}: image {args.index} has {len(record.captions)} captions")
-    caption, image = record.captions[args.caption], load_image(record.image_path)
+    gallery = build_eval_loaders(cfg, args.dataset, args.split, args.root).eval_set
+    if not 0 <= args.index < len(gallery.image_paths):
+        raise UserError(f"--index {args.index} out of range: the split has {len(gallery.image_paths)} images")
+    captions = gallery.captions_of(args.index)
+    if not 0 <= args.caption < len(captions):
+        raise UserError(f"--caption {args.caption}: image {args.index} has {len(captions)} captions")
+    caption, image = captions[args.caption], load_image(gallery.image_paths[args.index])
     ids = tokenize(caption, cfg.data.text_length)
     words = args.words or [w.strip(".,") for w in caption.split() if len(w.strip(".,")) > 3][:3]
     pixels = build_transform(cfg.model.image_size, train=False)(image).unsqueeze(0).to(loaded.device)

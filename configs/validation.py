@@ -5,7 +5,8 @@ each naming the dotted key, the value given and what is allowed.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, List
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Tuple
 
 from configs.datasets import CUSTOM_ANNOTATION, DATASETS, NO_VAL, SPLITS, dataset_name_problem
 from configs.defaults import Config
@@ -13,8 +14,36 @@ from configs.errors import ConfigError
 
 # Every set of allowed values, declared once; the packages that act on a value import its set.
 # The datasets' table is configs/datasets.py.
-# The losses model/loss.py composes (its registry is keyed by exactly these names).
-LOSS_NAMES = ("itc", "sdm", "a-sdm", "cmpm", "id", "mlm", "efa")
+
+
+@dataclass(frozen=True)
+class LossNeeds:
+    """What a loss needs besides the two towers' tokens and global features: the heads
+    ``model.build.build_model`` adds ("id_classifier", "irr") and whether the batches carry
+    MLM-masked captions (``mlm_ids``, ``mlm_labels``; ``datasets.build``). Declared here,
+    beside its name, because both the model and the data loader read it."""
+    heads: Tuple[str, ...] = ()
+    masked_captions: bool = False
+
+    def __or__(self, other: "LossNeeds") -> "LossNeeds":
+        return LossNeeds(tuple(dict.fromkeys(self.heads + other.heads)), self.masked_captions or other.masked_captions)
+
+
+# The losses, each with its needs; model/loss.py maps exactly these names to their functions.
+LOSS_NEEDS = {
+    "itc": LossNeeds(), "sdm": LossNeeds(), "a-sdm": LossNeeds(), "cmpm": LossNeeds(), "efa": LossNeeds(),
+    "id": LossNeeds(heads=("id_classifier",)),
+    "mlm": LossNeeds(heads=("irr",), masked_captions=True),
+}
+LOSS_NAMES = tuple(LOSS_NEEDS)
+
+
+def loss_needs(names: Iterable[str]) -> LossNeeds:
+    """Everything the enabled losses need together."""
+    needs = LossNeeds()
+    for name in names:
+        needs = needs | LOSS_NEEDS[name]
+    return needs
 ID_CLASSES = ("captions", "identities")
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_fp16")
 SAMPLERS = ("random", "identity")
@@ -105,6 +134,7 @@ def validate(cfg: Config) -> None:
     for key in ("new_module_lr_factor", "bias_lr_factor"):
         need(getattr(s, key) >= 0, f"solver.{key}", getattr(s, key), ">= 0")
     choice("solver.scheduler", s.scheduler, SCHEDULERS)
+    need(list(s.milestones) == sorted(s.milestones), "solver.milestones", s.milestones, "increasing epochs")
     need(s.epochs >= 1, "solver.epochs", s.epochs, ">= 1")
     need(0 <= s.warmup_epochs < max(s.epochs, 1), "solver.warmup_epochs", s.warmup_epochs,
          f"in 0..solver.epochs-1 (solver.epochs={s.epochs})")

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from configs.defaults import Config, DataConfig
 from configs.errors import ConfigError
-from configs.validation import SAMPLERS
+from configs.validation import SAMPLERS, loss_needs
 from datasets.bases import ImageDataset, ImageTextMLMDataset, TextDataset
-from datasets.readers import RetrievalDataset
+from datasets.readers import EvalSet, RetrievalDataset
 from datasets.samplers import IdentitySampler, RandomSampler
 from datasets.transforms import build_transform
 
@@ -40,7 +40,7 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
     number of training captions with ``model.id_classes=captions`` (the authors' train.py),
     else of training identities; labels are the identity indices either way.
     ``data.batch_size`` is the global batch; each of ``world_size`` ranks loads its share.
-    Batches carry MLM-masked captions when 'mlm' is among ``loss.names``."""
+    Batches carry MLM-masked captions when an enabled loss needs them."""
     data = cfg.data
     if data.batch_size % world_size:
         raise ConfigError(f"data.batch_size={data.batch_size} is not divisible by the {world_size} ranks")
@@ -49,7 +49,7 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
     pairs = source.train_pairs(data.train_split)
     transform = build_transform(cfg.model.image_size, train=True, augment=data.augment)
     dataset = ImageTextMLMDataset(pairs, transform, data.text_length, seed=cfg.train.seed,
-                                  masked_language="mlm" in cfg.loss.names,
+                                  masked_language=loss_needs(cfg.loss.names).masked_captions,
                                   share_masked_caption=data.share_masked_caption)
     if data.sampler == "identity":
         sampler = IdentitySampler(pairs.pids, per_rank, data.num_instance, cfg.train.seed, rank, world_size)
@@ -67,6 +67,7 @@ class EvalLoaders:
     split: str
     texts: DataLoader  # (pid, token ids)
     images: DataLoader  # (pid, image)
+    eval_set: EvalSet  # what the loaders load, in their order (paths, captions, identities)
 
 
 def build_eval_loaders(cfg: Config, dataset: Optional[str] = None, split: Optional[str] = None,
@@ -81,4 +82,4 @@ def build_eval_loaders(cfg: Config, dataset: Optional[str] = None, split: Option
     data = DataConfig(**{**vars(cfg.data), "persistent_workers": False})
     texts = make_loader(TextDataset(eval_set, cfg.data.text_length), data, cfg.eval.batch_size, num_workers=0)
     images = make_loader(ImageDataset(eval_set, transform), data, cfg.eval.batch_size, num_workers=workers)
-    return EvalLoaders(name, split, texts, images)
+    return EvalLoaders(name, split, texts, images, eval_set)

@@ -175,11 +175,16 @@ class TrainPairs:
 
 @dataclass
 class EvalSet:
-    """Gallery (one entry per image) and queries (one per caption), file identities."""
+    """Gallery (one entry per image) and queries (one per caption), file identities, in the
+    evaluation order; ``caption_images[q]`` is the gallery index of query q's own image."""
     image_pids: List[int]
     image_paths: List[Path]
     caption_pids: List[int]
     captions: List[str]
+    caption_images: List[int]
+
+    def captions_of(self, image: int) -> List[str]:
+        return [caption for caption, own in zip(self.captions, self.caption_images) if own == image]
 
 
 class RetrievalDataset:
@@ -232,9 +237,9 @@ class RetrievalDataset:
 
     def eval_set(self, split: str = "test") -> EvalSet:
         records = self.split_records(split)
-        captions = [(record.pid, caption) for record in records for caption in record.captions]
-        return EvalSet([r.pid for r in records], [r.image_path for r in records],
-                       [pid for pid, _ in captions], [caption for _, caption in captions])
+        captions = [(index, record.pid, caption) for index, record in enumerate(records) for caption in record.captions]
+        return EvalSet([r.pid for r in records], [r.image_path for r in records], [pid for _, pid, _ in captions],
+                       [caption for _, _, caption in captions], [index for index, _, _ in captions])
 
     def statistics(self) -> PrettyTable:
         table = PrettyTable(["split", "ids", "images", "captions"], title=self.name)

@@ -11,6 +11,7 @@ import torch
 
 from configs.defaults import Config
 from configs.errors import UserError
+from configs.validation import loss_needs, validate
 from .checkpoint import (FMFA_PREFIX, LAYOUTS, PartialLoad, WeightsError, WeightsNotFoundError, is_clip_state_dict,
                          is_fmfa_state_dict, load_weights_file, load_what_fits, unwrap_state_dict)
 from .clip import (ClipArch, arch_from_state_dict, build_clip, clean_clip_state_dict, clip_from_state_dict,
@@ -27,7 +28,9 @@ def arch_from_config(cfg: Config) -> ClipArch:
 
 
 def build_criterion(cfg: Config) -> FMFALoss:
-    """The training losses of ``cfg``: ``criterion(model(batch), batch) -> (terms, metrics)``."""
+    """The training losses of ``cfg``: ``criterion(model(batch), batch) -> (terms, metrics)``.
+    A config that fails :func:`configs.validation.validate` is refused (ConfigError)."""
+    validate(cfg)
     return FMFALoss(list(cfg.loss.names), dict(cfg.loss.weights), logit_scale=1.0 / cfg.model.temperature,
                     asdm=cfg.asdm, efa=cfg.efa)
 
@@ -39,14 +42,14 @@ def build_model(cfg: Config, num_classes: int) -> FMFA:
     trainer. ``cfg.model.grad_checkpointing``: activation checkpointing of every
     transformer block (both towers and the IRR transformer).
     """
-    names = cfg.loss.names
-    if "id" in names and num_classes < 1:
-        raise UserError("loss 'id' needs num_classes > 0 (the ID classifier's outputs)")
-    if "mlm" in names and cfg.model.cmt_depth < 1:
-        raise UserError("loss 'mlm' needs model.cmt_depth > 0")
+    heads = loss_needs(cfg.loss.names).heads
+    if "id_classifier" in heads and num_classes < 1:
+        raise UserError(f"loss.names={'+'.join(cfg.loss.names)} needs the ID classifier: num_classes > 0")
+    if "irr" in heads and cfg.model.cmt_depth < 1:
+        raise UserError(f"loss.names={'+'.join(cfg.loss.names)} needs the IRR head: model.cmt_depth > 0")
     clip, arch = create_clip(cfg.model.pretrain, tuple(cfg.model.image_size), arch_from_config(cfg))
-    model = FMFA(clip, arch.embed_dim, num_classes=num_classes if "id" in names else 0,
-                 cmt_depth=cfg.model.cmt_depth if "mlm" in names else 0, vocab_size=arch.vocab_size,
+    model = FMFA(clip, arch.embed_dim, num_classes=num_classes if "id_classifier" in heads else 0,
+                 cmt_depth=cfg.model.cmt_depth if "irr" in heads else 0, vocab_size=arch.vocab_size,
                  share_masked_caption=cfg.data.share_masked_caption)
     if cfg.model.init_from:
         initialise_from(model, cfg.model.init_from)

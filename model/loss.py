@@ -5,8 +5,8 @@ name to its weighted scalar (their sum is the training loss), ``metrics`` holds 
 accuracies for the log. Built from a config by ``model.build.build_criterion``.
 
 Adding a loss: a pure function in :mod:`model.objectives`, one entry in :data:`LOSSES`
-below (its name must be in ``configs.validation.LOSS_NAMES``, the config's allowed values;
-a mismatch fails at import).
+below and its needs (heads, masked captions) in ``configs.validation.LOSS_NEEDS`` (the
+names must agree; a mismatch fails at import); a new head goes in :mod:`model.fmfa`.
 
 Several processes (torchrun): with ``collective`` set, every batch-coupled loss (SDM/A-SDM,
 ITC, CMPM, EFA) is computed over the global batch (each process's rows against the
@@ -56,15 +56,6 @@ class FMFALoss:
     asdm: AsdmConfig = field(default_factory=AsdmConfig)
     efa: EfaConfig = field(default_factory=EfaConfig)
     collective: Optional[Collective] = None
-
-    def __post_init__(self):
-        unknown = [name for name in self.names if name not in LOSSES]
-        if unknown or not self.names or len(set(self.names)) != len(self.names):
-            raise ValueError(f"loss.names={'+'.join(self.names)!r}: expected distinct names among "
-                             f"{', '.join(LOSSES)}")
-        extra = sorted(set(self.weights) - set(self.names))
-        if extra:
-            raise ValueError(f"loss.weights has {extra}, which are not in loss.names={'+'.join(self.names)!r}")
 
     def weight(self, name: str) -> float:
         return float(self.weights.get(name, 1.0))

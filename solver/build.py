@@ -1,27 +1,12 @@
-"""Optimizer with a few parameter groups (backbone / heads x weights / biases).
+"""Optimizer with up to four parameter groups: backbone / heads x weights / biases.
 
-Grouping rules (IRRA gives every tensor its own group; here tensors sharing the same
-settings share a group, which changes nothing numerically):
-
-* "backbone" parameters are those whose names start with ``base_model.`` (the CLIP
-  encoders, ``logit_scale`` included if it lives there); every other trainable parameter
-  belongs to the "heads" (cross_attn, cross_modal_transformer, ln_pre_t, ln_pre_i,
-  ln_post, mlm_head, classifier, ...).  A leading ``module.`` (DataParallel /
-  DistributedDataParallel wrappers) is ignored.  IRRA instead picks its "new" modules
-  by the substrings ``cross``, ``classifier`` and ``mlm_head``, and misses ln_pre_t /
-  ln_pre_i / ln_post; with the paper's factor of 1.0 both give identical lrs.
-* "bias" parameters are those whose own (last) name component contains ``bias``:
-  ``*.bias`` and also ``nn.MultiheadAttention``'s ``in_proj_bias`` / ``bias_k`` /
-  ``bias_v``, as IRRA's ``"bias" in name`` test catches them too.  LayerNorm weights and
-  other 1-D tensors are *not* biases: they get the weight settings, as in IRRA.
-* lr = ``lr`` x ``new_module_lr_factor`` (heads) x ``bias_lr_factor`` (biases).  IRRA
-  lets the bias factor replace the new-module factor; here they multiply (identical
-  whenever one of them is 1, the default).
-* weight decay = ``bias_weight_decay`` for biases when it is >= 0, else ``weight_decay``.
-
-Frozen parameters (``requires_grad=False``) are left out; empty groups are dropped.
-Each group carries a ``name`` entry ('backbone', 'backbone_bias', 'heads',
-'heads_bias') for logging.
+"backbone" = parameters under ``base_model.`` (the CLIP towers; a leading ``module.`` of
+DDP is ignored), "heads" = every other trainable parameter. A "bias" is a parameter whose
+last name component contains ``bias`` (``in_proj_bias`` included; LayerNorm weights are
+not). lr = ``lr`` x ``new_module_lr_factor`` (heads) x ``bias_lr_factor`` (biases); weight
+decay = ``bias_weight_decay`` for biases when >= 0, else ``weight_decay``. Frozen
+parameters are left out, empty groups dropped; each group has a ``name`` for logging.
+How this compares with IRRA's grouping: docs/method.md, "Solver".
 """
 from __future__ import annotations
 
@@ -33,7 +18,7 @@ from torch import nn
 from configs.errors import ConfigError
 from configs.validation import OPTIMIZERS
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "param_group_name"]
+__all__ = ["OPTIMIZERS", "build_optimizer"]
 
 BACKBONE_PREFIX = "base_model."
 
@@ -50,11 +35,6 @@ def _is_new(name: str) -> bool:
 
 def _is_bias(name: str) -> bool:
     return "bias" in name.rsplit(".", 1)[-1]
-
-
-def param_group_name(name: str) -> str:
-    """The group a parameter called ``name`` (as in ``named_parameters()``) falls in."""
-    return ("heads" if _is_new(name) else "backbone") + ("_bias" if _is_bias(name) else "")
 
 
 def _optimizer_class(cfg) -> type:

@@ -1,38 +1,17 @@
 """Per-epoch learning-rate schedule: warm-up, then one of several decays.
 
-The schedule is a pure function of the epoch index (0-based, the value of the
-scheduler's ``last_epoch``): the training loop uses the lr of ``lr_factor(e)`` during
-epoch ``e`` and calls ``scheduler.step()`` once after each epoch, as IRRA's
-``LRSchedulerWithWarmup`` does. :func:`build_lr_scheduler` wraps it in a
-:class:`torch.optim.lr_scheduler.LambdaLR` so the usual ``state_dict`` /
-``load_state_dict`` work when a run is resumed.
+The lr during epoch ``e`` (0-based) is the base lr times :func:`lr_factor` ``(e)``; the
+loop calls ``scheduler.step()`` once after each epoch (a :class:`LambdaLR`, so state_dict
+and resume work). With ``w`` = warmup_epochs, ``E`` = epochs, ``r = (e - w) / (E - w)``
+clamped to [0, 1] and ``t`` = target_lr as a fraction of the group's base lr:
 
-Formulas (``w`` = ``warmup_epochs``, ``E`` = ``epochs``, ``r = (epoch - w) / (E - w)``,
-``t`` = ``target_lr`` expressed as a fraction of the group's base lr):
+* warm-up (``e < w``): linear ``warmup_factor (1 - e / w) + e / w``, or constant ``warmup_factor``;
+* ``cosine``: ``t + (1 - t) (1 + cos(pi r)) / 2``;  ``linear``: ``t + (1 - t) (1 - r)``;
+* ``step``: ``gamma ** (milestones passed)``, milestones absolute epochs;
+* ``exponential``: ``gamma ** (e - w)``;  ``poly``: ``t + (1 - t) (1 - r) ** power``.
 
-* warm-up, ``epoch < w``: ``linear`` -> ``warmup_factor * (1 - a) + a`` with
-  ``a = epoch / w``; ``constant`` -> ``warmup_factor``.  (Same as IRRA.)
-* ``cosine``: ``t + (1 - t) * 0.5 * (1 + cos(pi * r))``.  (Same as IRRA.)
-* ``step``: ``gamma ** bisect_right(milestones, epoch)``; milestones are absolute
-  epochs, not counted from the end of warm-up.  (Same as IRRA.)
-* ``linear``: ``t + (1 - t) * (1 - r)``.  IRRA's ``linear`` ignores ``target_lr``
-  (``1 - r``); both agree for the default ``target_lr = 0``.
-* ``exponential``: ``gamma ** (epoch - w)``, i.e. the lr is multiplied
-  by ``gamma`` every epoch after warm-up, like ``torch.optim.lr_scheduler.ExponentialLR``
-  and as the config documents (``gamma``: "step and exponential").  IRRA's ``exp``
-  instead computes ``power ** r``, which only falls to ``power x base`` by the last
-  epoch; that formula is not reproduced.
-* ``poly``: ``t + (1 - t) * (1 - r) ** power``, the usual polynomial decay.  IRRA's
-  ``poly`` computes ``power ** (1 - r)``, which *rises* from ``power x base`` to the base
-  lr (an evident slip); it is not reproduced.
-
-Choices beyond IRRA: ``r`` is clamped to ``[0, 1]`` so that epochs past ``epochs``
-(never reached by a normal run, whose epochs are ``0 .. epochs - 1``) stay at the end
-value instead of rising again (cosine) or becoming complex (poly), and a run with
-``epochs <= warmup_epochs`` does not divide by zero.  Inside the run the values are
-IRRA's exactly.  ``target_lr`` is an absolute lr, as in IRRA: with parameter groups of
-different base lrs each group decays to the same ``target_lr``, which is why the
-scheduler holds one function per group.
+target_lr is absolute, so groups of different base lrs decay to the same value. Where
+IRRA's schedules differ (``linear``, ``exp``, ``poly``): docs/method.md, "Solver".
 """
 from __future__ import annotations
 

@@ -225,6 +225,7 @@ def test_overrides_must_be_a_sequence():
     (["solver.optimizer=adam"], "solver.optimizer"),
     (["solver.scheduler=onecycle"], "solver.scheduler"),
     (["solver.warmup_method=exp"], "solver.warmup_method"),
+    (["solver.milestones=[50, 20]"], "solver.milestones"),
     (["asdm.mode=prob"], "asdm.mode"),
     (["eval.split=dev"], "eval.split"),
     (["data.train_split=all"], "data.train_split"),

@@ -91,7 +91,7 @@ def test_weight_for_a_disabled_loss_is_an_error():
     cfg = _config("sdm", {"efa": 2.0})
     with pytest.raises(ConfigError, match="loss.weights"):
         validate(cfg)
-    with pytest.raises(ValueError, match=r"loss.weights has \['efa'\]"):
+    with pytest.raises(ConfigError, match=r"loss.weights=\{'efa': 2.0\}"):
         build_criterion(cfg)
 
 
