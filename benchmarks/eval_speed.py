@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 
 import torch
@@ -23,6 +24,7 @@ import torch
 from benchmarks.presets import (CUHK_TEST_CAPTIONS, CUHK_TEST_IMAGES, cuhk_id_outputs, preset_config,
                                 random_captions, synchronize)
 from datasets.build import EvalLoaders, build_eval_loaders, read_dataset
+from datasets.readers import EvalSet
 from datasets.synthetic import generate
 from model.build import build_model
 from processor.evaluator import extract_features, retrieval_metrics
@@ -39,7 +41,10 @@ def tensor_loaders(cfg, images: int, captions: int, device: torch.device) -> Eva
     texts = [(image_pids[torch.arange(start, min(start + size, captions)) // 2 % images], ids[start:start + size]
               .to(device)) for start in range(0, captions, size)]
     gallery = [(image_pids[start:start + len(batch)], batch) for start, batch in zip(range(0, images, size), pixels)]
-    return EvalLoaders("random", "test", texts, gallery)
+    owners = [index // 2 % images for index in range(captions)]  # two captions per image
+    eval_set = EvalSet(image_pids.tolist(), [Path(f"random/{index}.jpg") for index in range(images)],
+                       [int(image_pids[owner]) for owner in owners], ["random tokens"] * captions, owners)
+    return EvalLoaders("random", "test", texts, gallery, eval_set)
 
 
 def time_evaluation(model, loaders: EvalLoaders, precision: Precision, chunk: int) -> tuple[float, float]:
