@@ -2,11 +2,12 @@
 
     python search.py --checkpoint runs/CUHK-PEDES/<run> --images photos/ --query "a man in a black jacket"
     python search.py --checkpoint best.pth --images photos/ --query "..." --top-k 5 --output hits.png
+    python search.py --onnx exported/ --images photos/ --query "..."   # export_onnx.py's folder, on onnxruntime
 
 Prints the top K (rank, score, file) and writes them as a PNG row with their cosine
 scores. The gallery's embeddings are cached in ``FOLDER/.fmfa_cache/`` and reused while
-the images and the weights are unchanged (new or modified images are encoded, nothing
-else). Unreadable images are named in the log and skipped.
+the images and the weights (with ``--onnx``: image.onnx) are unchanged (new or modified
+images are encoded, nothing else). Unreadable images are named in the log and skipped.
 """
 from __future__ import annotations
 
@@ -17,27 +18,23 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import torch
-import torch.nn.functional as F
 from prettytable import PrettyTable
 
 from datasets.bases import load_image
 from datasets.tokenizer import tokenize
-from utils.figures import ranked_row
 from processor.gallery import Gallery, encode_folder
-from processor.inference import LoadedModel, load_model
+from processor.inference import Encoders, load_model
+from processor.onnx_model import OnnxEncoders
 from utils.cli import add_model_source, report_user_errors
+from utils.figures import ranked_row
 from utils.logger import setup_logging
 
 logger = logging.getLogger("search")
 
 
-@torch.no_grad()
-def rank_gallery(loaded: LoadedModel, gallery: Gallery, query: str, top_k: int) -> List[Tuple[Path, float]]:
+def rank_gallery(loaded: Encoders, gallery: Gallery, query: str, top_k: int) -> List[Tuple[Path, float]]:
     """The ``top_k`` images of ``gallery`` for ``query`` with their cosine similarity."""
-    ids = tokenize(query, loaded.cfg.data.text_length).unsqueeze(0).to(loaded.device)
-    with loaded.autocast:
-        text = F.normalize(loaded.model.encode_text(ids).float(), dim=-1).cpu()
+    text = loaded.embed_texts(tokenize(query, loaded.text_length).unsqueeze(0))
     scores = (gallery.features @ text[0])
     best = scores.topk(min(top_k, len(gallery.paths)))
     return [(gallery.paths[i], float(s)) for s, i in zip(best.values, best.indices)]
@@ -50,7 +47,9 @@ def default_output(query: str) -> Path:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_source(parser, flag="--checkpoint")
+    add_model_source(parser, flag="--checkpoint", required=False)  # or --onnx, checked below
+    parser.add_argument("--onnx", metavar="DIR", type=Path, default=None,
+                        help="search with export_onnx.py's folder on onnxruntime instead of --checkpoint")
     parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
     parser.add_argument("--query", required=True, help="the description to search for")
     parser.add_argument("--top-k", type=int, default=10)
@@ -62,6 +61,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error(f"--top-k and --batch-size must be >= 1 (got {args.top_k}, {args.batch_size})")
     if not args.query.strip():
         parser.error("--query is empty")
+    if (args.source is None) == (args.onnx is None):
+        parser.error("give --checkpoint RUN_OR_WEIGHTS or --onnx DIR (exactly one of them)")
+    if args.onnx is not None and (args.config or args.overrides):
+        parser.error("--onnx DIR takes no --config or key=value overrides (model.json holds its settings)")
     return args
 
 
@@ -69,7 +72,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    loaded = load_model(args.source, args.config, args.overrides, args.which)
+    loaded = OnnxEncoders(args.onnx) if args.onnx else load_model(args.source, args.config, args.overrides,
+                                                                   args.which)
     gallery = encode_folder(Path(args.images), loaded, args.batch_size, use_cache=not args.no_cache)
     logger.info("%d images (%d encoded now, %d from the cache, %d unreadable skipped)", len(gallery.paths),
                 gallery.encoded, len(gallery.paths) - gallery.encoded, len(gallery.skipped))

@@ -1,5 +1,6 @@
 """An image folder as a gallery: its images' embeddings, cached beside it and reused while
-the folder and the weights are unchanged; unreadable images are named and skipped."""
+the folder and the weights are unchanged; unreadable images are named and skipped. The
+encoders are a PyTorch model (processor.inference) or an ONNX export (processor.onnx_model)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,13 +10,12 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from datasets.bases import load_image
 from datasets.readers import DataError
 from datasets.transforms import build_transform
+from processor.inference import Encoders
 from utils.io import save_atomic
-from processor.inference import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ def _stamp(path: Path) -> Tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def cache_file(folder: Path, loaded: LoadedModel) -> Path:
+def cache_file(folder: Path, loaded: Encoders) -> Path:
     """One cache per (weights file and its stamp, image size): other weights never mix in."""
     weights = loaded.weights.resolve()
-    key = f"{CACHE_VERSION}|{weights}|{_stamp(weights)}|{loaded.cfg.model.image_size}"
+    key = f"{CACHE_VERSION}|{weights}|{_stamp(weights)}|{list(loaded.image_size)}"
     return folder / CACHE_FOLDER / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
 
 
@@ -68,10 +68,10 @@ def _read_cache(path: Path) -> Dict[str, Tuple[Tuple[int, int], torch.Tensor]]:
 
 
 @torch.no_grad()
-def _encode(loaded: LoadedModel, paths: List[Path], batch_size: int) -> Tuple[Dict[Path, torch.Tensor], Dict]:
+def _encode(loaded: Encoders, paths: List[Path], batch_size: int) -> Tuple[Dict[Path, torch.Tensor], Dict]:
     """Embeddings of the readable ``paths``, decoded one batch at a time (bounded memory),
     and the unreadable ones with the reason."""
-    transform = build_transform(loaded.cfg.model.image_size, train=False)
+    transform = build_transform(loaded.image_size, train=False)
     features, skipped = {}, {}
     for start in range(0, len(paths), batch_size):
         chunk = []
@@ -82,14 +82,13 @@ def _encode(loaded: LoadedModel, paths: List[Path], batch_size: int) -> Tuple[Di
                 skipped[str(path)] = str(error)
         if not chunk:
             continue
-        with loaded.autocast:
-            out = loaded.model.encode_image(torch.stack([image for _, image in chunk]).to(loaded.device))
-        for (path, _), feature in zip(chunk, F.normalize(out.float(), dim=-1).cpu()):
+        out = loaded.embed_images(torch.stack([image for _, image in chunk]))
+        for (path, _), feature in zip(chunk, out):
             features[path] = feature
     return features, skipped
 
 
-def encode_folder(folder: Path, loaded: LoadedModel, batch_size: int = 64, use_cache: bool = True) -> Gallery:
+def encode_folder(folder: Path, loaded: Encoders, batch_size: int = 64, use_cache: bool = True) -> Gallery:
     """Embeddings of every readable image of ``folder``; only new or changed files are encoded."""
     folder = Path(folder)
     paths = list_images(folder)

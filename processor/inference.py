@@ -7,12 +7,12 @@ the run's config (or ``--config`` / overrides, else the defaults).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Optional, Sequence, Tuple
+from typing import ContextManager, Optional, Protocol, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from configs.defaults import Config
 from configs.errors import ConfigError
@@ -42,11 +42,23 @@ def resolve_source(source: str | Path, config: Optional[str] = None, overrides: 
 
 
 def inference_autocast(cfg: Config, device: torch.device) -> ContextManager:
-    """The run's precision for inference (pure_fp16 runs are evaluated under fp16 autocast)."""
-    mode = "amp_fp16" if cfg.train.precision == "pure_fp16" else cfg.train.precision
-    if device.type == "cpu" and mode == "amp_fp16":
-        return contextlib.nullcontext()  # fp16 autocast on a CPU is slow and no closer to the GPU's
-    return Precision(mode, device).autocast()
+    """The run's precision for inference (:meth:`Precision.inference_autocast`)."""
+    return Precision(cfg.train.precision, device).inference_autocast()
+
+
+class Encoders(Protocol):
+    """What searching a folder needs from a model, PyTorch or exported (processor.onnx_model)."""
+    weights: Path  # the file whose name and stamp key the gallery's embedding cache
+
+    @property
+    def image_size(self) -> Tuple[int, int]: ...
+
+    @property
+    def text_length(self) -> int: ...
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def embed_texts(self, ids: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -56,6 +68,30 @@ class LoadedModel:
     weights: Path
     device: torch.device
     autocast: ContextManager
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        """(H, W) the model's images are resized to."""
+        return int(self.cfg.model.image_size[0]), int(self.cfg.model.image_size[1])
+
+    @property
+    def text_length(self) -> int:
+        """Token ids per caption."""
+        return int(self.cfg.data.text_length)
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] preprocessed images -> [N, D] L2-normalised float32 embeddings on the CPU."""
+        with self.autocast:
+            out = self.model.encode_image(images.to(self.device))
+        return F.normalize(out.float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def embed_texts(self, ids: torch.Tensor) -> torch.Tensor:
+        """[N, L] token ids -> [N, D] L2-normalised float32 embeddings on the CPU."""
+        with self.autocast:
+            out = self.model.encode_text(ids.to(self.device))
+        return F.normalize(out.float(), dim=-1).cpu()
 
 
 def model_for(cfg: Config, weights: Path) -> LoadedModel:

@@ -14,12 +14,13 @@ USER_ERROR_STATUS = 2
 Main = Callable[[Optional[Sequence[str]]], int]
 
 
-def add_model_source(parser: argparse.ArgumentParser, flag: Optional[str] = None) -> None:
+def add_model_source(parser: argparse.ArgumentParser, flag: Optional[str] = None, required: bool = True) -> None:
     """The weights to use (a run folder, a checkpoint or CLIP weights; positional ``source``
-    unless ``flag`` names an option), ``--config``, ``--which`` and ``key=value`` overrides."""
+    unless ``flag`` names an option, ``required`` unless the program has another source),
+    ``--config``, ``--which`` and ``key=value`` overrides."""
     help_text = "run folder, checkpoint file (ours or the reference's) or CLIP weights"
     if flag:
-        parser.add_argument(flag, dest="source", required=True, help=help_text)
+        parser.add_argument(flag, dest="source", required=required, default=None, help=help_text)
     else:
         parser.add_argument("source", help=help_text)
     parser.add_argument("--config", metavar="FILE", default=None,
