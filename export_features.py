@@ -8,6 +8,7 @@ A dataset split gives ``image_features [G, D]``, ``image_pids``, ``image_paths``
 ``image_features`` and ``image_paths`` (unreadable images are named and skipped). Read with
 ``numpy.load(path)`` (no pickle needed) or ``torch.from_numpy(numpy.load(path)["image_features"])``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,14 @@ def split_arrays(loaded: LoadedModel, dataset: str, split: str, root: Optional[s
     loaders = build_eval_loaders(cfg, dataset, split, root)
     eval_set = loaders.eval_set
     features = extract_features(loaded.model, loaders, loaded.device, loaded.autocast, progress=True)
-    return {"image_features": features.image.cpu().numpy(), "image_pids": features.image_pids.cpu().numpy(),
-            "image_paths": np.array([str(p) for p in eval_set.image_paths]),
-            "text_features": features.text.cpu().numpy(), "text_pids": features.text_pids.cpu().numpy(),
-            "captions": np.array(eval_set.captions)}
+    return {
+        "image_features": features.image.cpu().numpy(),
+        "image_pids": features.image_pids.cpu().numpy(),
+        "image_paths": np.array([str(p) for p in eval_set.image_paths]),
+        "text_features": features.text.cpu().numpy(),
+        "text_pids": features.text_pids.cpu().numpy(),
+        "captions": np.array(eval_set.captions),
+    }
 
 
 def folder_arrays(loaded: LoadedModel, folder: Path) -> Dict[str, np.ndarray]:
@@ -68,8 +73,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--output {args.output}: expected a .npz file name")
     setup_logging()
     loaded = load_model(args.source, args.config, args.overrides, args.which)
-    arrays = (folder_arrays(loaded, args.images) if args.images is not None
-              else split_arrays(loaded, args.dataset, args.split, args.root))
+    arrays = (
+        folder_arrays(loaded, args.images)
+        if args.images is not None
+        else split_arrays(loaded, args.dataset, args.split, args.root)
+    )
     write_npz(arrays, args.output)
     logger.info("wrote %s: %s", args.output, ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items()))
     return 0

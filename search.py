@@ -9,6 +9,7 @@ scores. The gallery's embeddings are cached in ``FOLDER/.fmfa_cache/`` and reuse
 the images and the weights (with ``--onnx``: image.onnx) are unchanged (new or modified
 images are encoded, nothing else). Unreadable images are named in the log and skipped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ logger = logging.getLogger("search")
 def rank_gallery(loaded: Encoders, gallery: Gallery, query: str, top_k: int) -> List[Tuple[Path, float]]:
     """The ``top_k`` images of ``gallery`` for ``query`` with their cosine similarity."""
     text = loaded.embed_texts(tokenize(query, loaded.text_length).unsqueeze(0))
-    scores = (gallery.features @ text[0])
+    scores = gallery.features @ text[0]
     best = scores.topk(min(top_k, len(gallery.paths)))
     return [(gallery.paths[i], float(s)) for s, i in zip(best.values, best.indices)]
 
@@ -48,8 +49,13 @@ def default_output(query: str) -> Path:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_source(parser, flag="--checkpoint", required=False)  # or --onnx, checked below
-    parser.add_argument("--onnx", metavar="DIR", type=Path, default=None,
-                        help="search with export_onnx.py's folder on onnxruntime instead of --checkpoint")
+    parser.add_argument(
+        "--onnx",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="search with export_onnx.py's folder on onnxruntime instead of --checkpoint",
+    )
     parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
     parser.add_argument("--query", required=True, help="the description to search for")
     parser.add_argument("--top-k", type=int, default=10)
@@ -72,19 +78,27 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    loaded = OnnxEncoders(args.onnx) if args.onnx else load_model(args.source, args.config, args.overrides,
-                                                                   args.which)
+    loaded = OnnxEncoders(args.onnx) if args.onnx else load_model(args.source, args.config, args.overrides, args.which)
     gallery = encode_folder(Path(args.images), loaded, args.batch_size, use_cache=not args.no_cache)
-    logger.info("%d images (%d encoded now, %d from the cache, %d unreadable skipped)", len(gallery.paths),
-                gallery.encoded, len(gallery.paths) - gallery.encoded, len(gallery.skipped))
+    logger.info(
+        "%d images (%d encoded now, %d from the cache, %d unreadable skipped)",
+        len(gallery.paths),
+        gallery.encoded,
+        len(gallery.paths) - gallery.encoded,
+        len(gallery.skipped),
+    )
     hits = rank_gallery(loaded, gallery, args.query, args.top_k)
     table = PrettyTable(["rank", "score", "image"], align="l")
     for place, (path, score) in enumerate(hits, 1):
         table.add_row([place, f"{score:.3f}", str(path)])
     print(table)
     output = Path(args.output) if args.output else default_output(args.query)
-    ranked_row([load_image(path) for path, _ in hits], [f"#{i} {s:.3f}" for i, (_, s) in enumerate(hits, 1)],
-               f'"{args.query}"', output)
+    ranked_row(
+        [load_image(path) for path, _ in hits],
+        [f"#{i} {s:.3f}" for i, (_, s) in enumerate(hits, 1)],
+        f'"{args.query}"',
+        output,
+    )
     logger.info("wrote %s", output)
     return 0
 

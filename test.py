@@ -8,6 +8,7 @@
 
 Prints one table per dataset and writes the metrics as JSON (``--output``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from configs.defaults import Config
-from processor.evaluator import evaluate, eval_targets, results_table
+from processor.evaluator import eval_targets, evaluate, results_table
 from processor.inference import model_for, resolve_source
 from utils.cli import add_model_source, report_user_errors
 from utils.io import write_text_atomic
@@ -30,8 +31,9 @@ logger = logging.getLogger("test")
 def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_source(result)
-    result.add_argument("--output", default=None,
-                        help="metrics JSON (default: beside the weights, named by weights, dataset and split)")
+    result.add_argument(
+        "--output", default=None, help="metrics JSON (default: beside the weights, named by weights, dataset and split)"
+    )
     return result
 
 
@@ -55,8 +57,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     loaded = model_for(cfg, weights)
     results: Dict[str, dict] = {}
     for loaders in targets:
-        metrics = evaluate(loaded.model, loaders, loaded.device, loaded.autocast, cfg.eval.i2t, cfg.eval.query_chunk,
-                           progress=True)
+        metrics = evaluate(
+            loaded.model, loaders, loaded.device, loaded.autocast, cfg.eval.i2t, cfg.eval.query_chunk, progress=True
+        )
         results[loaders.dataset] = {"split": loaders.split, **metrics}
         print(f"{loaders.dataset} ({loaders.split}) - {weights}\n{results_table(metrics)}")
     write_text_atomic(output, json.dumps({"weights": str(weights), "results": results}, indent=2))

@@ -3,6 +3,7 @@
 Several GPUs: ``torchrun --nproc_per_node=N train.py --config ...`` (gloo on the CPU).
 The run folder gets config.yaml, train.log, metrics.jsonl, tensorboard/, last.pth, best.pth.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,8 @@ from utils.distributed import cleanup, init_distributed, pick_device
 from utils.io import save_config
 from utils.logger import setup_logging
 from utils.metrics import summary_table
-from utils.run_folder import CONFIG_FILE, METRICS_FILE, plan_start, prepare_run_folder, resolve_output_dir
 from utils.reproducibility import make_deterministic
+from utils.run_folder import CONFIG_FILE, METRICS_FILE, plan_start, prepare_run_folder, resolve_output_dir
 
 logger = logging.getLogger("train")
 
@@ -31,9 +32,14 @@ logger = logging.getLogger("train")
 def report_finished(cfg: Config, output_dir: Path, epoch: int) -> None:
     """A rerun of a finished run: its result, nothing trained or written."""
     setup_logging()
-    logger.info("run folder %s already finished (%d/%d epochs); nothing to train. %s, text-to-image\n%s",
-                output_dir, epoch, cfg.solver.epochs, cfg.data.dataset,
-                summary_table(output_dir / METRICS_FILE, cfg.data.dataset, cfg.eval.split))
+    logger.info(
+        "run folder %s already finished (%d/%d epochs); nothing to train. %s, text-to-image\n%s",
+        output_dir,
+        epoch,
+        cfg.solver.epochs,
+        cfg.data.dataset,
+        summary_table(output_dir / METRICS_FILE, cfg.data.dataset, cfg.eval.split),
+    )
 
 
 @record  # under torchrun: the failing rank's traceback goes into torchrun's error report

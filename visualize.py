@@ -8,6 +8,7 @@ images framed green (same identity) or red. ``efa``: the EFA token-to-patch simi
 chosen words over the patch grid (24 x 8 at 384 x 128), before and after sparsification,
 overlaid on the image (the paper's figure 5). PNGs go to ``--output-dir``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,10 +54,14 @@ def retrieval_pictures(loaded: LoadedModel, args) -> List[Path]:
         top = scores.topk(min(args.top_k, len(gallery.image_paths))).indices.tolist()
         correct = [gallery.image_pids[i] == gallery.caption_pids[query] for i in top]
         output = args.output_dir / f"retrieval_{args.dataset}_{args.split}_{query}.png"
-        ranked_row([load_image(gallery.image_paths[i]) for i in top],
-                   [f"#{n} {float(scores[i]):.2f}" for n, i in enumerate(top, 1)],
-                   f"query {query}: {gallery.captions[query]}", output, correct,
-                   query_image=load_image(gallery.image_paths[gallery.caption_images[query]]))
+        ranked_row(
+            [load_image(gallery.image_paths[i]) for i in top],
+            [f"#{n} {float(scores[i]):.2f}" for n, i in enumerate(top, 1)],
+            f"query {query}: {gallery.captions[query]}",
+            output,
+            correct,
+            query_image=load_image(gallery.image_paths[gallery.caption_images[query]]),
+        )
         written.append(output)
     return written
 
@@ -66,7 +71,7 @@ def word_positions(ids: torch.Tensor, word: str, text_length: int, caption: str)
     pieces = [t for t in tokenize(word, text_length).tolist() if t not in (0, SOT_ID, EOT_ID)]
     row = ids.tolist()
     for start in range(len(row) - len(pieces) + 1):
-        if row[start:start + len(pieces)] == pieces:
+        if row[start : start + len(pieces)] == pieces:
             return list(range(start, start + len(pieces)))
     raise UserError(f"word {word!r} is not in the caption {caption!r}")
 

@@ -4,13 +4,13 @@ counts, on synthetic JPEGs written at 384 x 128.
 
     python -m benchmarks.data_pipeline [--workers 0 1 2] [--batches 30]
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import tempfile
 import time
-
 
 from configs.defaults import Config, DataConfig, ModelConfig
 from datasets.build import build_train_loader, read_dataset
@@ -43,9 +43,18 @@ def main() -> None:
             generate(root, num_train_ids=400, num_val_ids=1, num_test_ids=1, image_size=(384, 128), seed=0)
         print(f"{'workers':>8} {'images/s':>10}  (batch 64, 384 x 128, augmentation + MLM)")
         for workers in args.workers:
-            cfg = Config(model=ModelConfig(image_size=[384, 128]),
-                         data=DataConfig(root=root, dataset="Synthetic-PEDES", batch_size=64, num_workers=workers,
-                                         augment=True, persistent_workers=False, pin_memory=False))
+            cfg = Config(
+                model=ModelConfig(image_size=[384, 128]),
+                data=DataConfig(
+                    root=root,
+                    dataset="Synthetic-PEDES",
+                    batch_size=64,
+                    num_workers=workers,
+                    augment=True,
+                    persistent_workers=False,
+                    pin_memory=False,
+                ),
+            )
             print(f"{workers:>8} {measure(cfg, args.batches):>10.1f}")
 
 

@@ -11,6 +11,7 @@ benchmarks/gpu_check.sh (NCCL on two GPUs).
     torchrun --nproc_per_node=2 -m benchmarks.ddp_equality step DATA_ROOT two.pt [key=value ...]
     python -m benchmarks.ddp_equality compare one.pt two.pt
 """
+
 from __future__ import annotations
 
 import sys
@@ -27,14 +28,32 @@ from processor.trainer import move_batch
 from utils.distributed import ProcessGroupCollective, cleanup, init_distributed
 
 # A tiny CLIP on 32 x 16 images, global batch 12 (2 or 3 processes split it evenly).
-TINY = ["model.pretrain=none", "model.image_size=[32,16]", "model.patch_size=8", "model.embed_dim=64",
-        "model.vision_width=64", "model.vision_layers=1", "model.text_width=64", "model.text_layers=1",
-        "model.cmt_depth=1", "model.context_length=32", "data.text_length=32", "data.dataset=CUHK-PEDES",
-        "data.batch_size=12", "data.num_instance=2", "data.num_workers=0", "train.precision=fp32",
-        "train.device=cpu", "model.id_classes=identities", "data.augment=true"]
-CASES = {f"{sampler}, share_masked_caption={shared}": [f"data.sampler={sampler}",
-                                                          f"data.share_masked_caption={shared}"]
-         for sampler in ("random", "identity") for shared in ("true", "false")}
+TINY = [
+    "model.pretrain=none",
+    "model.image_size=[32,16]",
+    "model.patch_size=8",
+    "model.embed_dim=64",
+    "model.vision_width=64",
+    "model.vision_layers=1",
+    "model.text_width=64",
+    "model.text_layers=1",
+    "model.cmt_depth=1",
+    "model.context_length=32",
+    "data.text_length=32",
+    "data.dataset=CUHK-PEDES",
+    "data.batch_size=12",
+    "data.num_instance=2",
+    "data.num_workers=0",
+    "train.precision=fp32",
+    "train.device=cpu",
+    "model.id_classes=identities",
+    "data.augment=true",
+]
+CASES = {
+    f"{sampler}, share_masked_caption={shared}": [f"data.sampler={sampler}", f"data.share_masked_caption={shared}"]
+    for sampler in ("random", "identity")
+    for shared in ("true", "false")
+}
 
 
 def one_step(root: str, overrides: list, info) -> dict:
@@ -52,9 +71,11 @@ def one_step(root: str, overrides: list, info) -> dict:
     terms, metrics = criterion(model(batch), batch)
     sum(terms.values()).backward()
     module = model.module if info.distributed else model
-    return {"terms": {name: value.detach().cpu() for name, value in terms.items()},
-            "metrics": {name: value.cpu() for name, value in metrics.items()},
-            "grads": {name: p.grad.detach().cpu() for name, p in module.named_parameters() if p.grad is not None}}
+    return {
+        "terms": {name: value.detach().cpu() for name, value in terms.items()},
+        "metrics": {name: value.cpu() for name, value in metrics.items()},
+        "grads": {name: p.grad.detach().cpu() for name, p in module.named_parameters() if p.grad is not None},
+    }
 
 
 def step(root: str, output: str, *extra: str) -> None:
@@ -80,8 +101,10 @@ def largest_differences(many: dict, one: dict) -> Dict[str, Dict[str, float]]:
         for kind in ("terms", "metrics", "grads"):
             if got[kind].keys() != expected[kind].keys():
                 raise ValueError(f"{case}: the {kind} differ in names: {sorted(got[kind])} vs {sorted(expected[kind])}")
-        out[case] = {kind: max(relative_error(got[kind][name], expected[kind][name]) for name in expected[kind])
-                     for kind in ("terms", "metrics", "grads")}
+        out[case] = {
+            kind: max(relative_error(got[kind][name], expected[kind][name]) for name in expected[kind])
+            for kind in ("terms", "metrics", "grads")
+        }
     return out
 
 

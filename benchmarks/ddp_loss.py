@@ -9,6 +9,7 @@ timed). The median of the repeats; ratios against N = 1 measured in the same run
 
     python -m benchmarks.ddp_loss [--preset paper|tiny] [--repeats 5] [--processes 1 2 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,10 @@ from prettytable import PrettyTable
 from benchmarks.presets import CUHK_TRAIN_IDS, preset_config
 from model.build import build_criterion
 
-SHAPES = {"paper": dict(batch=64, dim=512, tokens=77, patches=192, classes=CUHK_TRAIN_IDS, vocab=49408, masked=5),
-          "tiny": dict(batch=8, dim=64, tokens=16, patches=12, classes=20, vocab=100, masked=2)}
+SHAPES = {
+    "paper": dict(batch=64, dim=512, tokens=77, patches=192, classes=CUHK_TRAIN_IDS, vocab=49408, masked=5),
+    "tiny": dict(batch=8, dim=64, tokens=16, patches=12, classes=20, vocab=100, masked=2),
+}
 
 
 class StandInGroup:
@@ -44,9 +47,13 @@ class StandInGroup:
 def share_outputs(shape: Dict[str, int], rows: int, gen: torch.Generator) -> Dict[str, torch.Tensor]:
     """Model outputs of ``rows`` samples (leaf tensors that take gradients)."""
     d = shape["dim"]
-    sizes = {"image_tokens": (rows, 1 + shape["patches"], d), "text_tokens": (rows, shape["tokens"], d),
-             "image_logits": (rows, shape["classes"]), "text_logits": (rows, shape["classes"]),
-             "mlm_scores": (rows * shape["masked"], shape["vocab"])}
+    sizes = {
+        "image_tokens": (rows, 1 + shape["patches"], d),
+        "text_tokens": (rows, shape["tokens"], d),
+        "image_logits": (rows, shape["classes"]),
+        "text_logits": (rows, shape["classes"]),
+        "mlm_scores": (rows * shape["masked"], shape["vocab"]),
+    }
     out = {name: torch.randn(*size, generator=gen).requires_grad_() for name, size in sizes.items()}
     out["image_feats"], out["text_feats"] = out["image_tokens"][:, 0], out["text_tokens"][:, 7]
     out["mlm_labels"] = torch.randint(1, shape["vocab"], (rows * shape["masked"],), generator=gen)
@@ -66,6 +73,7 @@ def share_step(preset: str, processes: int):
     def step() -> None:
         terms, _ = criterion(dict(out), batch)
         sum(terms.values()).backward()
+
     return step
 
 
@@ -88,14 +96,15 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args(argv)
-    seconds = median_seconds({n: share_step(args.preset, n) for n in dict.fromkeys(args.processes)},
-                             args.repeats)
+    seconds = median_seconds({n: share_step(args.preset, n) for n in dict.fromkeys(args.processes)}, args.repeats)
     table = PrettyTable(["processes", "rows per rank", "loss fwd+bwd per rank (ms)", "ratio to 1 process"])
     base = seconds.get(1, next(iter(seconds.values())))
     for n, value in seconds.items():
         table.add_row([n, SHAPES[args.preset]["batch"] // n, f"{value * 1e3:.1f}", f"{value / base:.2f}"])
-    print(f"preset {args.preset}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"{args.repeats} repeats (median)")
+    print(
+        f"preset {args.preset}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{args.repeats} repeats (median)"
+    )
     print(table)
 
 

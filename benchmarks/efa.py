@@ -9,6 +9,7 @@ is the peak during the first timed call minus the resident memory just before it
 
     python -m benchmarks.efa [--batch 64] [--repeats 3] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,15 +19,19 @@ import resource
 import statistics
 import time
 
-
 import torch
 import torch.nn.functional as F
 
 from model.objectives import efa_loss, language_grouped_vision
 
 
-def broadcast_efa(text_tokens: torch.Tensor, image_tokens: torch.Tensor, text_margin: float = 0.1,
-                  image_margin: float = 0.9, lse_lambda: float = 1.0) -> torch.Tensor:
+def broadcast_efa(
+    text_tokens: torch.Tensor,
+    image_tokens: torch.Tensor,
+    text_margin: float = 0.1,
+    image_margin: float = 0.9,
+    lse_lambda: float = 1.0,
+) -> torch.Tensor:
     """The EFA formula with the full [B, B, L_x, L_c] broadcast product (the baseline)."""
     patches = image_tokens[:, 1:]
     grouped = language_grouped_vision(text_tokens, patches)
@@ -69,8 +74,15 @@ def _measure(name: str, batch: int, repeats: int, threads: int, queue: mp.Queue)
         times.append(time.perf_counter() - start)
         if step == 0:  # the peak of one call; later calls only add allocator fragmentation
             peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
-    queue.put({"loss": loss.item(), "grad_text": text.grad.numpy(), "grad_image": image.grad.numpy(),
-               "seconds": statistics.median(times), "peak_mib": peak_rss - base_rss})
+    queue.put(
+        {
+            "loss": loss.item(),
+            "grad_text": text.grad.numpy(),
+            "grad_image": image.grad.numpy(),
+            "seconds": statistics.median(times),
+            "peak_mib": peak_rss - base_rss,
+        }
+    )
 
 
 def run(name: str, batch: int, repeats: int, threads: int) -> dict:
@@ -91,17 +103,23 @@ def main() -> None:
     args = parser.parse_args()
     results = {name: run(name, args.batch, args.repeats, args.threads) for name in IMPLEMENTATIONS}
     ours, base = results["blockwise (ours)"], results["broadcast (baseline)"]
-    print(f"EFA forward+backward, B={args.batch}, L=77, P=192, D=512, float32, CPU, "
-          f"{args.threads} threads, median of {args.repeats}")
+    print(
+        f"EFA forward+backward, B={args.batch}, L=77, P=192, D=512, float32, CPU, "
+        f"{args.threads} threads, median of {args.repeats}"
+    )
     print(f"{'implementation':<22}{'time (s)':>10}{'peak mem (MiB)':>16}{'loss':>14}")
     for name, r in results.items():
         print(f"{name:<22}{r['seconds']:>10.3f}{r['peak_mib']:>16.0f}{r['loss']:>14.6f}")
     rel = lambda a, b: float(abs(a - b).max() / abs(b).max())  # noqa: E731
-    print(f"speed-up: {base['seconds'] / ours['seconds']:.1f}x   "
-          f"memory: 1/{base['peak_mib'] / max(ours['peak_mib'], 1e-9):.0f} of the baseline")
-    print(f"max relative difference: loss {abs(ours['loss'] - base['loss']) / abs(base['loss']):.1e}, "
-          f"grad text {rel(ours['grad_text'], base['grad_text']):.1e}, "
-          f"grad image {rel(ours['grad_image'], base['grad_image']):.1e}")
+    print(
+        f"speed-up: {base['seconds'] / ours['seconds']:.1f}x   "
+        f"memory: 1/{base['peak_mib'] / max(ours['peak_mib'], 1e-9):.0f} of the baseline"
+    )
+    print(
+        f"max relative difference: loss {abs(ours['loss'] - base['loss']) / abs(base['loss']):.1e}, "
+        f"grad text {rel(ours['grad_text'], base['grad_text']):.1e}, "
+        f"grad image {rel(ours['grad_image'], base['grad_image']):.1e}"
+    )
 
 
 if __name__ == "__main__":

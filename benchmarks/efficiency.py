@@ -8,6 +8,7 @@ GFLOPs are counted with ``torch.utils.flop_counter`` (one item: a 77-token capti
 
     python -m benchmarks.efficiency [--preset paper|tiny] [--batch 64] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import logging
 import statistics
 import time
 from typing import Callable, Dict
-
 
 import torch
 from prettytable import PrettyTable
@@ -25,14 +25,17 @@ from benchmarks.presets import cuhk_id_outputs, preset_config, random_batch, syn
 from model.build import build_model
 from model.fmfa import FMFA
 
-TRAINING_ONLY = ("classifier", "cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post",
-                 "mlm_head")
+TRAINING_ONLY = ("classifier", "cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head")
 
 
 def parameters_per_part(model: FMFA) -> Dict[str, int]:
     """Parameter counts: image encoder, text encoder, and the training-only heads."""
-    parts = {"image encoder (used at test)": 0, "text encoder (used at test)": 0,
-             "ID classifier (training only)": 0, "IRR cross-modal + MLM head (training only)": 0}
+    parts = {
+        "image encoder (used at test)": 0,
+        "text encoder (used at test)": 0,
+        "ID classifier (training only)": 0,
+        "IRR cross-modal + MLM head (training only)": 0,
+    }
     for name, parameter in model.named_parameters():
         if name.startswith("base_model.visual."):
             key = "image encoder (used at test)"
@@ -85,21 +88,22 @@ def main() -> None:
         table.add_row([part, f"{count / 1e6:.2f}"])
     table.add_row(["total", f"{sum(parts.values()) / 1e6:.2f}"])
     print(table)
-    batch = random_batch(cfg.__class__(model=cfg.model, data=cfg.data.__class__(batch_size=args.batch)),
-                         cuhk_id_outputs(cfg), device)
+    batch = random_batch(
+        cfg.__class__(model=cfg.model, data=cfg.data.__class__(batch_size=args.batch)), cuhk_id_outputs(cfg), device
+    )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     cost = PrettyTable(["item", "GFLOPs", "ms (batch 1)", f"ms per item (batch {args.batch})"], align="l")
-    for label, function, inputs in (("caption query (77 tokens)", model.encode_text, batch["caption_ids"]),
-                                    (f"gallery image ({cfg.model.image_size[0]} x {cfg.model.image_size[1]})",
-                                     model.encode_image, batch["images"])):
+    for label, function, inputs in (
+        ("caption query (77 tokens)", model.encode_text, batch["caption_ids"]),
+        (f"gallery image ({cfg.model.image_size[0]} x {cfg.model.image_size[1]})", model.encode_image, batch["images"]),
+    ):
         flops = count_flops(function, inputs[:1])
         single = seconds_per_item(function, inputs[:1], args.repeats)
         batched = seconds_per_item(function, inputs, args.repeats)
         cost.add_row([label, f"{flops / 1e9:.3g}", f"{1000 * single:.1f}", f"{1000 * batched:.2f}"])
     print(f"inference cost, preset {args.preset}, fp32 on {name} (median of {args.repeats}):")
     print(cost)
-    print(f"ranking: one {cfg.model.embed_dim}-dim dot product per query-image pair "
-          f"({2 * cfg.model.embed_dim} FLOPs)")
+    print(f"ranking: one {cfg.model.embed_dim}-dim dot product per query-image pair ({2 * cfg.model.embed_dim} FLOPs)")
 
 
 if __name__ == "__main__":

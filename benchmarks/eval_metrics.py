@@ -13,13 +13,13 @@ The "sort" column is the baseline's argsort alone, for reference.
     python -m benchmarks.eval_metrics [--queries 6156] [--gallery 3074] [--ids 1000]
                                       [--device cpu] [--repeats 5] [--threads N] [--chunk-size 256]
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
 from typing import Callable
-
 
 import numpy as np
 import torch
@@ -30,8 +30,9 @@ from utils.metrics import rank
 Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def rank_reference_loop(similarity: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
-                        max_rank: int = 10) -> Result:
+def rank_reference_loop(
+    similarity: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor, max_rank: int = 10
+) -> Result:
     """Baseline: argsort every row of [Q, G], then cmc / AP / INP one query at a time."""
     order = torch.argsort(similarity, dim=1, descending=True).cpu()
     matches = (g_pids.cpu()[order] == q_pids.cpu()[:, None]).numpy()
@@ -41,21 +42,23 @@ def rank_reference_loop(similarity: torch.Tensor, q_pids: torch.Tensor, g_pids: 
     for i, row in enumerate(matches):
         ranks = np.flatnonzero(row) + 1.0  # 1-based ranks of the relevant items
         if ranks[0] <= max_rank:
-            cmc[int(ranks[0]) - 1:] += 1
+            cmc[int(ranks[0]) - 1 :] += 1
         ap[i] = np.mean(np.arange(1, len(ranks) + 1) / ranks)
         inp[i] = len(ranks) / ranks[-1]
     n = len(matches)
     return torch.from_numpy(cmc * 100 / n), torch.tensor(ap.mean() * 100), torch.tensor(inp.mean() * 100)
 
 
-def make_problem(num_queries: int, num_gallery: int, num_ids: int, dim: int = 256,
-                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_problem(
+    num_queries: int, num_gallery: int, num_ids: int, dim: int = 256, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(similarity [Q, G] float32, q_pids [Q], g_pids [G]) as the module docstring describes."""
     gen = torch.Generator().manual_seed(seed)
     g_pids = torch.cat([torch.arange(num_ids), torch.randint(num_ids, (num_gallery - num_ids,), generator=gen)])
     per_image, extra = divmod(num_queries, num_gallery)
-    images = torch.cat([torch.arange(num_gallery).repeat(per_image),
-                        torch.randperm(num_gallery, generator=gen)[:extra]])
+    images = torch.cat(
+        [torch.arange(num_gallery).repeat(per_image), torch.randperm(num_gallery, generator=gen)[:extra]]
+    )
     q_pids = g_pids[images]
     centres = torch.randn(num_ids, dim, generator=gen)
 
@@ -98,10 +101,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sim, q_pids, g_pids = (t.to(device) for t in make_problem(args.queries, args.gallery, args.ids))
-    print(f"{args.queries} queries x {args.gallery} gallery, {args.ids} identities, device {device}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"{'task':<5}{'rank (s)':>10}{'loop (s)':>10}{'ratio':>8}{'sort (s)':>10}{'max |diff|':>12}"
-          "   R1 / R5 / R10 / mAP / mINP")
+    print(
+        f"{args.queries} queries x {args.gallery} gallery, {args.ids} identities, device {device}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
+    print(
+        f"{'task':<5}{'rank (s)':>10}{'loop (s)':>10}{'ratio':>8}{'sort (s)':>10}{'max |diff|':>12}"
+        "   R1 / R5 / R10 / mAP / mINP"
+    )
     worst = 0.0
     for task, problem in (("t2i", (sim, q_pids, g_pids)), ("i2t", (sim.t(), g_pids, q_pids))):
         ours_s, ours = median_time(lambda: rank(*problem, chunk_size=args.chunk_size), args.repeats, device)
@@ -110,8 +117,9 @@ def main() -> None:
         diff = max_abs_diff(ours, loop)
         worst = max(worst, diff)
         figures = " / ".join(f"{float(v):.3f}" for v in (*ours[0][[0, 4, 9]], ours[1], ours[2]))
-        print(f"{task:<5}{ours_s:>10.4f}{loop_s:>10.4f}{loop_s / ours_s:>7.1f}x{sort_s:>10.4f}{diff:>12.2e}"
-              f"   {figures}")
+        print(
+            f"{task:<5}{ours_s:>10.4f}{loop_s:>10.4f}{loop_s / ours_s:>7.1f}x{sort_s:>10.4f}{diff:>12.2e}   {figures}"
+        )
     assert worst < 1e-4, f"metrics differ by {worst}"
     print(f"metrics agree (max abs difference {worst:.2e}, in percent points)")
 

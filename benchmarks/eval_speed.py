@@ -8,6 +8,7 @@ preset's image size. Paper preset (ViT-B/16, 384 x 128) on a GPU; tiny on a CPU,
 
     python -m benchmarks.eval_speed [--mode amp_bf16] [--jpeg --workers 8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,11 +19,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-
 import torch
 
-from benchmarks.presets import (CUHK_TEST_CAPTIONS, CUHK_TEST_IMAGES, cuhk_id_outputs, preset_config,
-                                random_captions, synchronize)
+from benchmarks.presets import (
+    CUHK_TEST_CAPTIONS,
+    CUHK_TEST_IMAGES,
+    cuhk_id_outputs,
+    preset_config,
+    random_captions,
+    synchronize,
+)
 from datasets.build import EvalLoaders, build_eval_loaders, read_dataset
 from datasets.readers import EvalSet
 from datasets.synthetic import generate
@@ -35,15 +41,27 @@ def tensor_loaders(cfg, images: int, captions: int, device: torch.device) -> Eva
     """(pids, inputs) batches of random images and token ids, already on ``device``."""
     gen, size = torch.Generator().manual_seed(0), cfg.eval.batch_size
     ids = random_captions(captions, cfg.data.text_length, gen)
-    pixels = [torch.randn(min(size, images - start), 3, *cfg.model.image_size, generator=gen).to(device)
-              for start in range(0, images, size)]
+    pixels = [
+        torch.randn(min(size, images - start), 3, *cfg.model.image_size, generator=gen).to(device)
+        for start in range(0, images, size)
+    ]
     image_pids = torch.arange(images) % 1000
-    texts = [(image_pids[torch.arange(start, min(start + size, captions)) // 2 % images], ids[start:start + size]
-              .to(device)) for start in range(0, captions, size)]
-    gallery = [(image_pids[start:start + len(batch)], batch) for start, batch in zip(range(0, images, size), pixels)]
+    texts = [
+        (
+            image_pids[torch.arange(start, min(start + size, captions)) // 2 % images],
+            ids[start : start + size].to(device),
+        )
+        for start in range(0, captions, size)
+    ]
+    gallery = [(image_pids[start : start + len(batch)], batch) for start, batch in zip(range(0, images, size), pixels)]
     owners = [index // 2 % images for index in range(captions)]  # two captions per image
-    eval_set = EvalSet(image_pids.tolist(), [Path(f"random/{index}.jpg") for index in range(images)],
-                       [int(image_pids[owner]) for owner in owners], ["random tokens"] * captions, owners)
+    eval_set = EvalSet(
+        image_pids.tolist(),
+        [Path(f"random/{index}.jpg") for index in range(images)],
+        [int(image_pids[owner]) for owner in owners],
+        ["random tokens"] * captions,
+        owners,
+    )
     return EvalLoaders("random", "test", texts, gallery, eval_set)
 
 
@@ -83,22 +101,31 @@ def main() -> None:
     runs = [time_evaluation(model, loaders, precision, cfg.eval.query_chunk) for _ in range(args.repeats)]
     encode, ranking = (statistics.median(values) for values in zip(*runs))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"{name}, preset {preset}, {precision.mode}, eval batch {cfg.eval.batch_size}: {images} images + "
-          f"{captions} captions encoded in {encode:.2f} s ({images / encode:.0f} images/s with the captions), "
-          f"ranked in {ranking:.3f} s; total {encode + ranking:.2f} s (median of {args.repeats})")
+    print(
+        f"{name}, preset {preset}, {precision.mode}, eval batch {cfg.eval.batch_size}: {images} images + "
+        f"{captions} captions encoded in {encode:.2f} s ({images / encode:.0f} images/s with the captions), "
+        f"ranked in {ranking:.3f} s; total {encode + ranking:.2f} s (median of {args.repeats})"
+    )
     if args.jpeg:
         with tempfile.TemporaryDirectory() as root:
             height, width = cfg.model.image_size
             ids = max(images // 3, 1)
             generate(root, num_train_ids=1, num_val_ids=1, num_test_ids=ids, image_size=(height, width), seed=0)
             read_dataset.cache_clear()
-            data = replace(cfg.data, root=root, dataset="Synthetic-PEDES", num_workers=args.workers,
-                           pin_memory=device.type == "cuda")
+            data = replace(
+                cfg.data,
+                root=root,
+                dataset="Synthetic-PEDES",
+                num_workers=args.workers,
+                pin_memory=device.type == "cuda",
+            )
             jpeg_loaders = build_eval_loaders(replace(cfg, data=data))
             encode, ranking = time_evaluation(model, jpeg_loaders, precision, cfg.eval.query_chunk)
             count = len(jpeg_loaders.images.dataset)
-            print(f"from JPEGs ({args.workers} workers): {count} images + {len(jpeg_loaders.texts.dataset)} captions"
-                  f" in {encode:.2f} s ({count / encode:.0f} images/s), ranked in {ranking:.3f} s")
+            print(
+                f"from JPEGs ({args.workers} workers): {count} images + {len(jpeg_loaders.texts.dataset)} captions"
+                f" in {encode:.2f} s ({count / encode:.0f} images/s), ranked in {ranking:.3f} s"
+            )
 
 
 if __name__ == "__main__":

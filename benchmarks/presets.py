@@ -4,6 +4,7 @@
 CUHK-PEDES identity count (11,003), random init (the weights do not change the cost).
 ``tiny``: the same code path at toy sizes, so CI can run the scripts on a CPU.
 """
+
 from __future__ import annotations
 
 from typing import Dict
@@ -23,8 +24,18 @@ def preset_config(name: str) -> Config:
     if name == "paper":
         return Config(model=ModelConfig(pretrain="none"), data=DataConfig(batch_size=64))
     if name == "tiny":
-        model = ModelConfig(pretrain="none", image_size=[96, 32], patch_size=16, embed_dim=64, vision_width=64,
-                            vision_layers=2, text_width=64, text_layers=2, context_length=77, cmt_depth=1)
+        model = ModelConfig(
+            pretrain="none",
+            image_size=[96, 32],
+            patch_size=16,
+            embed_dim=64,
+            vision_width=64,
+            vision_layers=2,
+            text_width=64,
+            text_layers=2,
+            context_length=77,
+            cmt_depth=1,
+        )
         return Config(model=model, data=DataConfig(batch_size=8))
     raise ValueError(f"unknown preset {name!r}; expected paper or tiny")
 
@@ -38,7 +49,7 @@ def random_captions(count: int, text_length: int, gen: torch.Generator) -> torch
     """[count, text_length] token ids: SOT, CAPTION_TOKENS - 2 random words, EOT, padding."""
     ids = torch.zeros(count, text_length, dtype=torch.long)
     ids[:, 0], ids[:, CAPTION_TOKENS - 1] = SOT_ID, EOT_ID
-    ids[:, 1:CAPTION_TOKENS - 1] = torch.randint(1, MASK_ID, (count, CAPTION_TOKENS - 2), generator=gen)
+    ids[:, 1 : CAPTION_TOKENS - 1] = torch.randint(1, MASK_ID, (count, CAPTION_TOKENS - 2), generator=gen)
     return ids
 
 
@@ -52,10 +63,13 @@ def random_batch(cfg: Config, num_classes: int, device: torch.device, seed: int 
     masked = [mask_tokens(row, gen) for row in ids]
     mlm_ids = torch.stack([m for m, _ in masked])
     identities = min(num_classes, CUHK_TRAIN_IDS)
-    batch = {"images": torch.randn(size, 3, *cfg.model.image_size, generator=gen),
-             "caption_ids": mlm_ids if cfg.data.share_masked_caption else ids,
-             "mlm_ids": mlm_ids, "mlm_labels": torch.stack([lab for _, lab in masked]),
-             "pids": torch.randint(identities, (size // 2,), generator=gen).repeat_interleave(2)[:size]}
+    batch = {
+        "images": torch.randn(size, 3, *cfg.model.image_size, generator=gen),
+        "caption_ids": mlm_ids if cfg.data.share_masked_caption else ids,
+        "mlm_ids": mlm_ids,
+        "mlm_labels": torch.stack([lab for _, lab in masked]),
+        "pids": torch.randint(identities, (size // 2,), generator=gen).repeat_interleave(2)[:size],
+    }
     return {key: value.to(device) for key, value in batch.items()}
 
 

@@ -8,6 +8,7 @@ for IRR), measured in one run at the same model size.
 Forward + backward of ``criterion(model(batch), batch)`` in fp32 (no optimizer step, the
 same in both), median over ``--steps`` timed steps after ``--warmup``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,15 +51,18 @@ def main() -> Dict[str, float]:
     args = parser.parse_args()
     cfg = preset_config(args.preset)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=args.batch))
-    seconds = {label: step_seconds(cfg, shared, args.warmup, args.steps)
-               for label, shared in (("two text passes (clean + masked)", False),
-                                     ("one shared pass (authors' data)", True))}
+    seconds = {
+        label: step_seconds(cfg, shared, args.warmup, args.steps)
+        for label, shared in (("two text passes (clean + masked)", False), ("one shared pass (authors' data)", True))
+    }
     base = seconds["two text passes (clean + masked)"]
     table = PrettyTable(["text tower", "s per step", "ratio"], align="l")
     for label, value in seconds.items():
         table.add_row([label, f"{value:.2f}", f"{value / base:.2f}"])
-    print(f"{args.preset} preset, batch {args.batch}, fp32, forward + backward, CPU threads "
-          f"{torch.get_num_threads()}\n{table}")
+    print(
+        f"{args.preset} preset, batch {args.batch}, fp32, forward + backward, CPU threads "
+        f"{torch.get_num_threads()}\n{table}"
+    )
     return seconds
 
 

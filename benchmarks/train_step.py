@@ -20,6 +20,7 @@ figure is that divided by the batch. docs/memory.md has the figures.
     python -m benchmarks.train_step --modes amp_bf16 --pipeline --workers 8
     python -m benchmarks.train_step --memory --preset paper --batch 16 --warmup 1 --steps 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
-
 import torch
 from prettytable import PrettyTable
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.presets import (CUHK_TRAIN_PAIRS, cuhk_id_outputs, preset_config, random_batch,
-                                synchronize)
+from benchmarks.presets import CUHK_TRAIN_PAIRS, cuhk_id_outputs, preset_config, random_batch, synchronize
 from configs.defaults import Config
 from datasets.build import build_train_loader, read_dataset
 from datasets.synthetic import generate
@@ -55,8 +54,16 @@ from processor.trainer import train_one_epoch
 from solver import build_optimizer
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
-DENSE_BF16_PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H200": 989.4,
-                          "A100": 312.0, "A6000": 154.8, "L40S": 362.1, "4090": 165.2}
+DENSE_BF16_PEAK_TFLOPS = {
+    "H100 80GB HBM3": 989.4,
+    "H100 SXM": 989.4,
+    "H100 PCIe": 756.0,
+    "H200": 989.4,
+    "A100": 312.0,
+    "A6000": 154.8,
+    "L40S": 362.1,
+    "4090": 165.2,
+}
 
 
 def known_peak(device: torch.device) -> Optional[float]:
@@ -86,10 +93,21 @@ class StepBench:
             for batch in batches:
                 seen[0] += batch["pids"].shape[0]
                 yield batch
+
         synchronize(self.precision.device)
         started = time.perf_counter()
-        train_one_epoch(self.runner, self.criterion, counted(), self.optimizer, self.precision, self.scaler, 0, 0,
-                        log_period=50, progress=False)
+        train_one_epoch(
+            self.runner,
+            self.criterion,
+            counted(),
+            self.optimizer,
+            self.precision,
+            self.scaler,
+            0,
+            0,
+            log_period=50,
+            progress=False,
+        )
         synchronize(self.precision.device)
         return seen[0] / (time.perf_counter() - started)
 
@@ -103,8 +121,7 @@ def count_step_flops(cfg: Config, device: torch.device, num_classes: int) -> int
     return counter.get_total_flops()
 
 
-def step_figures(cfg: Config, mode: str, device: torch.device, args, num_classes: int,
-                 flops: int) -> Dict[str, float]:
+def step_figures(cfg: Config, mode: str, device: torch.device, args, num_classes: int, flops: int) -> Dict[str, float]:
     bench = StepBench(cfg, mode, device, num_classes, args.compile)
     batch = random_batch(cfg, num_classes, device)
     bench.run([batch] * args.warmup)
@@ -112,8 +129,11 @@ def step_figures(cfg: Config, mode: str, device: torch.device, args, num_classes
         torch.cuda.reset_peak_memory_stats(device)
     rates = [bench.run([batch] * args.steps) for _ in range(args.repeats)]
     rate = statistics.median(rates)
-    figures = {"samples_s": rate, "step_ms": 1000 * cfg.data.batch_size / rate,
-               "tflops": flops * rate / cfg.data.batch_size / 1e12}
+    figures = {
+        "samples_s": rate,
+        "step_ms": 1000 * cfg.data.batch_size / rate,
+        "tflops": flops * rate / cfg.data.batch_size / 1e12,
+    }
     if device.type == "cuda":
         figures["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     del bench
@@ -124,8 +144,14 @@ def step_figures(cfg: Config, mode: str, device: torch.device, args, num_classes
 
 def pipeline_rate(cfg: Config, mode: str, device: torch.device, args, root: str) -> float:
     """Samples/s of the same step fed by the training DataLoader (after one warm-up pass)."""
-    data = replace(cfg.data, root=root, dataset="Synthetic-PEDES", num_workers=args.workers,
-                   pin_memory=device.type == "cuda", persistent_workers=True)
+    data = replace(
+        cfg.data,
+        root=root,
+        dataset="Synthetic-PEDES",
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=True,
+    )
     cfg = replace(cfg, data=data)
     read_dataset.cache_clear()
     loader, num_classes = build_train_loader(cfg)
@@ -137,10 +163,18 @@ def pipeline_rate(cfg: Config, mode: str, device: torch.device, args, root: str)
 
 
 # --memory: variant -> (precision mode, model.grad_checkpointing, torch.compile), and its label.
-MEMORY_VARIANTS = {"default": ("fp32", False, False), "checkpointing": ("fp32", True, False),
-                   "amp_bf16": ("amp_bf16", False, False), "compile": ("fp32", False, True)}
-MEMORY_LABELS = {"default": "fp32 (default)", "checkpointing": "fp32 + grad checkpointing",
-                 "amp_bf16": "amp_bf16", "compile": "fp32 + torch.compile"}
+MEMORY_VARIANTS = {
+    "default": ("fp32", False, False),
+    "checkpointing": ("fp32", True, False),
+    "amp_bf16": ("amp_bf16", False, False),
+    "compile": ("fp32", False, True),
+}
+MEMORY_LABELS = {
+    "default": "fp32 (default)",
+    "checkpointing": "fp32 + grad checkpointing",
+    "amp_bf16": "amp_bf16",
+    "compile": "fp32 + torch.compile",
+}
 
 
 def resident_bytes(field: str = "VmRSS") -> int:
@@ -225,10 +259,16 @@ def variant_figures(cfg: Config, variant: str, device: torch.device, args, num_c
             cpu = time.process_time()
             times.append(cfg.data.batch_size / bench.run([batch]))
             cpu_times.append(time.process_time() - cpu)
-    return {"step_s": statistics.median(times), "times_s": times,
-            "cores": statistics.median(cpu / wall for cpu, wall in zip(cpu_times, times)),
-            "warmup_s": warmup_s, "model": built - empty,
-            "held": held - empty, "peak": peak.peak - empty, "step_peak": peak.peak - held}
+    return {
+        "step_s": statistics.median(times),
+        "times_s": times,
+        "cores": statistics.median(cpu / wall for cpu, wall in zip(cpu_times, times)),
+        "warmup_s": warmup_s,
+        "model": built - empty,
+        "held": held - empty,
+        "peak": peak.peak - empty,
+        "step_peak": peak.peak - held,
+    }
 
 
 def memory_comparison(preset: str, device: torch.device, args) -> None:
@@ -236,8 +276,21 @@ def memory_comparison(preset: str, device: torch.device, args) -> None:
     batch = args.batch or 16
     figures, load = {}, " ".join(f"{x:.1f}" for x in os.getloadavg())
     for variant in args.variants:
-        command = [sys.executable, "-m", "benchmarks.train_step", "--memory-variant", variant, "--preset", preset,
-                   "--batch", str(batch), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.train_step",
+            "--memory-variant",
+            variant,
+            "--preset",
+            preset,
+            "--batch",
+            str(batch),
+            "--warmup",
+            str(args.warmup),
+            "--steps",
+            str(args.steps),
+        ]
         result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         if result.returncode != 0:
             print(f"{variant}: failed (exit {result.returncode})\n{result.stderr[-3000:]}", file=sys.stderr)
@@ -246,31 +299,59 @@ def memory_comparison(preset: str, device: torch.device, args) -> None:
     cfg = preset_config(preset)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     what = "max allocated" if device.type == "cuda" else "resident set (VmHWM)"
-    print(f"{name}, preset {preset}: batch {batch}, {cfg.model.image_size[0]} x {cfg.model.image_size[1]}, "
-          f"{cfg.loss.names}, Adam; {args.warmup} warm-up + {args.steps} timed steps per variant, each variant in its "
-          f"own process; memory = {what}, GiB")
+    print(
+        f"{name}, preset {preset}: batch {batch}, {cfg.model.image_size[0]} x {cfg.model.image_size[1]}, "
+        f"{cfg.loss.names}, Adam; {args.warmup} warm-up + {args.steps} timed steps per variant, each variant in its "
+        f"own process; memory = {what}, GiB"
+    )
     base = figures.get("default")
-    table = PrettyTable(["variant", "step s (median)", "time x default", "cores busy", "held before step",
-                         "step peak above held", "memory x default", "per sample", "process peak"])
+    table = PrettyTable(
+        [
+            "variant",
+            "step s (median)",
+            "time x default",
+            "cores busy",
+            "held before step",
+            "step peak above held",
+            "memory x default",
+            "per sample",
+            "process peak",
+        ]
+    )
     for variant, fig in figures.items():
         ratio = (lambda key: f"{fig[key] / base[key]:.2f}") if base else (lambda key: "n/a")
-        table.add_row([MEMORY_LABELS[variant], f"{fig['step_s']:.2f}", ratio("step_s"),
-                       f"{fig['cores']:.1f}", f"{fig['held'] / 2**30:.2f}",
-                       f"{fig['step_peak'] / 2**30:.2f}", ratio("step_peak"),
-                       f"{fig['step_peak'] / batch / 2**20:.0f} MiB", f"{fig['peak'] / 2**30:.2f}"])
+        table.add_row(
+            [
+                MEMORY_LABELS[variant],
+                f"{fig['step_s']:.2f}",
+                ratio("step_s"),
+                f"{fig['cores']:.1f}",
+                f"{fig['held'] / 2**30:.2f}",
+                f"{fig['step_peak'] / 2**30:.2f}",
+                ratio("step_peak"),
+                f"{fig['step_peak'] / batch / 2**20:.0f} MiB",
+                f"{fig['peak'] / 2**30:.2f}",
+            ]
+        )
     print(table)
-    print("held before step = weights + gradients + Adam moments + batch, after the warm-up; step peak above held = "
-          "activations and temporaries of one step (what grows with the batch); process peak = above the empty "
-          "process; cores busy = CPU time / wall time of a step (below the thread count: the machine was busy; "
-          f"load average {load} before, {' '.join(f'{x:.1f}' for x in os.getloadavg())} after). Wall time per step "
-          "(s): " + "; ".join(f"{v} " + ", ".join(f"{t:.2f}" for t in f["times_s"])
-                                            + f" (warm-up {f['warmup_s']:.1f})" for v, f in figures.items()))
+    print(
+        "held before step = weights + gradients + Adam moments + batch, after the warm-up; step peak above held = "
+        "activations and temporaries of one step (what grows with the batch); process peak = above the empty "
+        "process; cores busy = CPU time / wall time of a step (below the thread count: the machine was busy; "
+        f"load average {load} before, {' '.join(f'{x:.1f}' for x in os.getloadavg())} after). Wall time per step "
+        "(s): "
+        + "; ".join(
+            f"{v} " + ", ".join(f"{t:.2f}" for t in f["times_s"]) + f" (warm-up {f['warmup_s']:.1f})"
+            for v, f in figures.items()
+        )
+    )
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=["paper", "tiny"], default=None,
-                        help="default: paper on a GPU, tiny on a CPU")
+    parser.add_argument(
+        "--preset", choices=["paper", "tiny"], default=None, help="default: paper on a GPU, tiny on a CPU"
+    )
     parser.add_argument("--modes", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--steps", type=int, default=20, help="steps per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
@@ -281,12 +362,19 @@ def parse_args():
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--grad-checkpointing", action="store_true", help="model.grad_checkpointing=true")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="batch size (default: the preset's; 16 with --memory)")
-    parser.add_argument("--memory", action="store_true",
-                        help="time and peak memory of default / grad checkpointing / amp_bf16 / compile, side by side")
-    parser.add_argument("--variants", nargs="+", choices=list(MEMORY_VARIANTS), default=list(MEMORY_VARIANTS),
-                        help="the --memory variants")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's; 16 with --memory)")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="time and peak memory of default / grad checkpointing / amp_bf16 / compile, side by side",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(MEMORY_VARIANTS),
+        default=list(MEMORY_VARIANTS),
+        help="the --memory variants",
+    )
     parser.add_argument("--memory-variant", choices=list(MEMORY_VARIANTS), default=None, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -299,8 +387,11 @@ def main() -> None:
     if args.memory:
         return memory_comparison(preset, device, args)
     cfg = preset_config(preset)
-    cfg = replace(cfg, solver=replace(cfg.solver, fused=True),
-                  model=replace(cfg.model, grad_checkpointing=args.grad_checkpointing))
+    cfg = replace(
+        cfg,
+        solver=replace(cfg.solver, fused=True),
+        model=replace(cfg.model, grad_checkpointing=args.grad_checkpointing),
+    )
     if args.batch or args.memory_variant:
         cfg = replace(cfg, data=replace(cfg.data, batch_size=args.batch or 16))
     num_classes = cuhk_id_outputs(cfg) if preset == "paper" else 50
@@ -310,32 +401,48 @@ def main() -> None:
     peak = args.peak_tflops or known_peak(device)
     flops = count_step_flops(cfg, device, num_classes)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"{name}, preset {preset}: batch {cfg.data.batch_size}, {cfg.model.image_size[0]} x "
-          f"{cfg.model.image_size[1]}, {cfg.loss.names}"
-          f"{', grad checkpointing' if args.grad_checkpointing else ''}; {flops / 1e9:.1f} GFLOP per step (fwd + bwd, "
-          f"torch.utils.flop_counter); MFU against {f'{peak:.1f} TFLOP/s dense bf16' if peak else 'n/a'}")
+    print(
+        f"{name}, preset {preset}: batch {cfg.data.batch_size}, {cfg.model.image_size[0]} x "
+        f"{cfg.model.image_size[1]}, {cfg.loss.names}"
+        f"{', grad checkpointing' if args.grad_checkpointing else ''}; {flops / 1e9:.1f} GFLOP per step (fwd + bwd, "
+        f"torch.utils.flop_counter); MFU against {f'{peak:.1f} TFLOP/s dense bf16' if peak else 'n/a'}"
+    )
     table = PrettyTable(["mode", "samples/s", "step ms", "TFLOP/s", "MFU %", "peak GiB"])
     rates = {}
     for mode in args.modes:
         fig = step_figures(cfg, mode, device, args, num_classes, flops)
         rates[mode] = fig["samples_s"]
         mfu = f"{100 * fig['tflops'] / peak:.1f}" if peak else "n/a"
-        table.add_row([mode, f"{fig['samples_s']:.1f}", f"{fig['step_ms']:.1f}", f"{fig['tflops']:.3g}", mfu,
-                       f"{fig['peak_gib']:.2f}" if "peak_gib" in fig else "n/a"])
+        table.add_row(
+            [
+                mode,
+                f"{fig['samples_s']:.1f}",
+                f"{fig['step_ms']:.1f}",
+                f"{fig['tflops']:.3g}",
+                mfu,
+                f"{fig['peak_gib']:.2f}" if "peak_gib" in fig else "n/a",
+            ]
+        )
     print(table)
     if preset == "paper":
         for mode, rate in rates.items():
-            print(f"projected 60-epoch CUHK-PEDES training, {mode}: {60 * CUHK_TRAIN_PAIRS / rate / 3600:.1f} h "
-                  "(steps only; add the per-epoch evaluation)")
+            print(
+                f"projected 60-epoch CUHK-PEDES training, {mode}: {60 * CUHK_TRAIN_PAIRS / rate / 3600:.1f} h "
+                "(steps only; add the per-epoch evaluation)"
+            )
     if args.pipeline:
         with tempfile.TemporaryDirectory() as root:
             height, width = cfg.model.image_size
             generate(root, num_train_ids=200, num_val_ids=1, num_test_ids=1, image_size=(height, width), seed=0)
             rate = pipeline_rate(cfg, args.pipeline_mode, device, args, root)
-        step_only = rates.get(args.pipeline_mode) or step_figures(
-            cfg, args.pipeline_mode, device, args, num_classes, flops)["samples_s"]
-        print(f"full pipeline ({args.pipeline_mode}, {args.workers} workers, synthetic JPEGs): {rate:.1f} samples/s"
-              f" = {100 * rate / step_only:.1f}% of the step-only {step_only:.1f}")
+        step_only = (
+            rates.get(args.pipeline_mode)
+            or step_figures(cfg, args.pipeline_mode, device, args, num_classes, flops)["samples_s"]
+        )
+        print(
+            f"full pipeline ({args.pipeline_mode}, {args.workers} workers, synthetic JPEGs): {rate:.1f} samples/s"
+            f" = {100 * rate / step_only:.1f}% of the step-only {step_only:.1f}"
+        )
 
 
 if __name__ == "__main__":

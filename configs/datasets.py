@@ -2,6 +2,7 @@
 sets (docs/method.md, "Data") and the layout that every other name gets (your own data,
 README "Your own data"). The readers (``datasets.readers``) and the config's checks both
 go through :func:`layout_of`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ DEFAULT_SPLIT = "test"  # the split of a record of your own data that names none
 @dataclass(frozen=True)
 class DatasetLayout:
     """ROOT/<name>/<annotation file> (a JSON list of records) and the images under ROOT/<name>/imgs/."""
+
     name: str
     annotation_files: Tuple[str, ...]  # accepted names, the first found wins
     image_keys: Tuple[str, ...]  # accepted keys of a record's image path; the first is the one written
@@ -31,24 +33,48 @@ class DatasetLayout:
         folder = root / self.name
         split = "|".join(self.splits) + (f" (optional; absent = {DEFAULT_SPLIT})" if self.custom else "")
         keys = " | ".join(f'"{key}"' for key in self.image_keys)
-        text = (f"{folder}/{self.annotation_files[0]} (a JSON list of records "
-                f'{{"id": int, {keys}: str, "captions": [str, ...], "split": {split}}}) '
-                f"and the images under {folder}/imgs/")
+        text = (
+            f"{folder}/{self.annotation_files[0]} (a JSON list of records "
+            f'{{"id": int, {keys}: str, "captions": [str, ...], "split": {split}}}) '
+            f"and the images under {folder}/imgs/"
+        )
         return text + (", the records' paths relative to it" if self.custom else "")
 
 
-BUILT_IN: Dict[str, DatasetLayout] = {layout.name: layout for layout in (
-    DatasetLayout("CUHK-PEDES", ("reid_raw.json",), ("file_path",), SPLITS,
-                  "https://github.com/ShuangLI59/Person-Search-with-Natural-Language-Description "
-                  "(request from its authors)"),
-    DatasetLayout("ICFG-PEDES", ("ICFG-PEDES.json", "ICFG_PEDES.json"), ("file_path",), ("train", "test"),
-                  "https://github.com/zifyloo/SSAN (request from its authors)"),
-    DatasetLayout("RSTPReid", ("data_captions.json",), ("img_path",), SPLITS,
-                  "https://github.com/NjtechCVLab/RSTPReid-Dataset"),
-    # drawn by `python -m datasets.synthetic`, in the CUHK-PEDES format
-    DatasetLayout("Synthetic-PEDES", ("reid_raw.json",), ("file_path",), SPLITS,
-                  "`python -m datasets.synthetic --root DATA_ROOT` (drawn on this machine)"),
-)}
+BUILT_IN: Dict[str, DatasetLayout] = {
+    layout.name: layout
+    for layout in (
+        DatasetLayout(
+            "CUHK-PEDES",
+            ("reid_raw.json",),
+            ("file_path",),
+            SPLITS,
+            "https://github.com/ShuangLI59/Person-Search-with-Natural-Language-Description (request from its authors)",
+        ),
+        DatasetLayout(
+            "ICFG-PEDES",
+            ("ICFG-PEDES.json", "ICFG_PEDES.json"),
+            ("file_path",),
+            ("train", "test"),
+            "https://github.com/zifyloo/SSAN (request from its authors)",
+        ),
+        DatasetLayout(
+            "RSTPReid",
+            ("data_captions.json",),
+            ("img_path",),
+            SPLITS,
+            "https://github.com/NjtechCVLab/RSTPReid-Dataset",
+        ),
+        # drawn by `python -m datasets.synthetic`, in the CUHK-PEDES format
+        DatasetLayout(
+            "Synthetic-PEDES",
+            ("reid_raw.json",),
+            ("file_path",),
+            SPLITS,
+            "`python -m datasets.synthetic --root DATA_ROOT` (drawn on this machine)",
+        ),
+    )
+}
 DATASETS = tuple(BUILT_IN)
 NO_VAL = tuple(name for name, layout in BUILT_IN.items() if "val" not in layout.splits)
 
@@ -64,5 +90,6 @@ def dataset_name_problem(name: str) -> str:
 
 def layout_of(name: str) -> DatasetLayout:
     """A built-in set's layout, or your own dataset's (``name`` checked by the caller)."""
-    return BUILT_IN.get(name) or DatasetLayout(name, (CUSTOM_ANNOTATION,), ("file_path", "img_path"), SPLITS,
-                                               custom=True)
+    return BUILT_IN.get(name) or DatasetLayout(
+        name, (CUSTOM_ANNOTATION,), ("file_path", "img_path"), SPLITS, custom=True
+    )

@@ -4,6 +4,7 @@ Defaults reproduce the authors' code at HEAD (the golden files). The per-dataset
 files layer the paper's values on top (docs/method.md lists where paper and code
 differ); ``*_authors_code.yaml`` variants keep these defaults.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -48,8 +49,7 @@ class ModelConfig:
 class LossConfig:
     # Enabled losses, a subset of: itc, sdm, a-sdm, cmpm, id, mlm, efa, written as a list or
     # "+"-joined (loss.names=sdm+mlm+id). Paper: a-sdm+mlm+id+efa.
-    names: List[str] = field(default_factory=lambda: ["a-sdm", "mlm", "id", "efa"],
-                             metadata={"plus_joined": True})
+    names: List[str] = field(default_factory=lambda: ["a-sdm", "mlm", "id", "efa"], metadata={"plus_joined": True})
     # Weight per loss name; a name not listed gets 1.0.
     weights: Dict[str, float] = field(default_factory=dict)
 

@@ -10,6 +10,7 @@ A YAML value replaces the value below it, lists and ``loss.weights`` included (a
 that sets ``loss.weights`` sets all of them); the override ``loss.weights.efa=0.5`` sets one
 entry. Numbers such as ``1e-5`` are floats (YAML 1.2; PyYAML alone reads them as strings).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,8 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def _yaml_load(text: str) -> Any:
@@ -44,6 +44,7 @@ def _yaml_load(text: str) -> Any:
 
 
 # ---------------------------------------------------------------------------- types
+
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
@@ -97,16 +98,18 @@ def _unknown(name: str, valid: Sequence[str], where: str) -> ConfigError:
     prefix = f"{section}." if section else ""
     hint = f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
     kind = f"keys of {section}" if section else "sections"
-    return ConfigError(f"unknown {'key' if section else 'section'} '{name}'{where}{hint} "
-                       f"(valid {kind}: {', '.join(valid)})")
+    return ConfigError(
+        f"unknown {'key' if section else 'section'} '{name}'{where}{hint} (valid {kind}: {', '.join(valid)})"
+    )
 
 
 def _checked(dotted: str, value: Any, tp: Any, where: str) -> Any:
     try:
         return _coerce(value, tp)
     except TypeError:
-        raise ConfigError(f"{dotted}{where}: expected {_type_name(tp)}, got {value!r} "
-                          f"({type(value).__name__})") from None
+        raise ConfigError(
+            f"{dotted}{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+        ) from None
 
 
 def _set(cfg: Config, dotted: str, value: Any, where: str, raw: Optional[str] = None) -> None:
@@ -129,8 +132,7 @@ def _set(cfg: Config, dotted: str, value: Any, where: str, raw: Optional[str] = 
     tp = types[parts[1]]
     if len(parts) > 2:  # one entry of a mapping-valued key: loss.weights.efa
         if typing.get_origin(tp) not in (dict, Dict) or len(parts) > 3:
-            raise ConfigError(f"{dotted}{where}: {parts[0]}.{parts[1]} is a {_type_name(tp)}, "
-                              "it has no sub-keys")
+            raise ConfigError(f"{dotted}{where}: {parts[0]}.{parts[1]} is a {_type_name(tp)}, it has no sub-keys")
         entry = _checked(dotted, value, typing.get_args(tp)[1], where)
         value = {**getattr(section, parts[1]), parts[2]: entry}
     elif raw is not None and tp is str and not isinstance(value, (str, list, dict)):
@@ -142,6 +144,7 @@ def _set(cfg: Config, dotted: str, value: Any, where: str, raw: Optional[str] = 
 
 
 # ---------------------------------------------------------------------------- files
+
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
     if not path.is_file():
@@ -197,8 +200,9 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
         try:
             value = _yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {override!r}: value is not valid YAML "
-                              f"({getattr(exc, 'problem', exc)})") from None
+            raise ConfigError(
+                f"override {override!r}: value is not valid YAML ({getattr(exc, 'problem', exc)})"
+            ) from None
         _set(cfg, key, value, f" (override {override!r})", raw=raw)
     return cfg
 
@@ -224,9 +228,12 @@ def config_to_dict(cfg: Config) -> Dict[str, Any]:
 
 def config_differences(before: Dict[str, Any], after: Dict[str, Any]) -> List[str]:
     """``section.key: before -> after`` for every value that differs between two config dicts."""
-    return [f"{section}.{key}: {value!r} -> {after.get(section, {}).get(key)!r}"
-            for section, values in before.items() for key, value in values.items()
-            if after.get(section, {}).get(key) != value]
+    return [
+        f"{section}.{key}: {value!r} -> {after.get(section, {}).get(key)!r}"
+        for section, values in before.items()
+        for key, value in values.items()
+        if after.get(section, {}).get(key) != value
+    ]
 
 
 def config_yaml(cfg: Config) -> str:
@@ -236,20 +243,27 @@ def config_yaml(cfg: Config) -> str:
 
 # ---------------------------------------------------------------------------- command line
 
+
 def build_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=description,
         epilog="Overrides are dotted keys of configs/defaults.py with YAML values, e.g. "
-               "solver.lr=1e-5 data.dataset=RSTPReid model.image_size=[384,128] "
-               "loss.weights.efa=0.5 eval.cross_domain=[ICFG-PEDES,RSTPReid]")
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="YAML config layered on the defaults (default: the defaults only)")
+        "solver.lr=1e-5 data.dataset=RSTPReid model.image_size=[384,128] "
+        "loss.weights.efa=0.5 eval.cross_domain=[ICFG-PEDES,RSTPReid]",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="YAML config layered on the defaults (default: the defaults only)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     return parser
 
 
-def parse_args(argv: Optional[Sequence[str]] = None, parser: Optional[argparse.ArgumentParser] = None,
-               check: bool = True) -> Tuple[Config, argparse.Namespace]:
+def parse_args(
+    argv: Optional[Sequence[str]] = None, parser: Optional[argparse.ArgumentParser] = None, check: bool = True
+) -> Tuple[Config, argparse.Namespace]:
     """Parse ``--config FILE key=value ...`` (``parser`` may add its own options) into a Config,
     validated when ``check``. A configuration error exits with the usage and the message."""
     parser = parser or build_parser()

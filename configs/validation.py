@@ -3,6 +3,7 @@
 :func:`validate` collects every problem and raises one :class:`ConfigError` listing them,
 each naming the dotted key, the value given and what is allowed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ class LossNeeds:
     ``model.build.build_model`` adds ("id_classifier", "irr") and whether the batches carry
     MLM-masked captions (``mlm_ids``, ``mlm_labels``; ``datasets.build``). Declared here,
     beside its name, because both the model and the data loader read it."""
+
     heads: Tuple[str, ...] = ()
     masked_captions: bool = False
 
@@ -31,7 +33,11 @@ class LossNeeds:
 
 # The losses, each with its needs; model/loss.py maps exactly these names to their functions.
 LOSS_NEEDS = {
-    "itc": LossNeeds(), "sdm": LossNeeds(), "a-sdm": LossNeeds(), "cmpm": LossNeeds(), "efa": LossNeeds(),
+    "itc": LossNeeds(),
+    "sdm": LossNeeds(),
+    "a-sdm": LossNeeds(),
+    "cmpm": LossNeeds(),
+    "efa": LossNeeds(),
     "id": LossNeeds(heads=("id_classifier",)),
     "mlm": LossNeeds(heads=("irr",), masked_captions=True),
 }
@@ -44,6 +50,8 @@ def loss_needs(names: Iterable[str]) -> LossNeeds:
     for name in names:
         needs = needs | LOSS_NEEDS[name]
     return needs
+
+
 ID_CLASSES = ("captions", "identities")
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_fp16")
 SAMPLERS = ("random", "identity")
@@ -61,8 +69,10 @@ def dataset_problem(name: str) -> str:
     problem = "" if name in DATASETS else dataset_name_problem(name)
     if not problem:
         return ""
-    return (f"one of {', '.join(DATASETS)}, or your own dataset: the name of a folder under data.root holding "
-            f"{CUSTOM_ANNOTATION} and imgs/; {problem}")
+    return (
+        f"one of {', '.join(DATASETS)}, or your own dataset: the name of a folder under data.root holding "
+        f"{CUSTOM_ANNOTATION} and imgs/; {problem}"
+    )
 
 
 def validate(cfg: Config) -> None:
@@ -84,10 +94,22 @@ def validate(cfg: Config) -> None:
     size_ok = len(m.image_size) == 2 and all(v >= 1 for v in m.image_size)
     need(size_ok, "model.image_size", m.image_size, "two positive ints [height, width]")
     if size_ok and m.patch_size >= 1:
-        need(all(v % m.patch_size == 0 for v in m.image_size), "model.image_size", m.image_size,
-             f"multiples of model.patch_size={m.patch_size}")
-    for key in ("embed_dim", "vision_width", "vision_layers", "text_width", "text_layers",
-                "context_length", "vocab_size", "cmt_depth"):
+        need(
+            all(v % m.patch_size == 0 for v in m.image_size),
+            "model.image_size",
+            m.image_size,
+            f"multiples of model.patch_size={m.patch_size}",
+        )
+    for key in (
+        "embed_dim",
+        "vision_width",
+        "vision_layers",
+        "text_width",
+        "text_layers",
+        "context_length",
+        "vocab_size",
+        "cmt_depth",
+    ):
         need(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
     choice("model.id_classes", m.id_classes, ID_CLASSES)
     need(m.temperature > 0, "model.temperature", m.temperature, "> 0")
@@ -98,12 +120,20 @@ def validate(cfg: Config) -> None:
     # losses
     names = cfg.loss.names
     unknown = [name for name in names if name not in LOSS_NAMES]
-    need(bool(names) and not unknown, "loss.names", "+".join(names),
-         f"a '+'-joined subset of {', '.join(LOSS_NAMES)}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    need(
+        bool(names) and not unknown,
+        "loss.names",
+        "+".join(names),
+        f"a '+'-joined subset of {', '.join(LOSS_NAMES)}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""),
+    )
     need(len(set(names)) == len(names), "loss.names", "+".join(names), "without a loss named twice")
     extra = sorted(set(cfg.loss.weights) - set(names))
-    need(not extra, "loss.weights", cfg.loss.weights,
-         f"keyed by enabled losses ({', '.join(names)}); not enabled: {', '.join(extra)}")
+    need(
+        not extra,
+        "loss.weights",
+        cfg.loss.weights,
+        f"keyed by enabled losses ({', '.join(names)}); not enabled: {', '.join(extra)}",
+    )
     choice("asdm.mode", cfg.asdm.mode, ASDM_MODES)
     for key in ("text_margin", "image_margin", "threshold"):
         need(getattr(cfg.efa, key) >= 0, f"efa.{key}", getattr(cfg.efa, key), ">= 0")
@@ -118,26 +148,37 @@ def validate(cfg: Config) -> None:
     choice("data.sampler", d.sampler, SAMPLERS)
     need(d.num_instance >= 1, "data.num_instance", d.num_instance, ">= 1")
     if d.sampler == "identity" and d.batch_size >= 1 and d.num_instance >= 1:
-        need(d.batch_size % d.num_instance == 0, "data.batch_size", d.batch_size,
-             f"divisible by data.num_instance={d.num_instance} with the identity sampler")
-    need(1 <= d.text_length <= m.context_length, "data.text_length", d.text_length,
-         f"in 1..model.context_length={m.context_length}")
+        need(
+            d.batch_size % d.num_instance == 0,
+            "data.batch_size",
+            d.batch_size,
+            f"divisible by data.num_instance={d.num_instance} with the identity sampler",
+        )
+    need(
+        1 <= d.text_length <= m.context_length,
+        "data.text_length",
+        d.text_length,
+        f"in 1..model.context_length={m.context_length}",
+    )
     need(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
 
     # solver
     choice("solver.optimizer", s.optimizer, OPTIMIZERS)
     need(s.lr > 0, "solver.lr", s.lr, "> 0")
     need(s.weight_decay >= 0, "solver.weight_decay", s.weight_decay, ">= 0")
-    need(len(s.betas) == 2 and all(0 <= b < 1 for b in s.betas), "solver.betas", s.betas,
-         "two values in [0, 1)")
+    need(len(s.betas) == 2 and all(0 <= b < 1 for b in s.betas), "solver.betas", s.betas, "two values in [0, 1)")
     need(s.eps > 0, "solver.eps", s.eps, "> 0")
     for key in ("new_module_lr_factor", "bias_lr_factor"):
         need(getattr(s, key) >= 0, f"solver.{key}", getattr(s, key), ">= 0")
     choice("solver.scheduler", s.scheduler, SCHEDULERS)
     need(list(s.milestones) == sorted(s.milestones), "solver.milestones", s.milestones, "increasing epochs")
     need(s.epochs >= 1, "solver.epochs", s.epochs, ">= 1")
-    need(0 <= s.warmup_epochs < max(s.epochs, 1), "solver.warmup_epochs", s.warmup_epochs,
-         f"in 0..solver.epochs-1 (solver.epochs={s.epochs})")
+    need(
+        0 <= s.warmup_epochs < max(s.epochs, 1),
+        "solver.warmup_epochs",
+        s.warmup_epochs,
+        f"in 0..solver.epochs-1 (solver.epochs={s.epochs})",
+    )
     need(s.warmup_factor >= 0, "solver.warmup_factor", s.warmup_factor, ">= 0")
     choice("solver.warmup_method", s.warmup_method, WARMUP_METHODS)
     need(s.target_lr >= 0, "solver.target_lr", s.target_lr, ">= 0")
@@ -146,8 +187,12 @@ def validate(cfg: Config) -> None:
     choice("train.precision", t.precision, PRECISIONS)
     # fp16 optimizer state: an epsilon below fp16's smallest step (6e-8) rounds to 0 and
     # Adam divides by zero where a gradient is 0 (the reference uses 1e-3 for this reason).
-    need(t.precision != "pure_fp16" or s.optimizer == "SGD" or s.eps >= 6e-8, "solver.eps", s.eps,
-         ">= 6e-8 with train.precision=pure_fp16 (fp16 Adam state; the reference uses 1e-3)")
+    need(
+        t.precision != "pure_fp16" or s.optimizer == "SGD" or s.eps >= 6e-8,
+        "solver.eps",
+        s.eps,
+        ">= 6e-8 with train.precision=pure_fp16 (fp16 Adam state; the reference uses 1e-3)",
+    )
     need(t.log_period >= 1, "train.log_period", t.log_period, ">= 1")
     need(t.eval_period >= 1, "train.eval_period", t.eval_period, ">= 1")
 
@@ -163,5 +208,7 @@ def validate(cfg: Config) -> None:
     need(e.query_chunk >= 1, "eval.query_chunk", e.query_chunk, ">= 1")
 
     if problems:
-        raise ConfigError(f"invalid configuration ({len(problems)} problem"
-                          f"{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems))
+        raise ConfigError(
+            f"invalid configuration ({len(problems)} problem"
+            f"{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems)
+        )

@@ -6,6 +6,7 @@ MLM masking) is drawn from a generator seeded by (seed, epoch, index), so a samp
 same whatever the number of workers and after a resume; samplers pass ``(epoch, index)``
 keys (see ``datasets.samplers``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -68,7 +69,7 @@ def mask_tokens(tokens: torch.Tensor, generator: torch.Generator) -> Tuple[torch
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed that differs for every (seed, epoch, index)."""
     mixed = (seed * 1_000_003 + epoch) * 2_000_000_011 + index
-    return (mixed * 0x9E3779B97F4A7C15) % (2 ** 63)
+    return (mixed * 0x9E3779B97F4A7C15) % (2**63)
 
 
 def split_key(key: SampleKey) -> Tuple[int, int]:
@@ -82,8 +83,15 @@ class ImageTextMLMDataset(Dataset):
     the authors' dataset produces by masking the caption's tokens in place.
     """
 
-    def __init__(self, pairs: TrainPairs, transform: Callable, text_length: int = 77, seed: int = 0,
-                 masked_language: bool = True, share_masked_caption: bool = False):
+    def __init__(
+        self,
+        pairs: TrainPairs,
+        transform: Callable,
+        text_length: int = 77,
+        seed: int = 0,
+        masked_language: bool = True,
+        share_masked_caption: bool = False,
+    ):
         self.pids = torch.tensor(pairs.pids, dtype=torch.long)
         self.image_ids = torch.tensor(pairs.image_ids, dtype=torch.long)
         # One numpy buffer, not a list of str objects: workers touching Python objects' refcounts
@@ -109,8 +117,7 @@ class ImageTextMLMDataset(Dataset):
             torch.default_generator.manual_seed(seed)
             image = self.transform(image)
         tokens = self.tokens[index].long()
-        item = {"pids": self.pids[index], "image_ids": self.image_ids[index], "images": image,
-                "caption_ids": tokens}
+        item = {"pids": self.pids[index], "image_ids": self.image_ids[index], "images": image, "caption_ids": tokens}
         if self.masked_language:
             item["mlm_ids"], item["mlm_labels"] = mask_tokens(tokens, torch.Generator().manual_seed(seed))
             if self.share_masked_caption:  # the authors' in-place masking: every loss sees the masked caption

@@ -1,4 +1,5 @@
 """DataLoaders for training and evaluation, built from the config."""
+
 from __future__ import annotations
 
 import logging
@@ -27,12 +28,24 @@ def read_dataset(root: str, name: str) -> RetrievalDataset:
     return RetrievalDataset(root, name)
 
 
-def make_loader(dataset: Dataset, data: DataConfig, batch_size: int, sampler: Optional[Sampler] = None,
-                num_workers: Optional[int] = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    data: DataConfig,
+    batch_size: int,
+    sampler: Optional[Sampler] = None,
+    num_workers: Optional[int] = None,
+) -> DataLoader:
     workers = data.num_workers if num_workers is None else num_workers
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
-                      num_workers=workers, pin_memory=data.pin_memory and torch.cuda.is_available(),
-                      persistent_workers=data.persistent_workers and workers > 0, drop_last=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=data.pin_memory and torch.cuda.is_available(),
+        persistent_workers=data.persistent_workers and workers > 0,
+        drop_last=False,
+    )
 
 
 def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple[DataLoader, int]:
@@ -48,9 +61,14 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
     source = read_dataset(data.root, data.dataset)
     pairs = source.train_pairs(data.train_split)
     transform = build_transform(cfg.model.image_size, train=True, augment=data.augment)
-    dataset = ImageTextMLMDataset(pairs, transform, data.text_length, seed=cfg.train.seed,
-                                  masked_language=loss_needs(cfg.loss.names).masked_captions,
-                                  share_masked_caption=data.share_masked_caption)
+    dataset = ImageTextMLMDataset(
+        pairs,
+        transform,
+        data.text_length,
+        seed=cfg.train.seed,
+        masked_language=loss_needs(cfg.loss.names).masked_captions,
+        share_masked_caption=data.share_masked_caption,
+    )
     if data.sampler == "identity":
         sampler = IdentitySampler(pairs.pids, per_rank, data.num_instance, cfg.train.seed, rank, world_size)
     elif data.sampler == "random":
@@ -70,8 +88,9 @@ class EvalLoaders:
     eval_set: EvalSet  # what the loaders load, in their order (paths, captions, identities)
 
 
-def build_eval_loaders(cfg: Config, dataset: Optional[str] = None, split: Optional[str] = None,
-                       root: Optional[str] = None) -> EvalLoaders:
+def build_eval_loaders(
+    cfg: Config, dataset: Optional[str] = None, split: Optional[str] = None, root: Optional[str] = None
+) -> EvalLoaders:
     """Query and gallery loaders for any dataset and split (cross-domain included)."""
     name, split = dataset or cfg.data.dataset, split or cfg.eval.split
     source = read_dataset(str(Path(root or cfg.data.root)), name)

@@ -10,6 +10,7 @@ so "A man in red." and "a man in red" are the same caption.
 ``python -m datasets.check ROOT NAME`` prints these after the record and image checks; they
 change its exit status only with ``--strict``.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,6 +28,7 @@ _SPACE = re.compile(r"\s+")
 @dataclass(frozen=True)
 class CaptionedImage:
     """One well-formed record: its index in the annotation file, identity, image and captions."""
+
     index: int
     pid: int
     image: str
@@ -40,7 +42,7 @@ def normalise(caption: str) -> str:
 
 def _quote(caption: str, limit: int = 60) -> str:
     text = _SPACE.sub(" ", caption).strip()
-    return repr(text if len(text) <= limit else text[:limit - 3] + "...")
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def _ids(pids: Set[int], limit: int = 6) -> str:
@@ -63,8 +65,10 @@ def shared_across_identities(images: Sequence[CaptionedImage]) -> str:
     shared.sort(key=lambda key: (-len(owners[key]), key))
     involved = set().union(*(owners[key] for key in shared))
     examples = "; ".join(f"{_quote(first[key])} (ids {_ids(owners[key])})" for key in shared[:EXAMPLES])
-    return (f"{len(shared)} distinct caption(s) are shared by different identities ({len(involved)} identities "
-            f"involved; such captions cannot tell those identities apart), e.g. {examples}")
+    return (
+        f"{len(shared)} distinct caption(s) are shared by different identities ({len(involved)} identities "
+        f"involved; such captions cannot tell those identities apart), e.g. {examples}"
+    )
 
 
 def duplicated_on_one_image(images: Sequence[CaptionedImage]) -> str:
@@ -80,20 +84,28 @@ def duplicated_on_one_image(images: Sequence[CaptionedImage]) -> str:
     if not found:
         return ""
     extra = sum(n - 1 for _, _, n in found)
-    examples = "; ".join(f"record {image.index} ({image.image}): {_quote(caption)} x{n}"
-                         for image, caption, n in found[:EXAMPLES])
-    return (f"{len({image.index for image, _, _ in found})} image(s) carry the same caption more than once "
-            f"({extra} duplicate caption(s)), e.g. {examples}")
+    examples = "; ".join(
+        f"record {image.index} ({image.image}): {_quote(caption)} x{n}" for image, caption, n in found[:EXAMPLES]
+    )
+    return (
+        f"{len({image.index for image, _, _ in found})} image(s) carry the same caption more than once "
+        f"({extra} duplicate caption(s)), e.g. {examples}"
+    )
 
 
 def too_short(images: Sequence[CaptionedImage]) -> str:
     """Captions of at most one word ("" when there is none)."""
-    found = [(image, position, caption) for image in images for position, caption in enumerate(image.captions)
-             if len(_WORD.findall(caption)) <= 1]
+    found = [
+        (image, position, caption)
+        for image in images
+        for position, caption in enumerate(image.captions)
+        if len(_WORD.findall(caption)) <= 1
+    ]
     if not found:
         return ""
-    examples = "; ".join(f"record {image.index} captions[{position}] {_quote(caption)}"
-                         for image, position, caption in found[:EXAMPLES])
+    examples = "; ".join(
+        f"record {image.index} captions[{position}] {_quote(caption)}" for image, position, caption in found[:EXAMPLES]
+    )
     return f"{len(found)} caption(s) are empty or one word long, e.g. {examples}"
 
 
@@ -112,13 +124,19 @@ def too_long(images: Sequence[CaptionedImage], text_length: int) -> str:
         return ""
     longest = max(found)
     examples = "; ".join(f"record {index} captions[{position}]" for _, index, position in found[:EXAMPLES])
-    return (f"{len(found)} of {total} caption(s) are longer than data.text_length={text_length} tokens (start and "
-            f"end tokens included) and get truncated; the longest has {longest[0]} tokens (record {longest[1]} "
-            f"captions[{longest[2]}]), e.g. {examples}")
+    return (
+        f"{len(found)} of {total} caption(s) are longer than data.text_length={text_length} tokens (start and "
+        f"end tokens included) and get truncated; the longest has {longest[0]} tokens (record {longest[1]} "
+        f"captions[{longest[2]}]), e.g. {examples}"
+    )
 
 
 def caption_warnings(images: Sequence[CaptionedImage], text_length: int) -> List[str]:
     """Every caption warning of ``images``, one line each, with counts and examples (empty: none)."""
-    found = [shared_across_identities(images), duplicated_on_one_image(images), too_short(images),
-             too_long(images, text_length)]
+    found = [
+        shared_across_identities(images),
+        duplicated_on_one_image(images),
+        too_short(images),
+        too_long(images, text_length),
+    ]
     return [warning for warning in found if warning]

@@ -8,6 +8,7 @@ Then the caption checks (:mod:`datasets.caption_checks`): captions shared by dif
 identities, repeated on one image, of one word or none, or cut at ``--text-length`` tokens;
 warnings with counts and examples, which set the exit status to 1 only with ``--strict``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,19 @@ from typing import List, Sequence, Tuple
 
 from tqdm import tqdm
 
+from configs.datasets import DATASETS
 from configs.defaults import DataConfig
 from datasets.bases import load_image
 from datasets.caption_checks import CaptionedImage, caption_warnings
-from configs.datasets import DATASETS
-from datasets.readers import (DataError, RetrievalDataset, find_annotation_file, get_layout, image_key_of,
-                              load_json, record_problems)
+from datasets.readers import (
+    DataError,
+    RetrievalDataset,
+    find_annotation_file,
+    get_layout,
+    image_key_of,
+    load_json,
+    record_problems,
+)
 from utils.cli import report_user_errors
 
 logger = logging.getLogger("datasets.check")
@@ -63,8 +71,9 @@ def check_dataset(root: str | Path, name: str, show_progress: bool = True) -> Li
     return check_dataset_and_captions(root, name, show_progress=show_progress)[0]
 
 
-def check_dataset_and_captions(root: str | Path, name: str, text_length: int = DataConfig.text_length,
-                               show_progress: bool = True) -> Tuple[List[str], List[str]]:
+def check_dataset_and_captions(
+    root: str | Path, name: str, text_length: int = DataConfig.text_length, show_progress: bool = True
+) -> Tuple[List[str], List[str]]:
     """(problems as :func:`check_dataset` finds them, caption warnings of the well-formed
     records: :func:`datasets.caption_checks.caption_warnings` at ``text_length`` tokens)."""
     root = Path(root)
@@ -82,8 +91,12 @@ def check_dataset_and_captions(root: str | Path, name: str, text_length: int = D
         return [str(error)], warnings
     logger.info("\n%s", dataset.statistics())
     if dataset.layout.custom:  # your own data has the splits its records name (no split: test)
-        logger.info("%s: splits %s%s", dataset.name, ", ".join(dataset.splits),
-                    "" if "train" in dataset.splits else " (no train split: evaluation only)")
+        logger.info(
+            "%s: splits %s%s",
+            dataset.name,
+            ", ".join(dataset.splits),
+            "" if "train" in dataset.splits else " (no train split: evaluation only)",
+        )
         return problems, warnings
     for split in dataset.layout.splits:
         if not any(record.split == split for record in dataset.records):
@@ -95,24 +108,36 @@ def check_dataset_and_captions(root: str | Path, name: str, text_length: int = D
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="dataset root holding the dataset folders")
-    parser.add_argument("name", help=f"dataset: {', '.join(DATASETS)}, or your own folder ROOT/NAME/ "
-                                     "holding annotations.json and imgs/")
-    parser.add_argument("--text-length", type=int, default=DataConfig.text_length, metavar="N",
-                        help="data.text_length: longer captions are reported as truncated (default: %(default)s)")
+    parser.add_argument(
+        "name", help=f"dataset: {', '.join(DATASETS)}, or your own folder ROOT/NAME/ holding annotations.json and imgs/"
+    )
+    parser.add_argument(
+        "--text-length",
+        type=int,
+        default=DataConfig.text_length,
+        metavar="N",
+        help="data.text_length: longer captions are reported as truncated (default: %(default)s)",
+    )
     parser.add_argument("--strict", action="store_true", help="caption warnings also make the exit status 1")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.text_length < 1:
         parser.error(f"--text-length {args.text_length}: expected a positive number of tokens")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    problems, warnings = check_dataset_and_captions(args.root, args.name, args.text_length,
-                                                    show_progress=not args.quiet)
+    problems, warnings = check_dataset_and_captions(
+        args.root, args.name, args.text_length, show_progress=not args.quiet
+    )
     for problem in problems:
         logger.error(problem)
     for warning in warnings:
         logger.warning("warning: %s", warning)
-    logger.info("%s: %d problem(s), %d caption warning(s)%s", args.name, len(problems), len(warnings),
-                " (--strict: warnings fail the check)" if args.strict and warnings else "")
+    logger.info(
+        "%s: %d problem(s), %d caption warning(s)%s",
+        args.name,
+        len(problems),
+        len(warnings),
+        " (--strict: warnings fail the check)" if args.strict and warnings else "",
+    )
     return 1 if problems or (args.strict and warnings) else 0
 
 

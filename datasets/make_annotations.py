@@ -17,6 +17,7 @@ missing or cannot be decoded. Nothing is written then. Otherwise it writes
 ``ROOT/NAME/annotations.json`` (the common record format, key ``file_path``) and prints
 the split counts; ``python -m datasets.check ROOT NAME`` checks the result.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,7 @@ Identity = Union[int, str]
 @dataclass
 class ImageEntry:
     """One image of the CSV: its id, split and captions, and the line that introduced it."""
+
     line: int
     pid: Identity
     split: Optional[str]
@@ -67,8 +69,10 @@ def parse_id(text: str) -> Identity:
         float(text)
     except ValueError:
         return text
-    raise ValueError(f"id {text!r} is a number but not an integer; expected an integer or a name "
-                     "(a spreadsheet may have written 3 as 3.0)")
+    raise ValueError(
+        f"id {text!r} is a number but not an integer; expected an integer or a name "
+        "(a spreadsheet may have written 3 as 3.0)"
+    )
 
 
 def identity_order(pid: Identity) -> tuple:
@@ -105,8 +109,10 @@ def read_rows(path: Path) -> Tuple[Dict[str, int], int, List[Tuple[int, List[str
     repeated = sorted({name for name in header if name and header.count(name) > 1})
     if missing or repeated:
         what = f"lacks the column(s) {', '.join(missing)}" if missing else f"names {', '.join(repeated)} twice"
-        raise DataError(f"{path}: line 1: the header {','.join(header)!r} {what}; expected a header naming the "
-                        "columns image, caption, id and optionally split (e.g. image,caption,id,split)")
+        raise DataError(
+            f"{path}: line 1: the header {','.join(header)!r} {what}; expected a header naming the "
+            "columns image, caption, id and optionally split (e.g. image,caption,id,split)"
+        )
     ignored = [name for name in header if name not in REQUIRED + OPTIONAL]
     if ignored:
         logger.info("%s: ignoring the column(s) %s", path, ", ".join(ignored))
@@ -122,15 +128,18 @@ def _image_problem(image: str) -> str:
     return ""
 
 
-def collect_images(columns: Dict[str, int], width: int,
-                   rows: Sequence[Tuple[int, List[str]]]) -> Tuple[Dict[str, ImageEntry], List[str]]:
+def collect_images(
+    columns: Dict[str, int], width: int, rows: Sequence[Tuple[int, List[str]]]
+) -> Tuple[Dict[str, ImageEntry], List[str]]:
     """The images of the rows in order of first appearance, and every problem (naming the line)."""
     images: Dict[str, ImageEntry] = {}
     problems: List[str] = []
     for line, row in rows:
         if len(row) != width:
-            problems.append(f"line {line}: {len(row)} field(s); expected {width} as in the header "
-                            "(quote a caption that holds the delimiter)")
+            problems.append(
+                f"line {line}: {len(row)} field(s); expected {width} as in the header "
+                "(quote a caption that holds the delimiter)"
+            )
             continue
         image, caption = row[columns["image"]].strip(), row[columns["caption"]].strip()
         split = None
@@ -152,8 +161,10 @@ def collect_images(columns: Dict[str, int], width: int,
         entry = images.setdefault(image, ImageEntry(line, pid, split))
         for what, mine, theirs in (("id", pid, entry.pid), ("split", split, entry.split)):
             if mine != theirs:
-                problems.append(f"line {line}: image {image!r} has {what} {mine!r} here but {theirs!r} on line "
-                                f"{entry.line}; expected one {what} per image")
+                problems.append(
+                    f"line {line}: image {image!r} has {what} {mine!r} here but {theirs!r} on line "
+                    f"{entry.line}; expected one {what} per image"
+                )
         entry.captions.append(caption)
     return images, problems
 
@@ -174,12 +185,14 @@ def split_identities(identities: Sequence[Identity], fractions: Sequence[float],
     identities each, every split with a positive fraction non-empty; no identity in two splits."""
     wanted = [index for index, fraction in enumerate(fractions) if fraction > 0]
     if len(identities) < len(wanted):
-        raise DataError(f"--split {' '.join(map(str, fractions))}: {len(identities)} identities cannot fill "
-                        f"{len(wanted)} non-empty splits")
+        raise DataError(
+            f"--split {' '.join(map(str, fractions))}: {len(identities)} identities cannot fill "
+            f"{len(wanted)} non-empty splits"
+        )
     exact = [fraction * len(identities) for fraction in fractions]
     counts = [int(value) for value in exact]
     by_remainder = sorted(range(len(fractions)), key=lambda i: (-(exact[i] - counts[i]), i))
-    for index in by_remainder[:len(identities) - sum(counts)]:
+    for index in by_remainder[: len(identities) - sum(counts)]:
         counts[index] += 1
     for index in wanted:  # a split asked for but rounded to nothing takes one from the largest
         if counts[index] == 0:
@@ -189,7 +202,7 @@ def split_identities(identities: Sequence[Identity], fractions: Sequence[float],
     random.Random(seed).shuffle(order)
     splits, start = {}, 0
     for split, count in zip(SPLITS, counts):
-        splits.update({pid: split for pid in order[start:start + count]})
+        splits.update({pid: split for pid in order[start : start + count]})
         start += count
     return splits
 
@@ -212,8 +225,15 @@ def build_records(images: Dict[str, ImageEntry], fractions: Optional[Sequence[fl
     return records
 
 
-def make_annotations(table: Path, root: Path, name: str, fractions: Optional[Sequence[float]] = None,
-                     seed: int = 0, overwrite: bool = False, show_progress: bool = True) -> Path:
+def make_annotations(
+    table: Path,
+    root: Path,
+    name: str,
+    fractions: Optional[Sequence[float]] = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> Path:
     """Write ``root/name/annotations.json`` from the CSV ``table``; returns its path.
     Raises :class:`DataError` listing every problem (nothing is written then)."""
     problem = dataset_name_problem(name) or ("a built-in dataset's name" if name in DATASETS else "")
@@ -222,8 +242,9 @@ def make_annotations(table: Path, root: Path, name: str, fractions: Optional[Seq
     folder = root / name
     target = folder / CUSTOM_ANNOTATION
     if not (folder / "imgs").is_dir():
-        raise DataError(f"image folder {folder / 'imgs'} not found; expected the images there, the CSV's image "
-                        f"paths relative to it")
+        raise DataError(
+            f"image folder {folder / 'imgs'} not found; expected the images there, the CSV's image paths relative to it"
+        )
     if target.exists() and not overwrite:
         raise DataError(f"{target} already exists; --overwrite replaces it")
     columns, width, rows = read_rows(table)
@@ -236,8 +257,11 @@ def make_annotations(table: Path, root: Path, name: str, fractions: Optional[Seq
     if problems:
         shown = "\n  ".join(problems[:MAX_SHOWN])
         more = f"\n  ... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
-        raise DataError(f"{table}: {len(problems)} problem(s), nothing written:\n  {shown}{more}"
-                        if len(problems) > 1 else f"{table}: {problems[0]}; nothing written")
+        raise DataError(
+            f"{table}: {len(problems)} problem(s), nothing written:\n  {shown}{more}"
+            if len(problems) > 1
+            else f"{table}: {problems[0]}; nothing written"
+        )
     records = build_records(images, fractions, seed)
     write_text_atomic(target, json.dumps(records, ensure_ascii=False, indent=1) + "\n")
     return target
@@ -247,8 +271,9 @@ def _fractions(values: Optional[List[float]], parser: argparse.ArgumentParser) -
     if values is None:
         return None
     if any(value < 0 for value in values) or abs(sum(values) - 1) > 1e-6:
-        parser.error(f"--split {' '.join(map(str, values))}: expected three fractions >= 0 (train, val, test) "
-                     "summing to 1")
+        parser.error(
+            f"--split {' '.join(map(str, values))}: expected three fractions >= 0 (train, val, test) summing to 1"
+        )
     return values
 
 
@@ -258,16 +283,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("table", type=Path, metavar="CSV", help="CSV or TSV with the header image,caption,id[,split]")
     parser.add_argument("--root", type=Path, required=True, help="data root (data.root); images in ROOT/NAME/imgs/")
     parser.add_argument("--name", required=True, help="dataset name (data.dataset): the folder ROOT/NAME/")
-    parser.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"), default=None,
-                        help="draw the splits by identity with these fractions (e.g. 0.8 0.1 0.1)")
+    parser.add_argument(
+        "--split",
+        type=float,
+        nargs=3,
+        metavar=("TRAIN", "VAL", "TEST"),
+        default=None,
+        help="draw the splits by identity with these fractions (e.g. 0.8 0.1 0.1)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of --split (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing annotations.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     fractions = _fractions(args.split, parser)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    target = make_annotations(args.table, args.root, args.name, fractions, args.seed, args.overwrite,
-                              show_progress=not args.quiet)
+    target = make_annotations(
+        args.table, args.root, args.name, fractions, args.seed, args.overwrite, show_progress=not args.quiet
+    )
     dataset = RetrievalDataset(args.root, args.name)
     logger.info("wrote %s\n%s", target, dataset.statistics())
     if "train" not in dataset.splits:

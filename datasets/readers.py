@@ -11,6 +11,7 @@ A split can be viewed as training pairs (one per caption, identities remapped to
 or as an evaluation set (one gallery entry per image, one query per caption), whichever
 split it is, so a model trained on one dataset can be evaluated on any split of another.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ from typing import List, Sequence, Tuple
 
 from prettytable import PrettyTable
 
-from configs.errors import UserError
 from configs.datasets import BUILT_IN, DATASETS, DEFAULT_SPLIT, DatasetLayout, dataset_name_problem, layout_of
+from configs.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -43,31 +44,41 @@ def get_layout(name: str) -> DatasetLayout:
     """A built-in dataset's layout, or that of your own dataset folder ``name``."""
     problem = "" if name in BUILT_IN else dataset_name_problem(name)
     if problem:
-        raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}, or the name of "
-                        f"your own dataset's folder ({problem})")
+        raise DataError(
+            f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}, or the name of "
+            f"your own dataset's folder ({problem})"
+        )
     return layout_of(name)
 
 
 def _where_from(root: Path, layout: DatasetLayout) -> str:
     if layout.custom:
-        return (f"expected {layout.describe(root)}; `python -m datasets.make_annotations CSV --root {root} "
-                f"--name {layout.name}` writes it from a CSV of image,caption,id[,split] (README \"Your own data\")")
-    return (f"expected {layout.describe(root)}; set data.root to the folder holding {layout.name}/ "
-            f"(obtain it from {layout.source})")
+        return (
+            f"expected {layout.describe(root)}; `python -m datasets.make_annotations CSV --root {root} "
+            f'--name {layout.name}` writes it from a CSV of image,caption,id[,split] (README "Your own data")'
+        )
+    return (
+        f"expected {layout.describe(root)}; set data.root to the folder holding {layout.name}/ "
+        f"(obtain it from {layout.source})"
+    )
 
 
 def find_annotation_file(root: Path, layout: DatasetLayout) -> Path:
     folder = root / layout.name
     if not folder.is_dir() and layout.custom:
-        raise DataError(f"unknown dataset {layout.name!r}; expected one of {', '.join(DATASETS)}, or your own "
-                        f"dataset: {folder} not found; {_where_from(root, layout)}")
+        raise DataError(
+            f"unknown dataset {layout.name!r}; expected one of {', '.join(DATASETS)}, or your own "
+            f"dataset: {folder} not found; {_where_from(root, layout)}"
+        )
     if not folder.is_dir():
         raise DataError(f"dataset folder {folder} not found; {_where_from(root, layout)}")
     for file_name in layout.annotation_files:
         if (folder / file_name).is_file():
             return folder / file_name
-    raise DataError(f"annotation file {folder / layout.annotation_files[0]} not found "
-                    f"(accepted names: {', '.join(layout.annotation_files)}); {_where_from(root, layout)}")
+    raise DataError(
+        f"annotation file {folder / layout.annotation_files[0]} not found "
+        f"(accepted names: {', '.join(layout.annotation_files)}); {_where_from(root, layout)}"
+    )
 
 
 def check_dataset_files(root: str | Path, name: str) -> None:
@@ -85,8 +96,9 @@ def load_json(path: Path):
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}: malformed JSON at line {error.lineno} column {error.colno} "
-                        f"(character {error.pos}): {error.msg}") from None
+        raise DataError(
+            f"{path}: malformed JSON at line {error.lineno} column {error.colno} (character {error.pos}): {error.msg}"
+        ) from None
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text at byte {error.start}: {error.reason}") from None
     except RecursionError:
@@ -135,8 +147,9 @@ def record_problems(index: int, record, layout: DatasetLayout) -> List[str]:
         return problems
     if split_of(record) not in layout.splits:
         absent = f" (or no 'split': {DEFAULT_SPLIT})" if layout.custom else ""
-        problems.append(f"{where}: key 'split' is {record['split']!r}; expected one of "
-                        f"{', '.join(layout.splits)}{absent}")
+        problems.append(
+            f"{where}: key 'split' is {record['split']!r}; expected one of {', '.join(layout.splits)}{absent}"
+        )
     if not record["captions"]:
         problems.append(f"{where}: key 'captions' is an empty list")
     for position, caption in enumerate(record["captions"]):
@@ -166,6 +179,7 @@ def parse_records(raw, layout: DatasetLayout, source: Path) -> List[Record]:
 @dataclass
 class TrainPairs:
     """One entry per caption; ``pids`` are remapped to 0..num_classes-1 (sorted file ids)."""
+
     pids: List[int]
     image_ids: List[int]
     image_paths: List[Path]
@@ -177,6 +191,7 @@ class TrainPairs:
 class EvalSet:
     """Gallery (one entry per image) and queries (one per caption), file identities, in the
     evaluation order; ``caption_images[q]`` is the gallery index of query q's own image."""
+
     image_pids: List[int]
     image_paths: List[Path]
     caption_pids: List[int]
@@ -209,8 +224,10 @@ class RetrievalDataset:
     def split_records(self, split: str) -> List[Record]:
         if split not in self.layout.splits:
             note = f" (a record without 'split' is a {DEFAULT_SPLIT} record)" if self.layout.custom else ""
-            raise DataError(f"{self.name} has no {split!r} split; its splits are "
-                            f"{', '.join(self.layout.splits) or 'none (no records)'}{note}")
+            raise DataError(
+                f"{self.name} has no {split!r} split; its splits are "
+                f"{', '.join(self.layout.splits) or 'none (no records)'}{note}"
+            )
         records = [record for record in self.records if record.split == split]
         if not records:
             raise DataError(f"{self.annotation_file}: no record has split {split!r}")
@@ -222,8 +239,9 @@ class RetrievalDataset:
             raise DataError(
                 f"{self.annotation_file}: no record has split {split!r}, so {self.name} cannot be trained on "
                 f"(data.train_split={split}); its records' splits are {', '.join(self.splits) or 'none'} (a record "
-                f"without 'split' is a {DEFAULT_SPLIT} record). Give the training records \"split\": \"{split}\" "
-                f"(e.g. `{make}`), or only evaluate it: `python test.py WEIGHTS data.dataset={self.name}`")
+                f'without \'split\' is a {DEFAULT_SPLIT} record). Give the training records "split": "{split}" '
+                f"(e.g. `{make}`), or only evaluate it: `python test.py WEIGHTS data.dataset={self.name}`"
+            )
         records = self.split_records(split)
         remap = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
         pairs = TrainPairs([], [], [], [], len(remap))
@@ -238,15 +256,19 @@ class RetrievalDataset:
     def eval_set(self, split: str = "test") -> EvalSet:
         records = self.split_records(split)
         captions = [(index, record.pid, caption) for index, record in enumerate(records) for caption in record.captions]
-        return EvalSet([r.pid for r in records], [r.image_path for r in records], [pid for _, pid, _ in captions],
-                       [caption for _, _, caption in captions], [index for index, _, _ in captions])
+        return EvalSet(
+            [r.pid for r in records],
+            [r.image_path for r in records],
+            [pid for _, pid, _ in captions],
+            [caption for _, _, caption in captions],
+            [index for index, _, _ in captions],
+        )
 
     def statistics(self) -> PrettyTable:
         table = PrettyTable(["split", "ids", "images", "captions"], title=self.name)
         for split in self.splits:
             records = [r for r in self.records if r.split == split]
-            table.add_row([split, len({r.pid for r in records}), len(records),
-                           sum(len(r.captions) for r in records)])
+            table.add_row([split, len({r.pid for r in records}), len(records), sum(len(r.captions) for r in records)])
         return table
 
 

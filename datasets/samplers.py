@@ -6,6 +6,7 @@ sees the same batches. They yield ``(epoch, index)`` keys, which
 ``datasets.bases.ImageTextMLMDataset`` uses to seed each sample's augmentation and masking.
 Call ``set_epoch`` before every epoch.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -48,14 +49,12 @@ class RandomSampler(EpochSampler):
     samples per epoch are left out (they change every epoch).
     """
 
-    def __init__(self, num_samples: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 batch_size: int = 0):
+    def __init__(self, num_samples: int, seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 0):
         super().__init__(seed, rank, world_size)
         if num_samples < world_size:
             raise ValueError(f"{num_samples} samples cannot be shared by {world_size} ranks")
         if world_size > 1 and (batch_size < 1 or batch_size % world_size):
-            raise ValueError(f"the global batch size {batch_size} is not a positive multiple of the "
-                             f"{world_size} ranks")
+            raise ValueError(f"the global batch size {batch_size} is not a positive multiple of the {world_size} ranks")
         self.num_samples, self.batch_size = num_samples, batch_size or num_samples
 
     def __len__(self) -> int:
@@ -68,9 +67,9 @@ class RandomSampler(EpochSampler):
             return order
         shares = []
         for start in range(0, self.num_samples, self.batch_size):
-            batch = order[start:start + self.batch_size]
+            batch = order[start : start + self.batch_size]
             size = len(batch) // self.world_size
-            shares.extend(batch[self.rank * size:(self.rank + 1) * size])
+            shares.extend(batch[self.rank * size : (self.rank + 1) * size])
         return shares
 
 
@@ -83,8 +82,9 @@ class IdentitySampler(EpochSampler):
     random and one group popped from each; rank r takes the r-th block of P groups.
     """
 
-    def __init__(self, pids: Sequence[int], batch_size: int, num_instance: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, pids: Sequence[int], batch_size: int, num_instance: int, seed: int = 0, rank: int = 0, world_size: int = 1
+    ):
         super().__init__(seed, rank, world_size)
         if batch_size % num_instance:
             raise ValueError(f"batch size {batch_size} is not a multiple of num_instance {num_instance}")
@@ -94,8 +94,10 @@ class IdentitySampler(EpochSampler):
         for index, pid in enumerate(pids):
             self.by_identity[int(pid)].append(index)
         if len(self.by_identity) < self.ids_per_batch * world_size:
-            raise ValueError(f"{len(self.by_identity)} identities cannot fill batches of "
-                             f"{self.ids_per_batch} identities on {world_size} rank(s)")
+            raise ValueError(
+                f"{len(self.by_identity)} identities cannot fill batches of "
+                f"{self.ids_per_batch} identities on {world_size} rank(s)"
+            )
         self._cached: Tuple[int, List[int]] = (-1, [])
 
     def _groups(self, generator: torch.Generator) -> Dict[int, List[List[int]]]:
@@ -106,7 +108,7 @@ class IdentitySampler(EpochSampler):
                 members = members[torch.randint(len(members), (self.num_instance,), generator=generator)]
             members = members[torch.randperm(len(members), generator=generator)].tolist()
             count = len(members) // self.num_instance
-            groups[pid] = [members[k * self.num_instance:(k + 1) * self.num_instance] for k in range(count)]
+            groups[pid] = [members[k * self.num_instance : (k + 1) * self.num_instance] for k in range(count)]
         return groups
 
     def global_batches(self) -> List[List[List[int]]]:

@@ -7,6 +7,7 @@ brightness/contrast, noise, optional blur). Shapes are drawn at twice the output
 reduced, which anti-aliases them. Coordinates are in *body units*: x to the right of the
 body axis, y down from the top of the head, feet at 100.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,10 +17,12 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+
 @dataclass(frozen=True)
 class Identity:
     """One person. ``None`` marks an absent value (no inner top, no lower garment under a
     dress, no hair colour when bald, no bag colour without a bag)."""
+
     gender: str
     hair_style: str
     hair_colour: Optional[str]
@@ -38,21 +41,41 @@ class Identity:
         return astuple(self)[:-1]
 
 
-
 RGB = Tuple[int, ...]
 Point = Tuple[float, float]
 
 PALETTE: Dict[str, RGB] = {
-    "black": (30, 30, 32), "white": (236, 236, 232), "grey": (128, 128, 132), "red": (198, 32, 38),
-    "blue": (36, 76, 190), "green": (40, 138, 60), "yellow": (234, 202, 40), "purple": (120, 52, 152),
-    "pink": (240, 142, 182), "brown": (118, 74, 40), "orange": (238, 128, 30),
+    "black": (30, 30, 32),
+    "white": (236, 236, 232),
+    "grey": (128, 128, 132),
+    "red": (198, 32, 38),
+    "blue": (36, 76, 190),
+    "green": (40, 138, 60),
+    "yellow": (234, 202, 40),
+    "purple": (120, 52, 152),
+    "pink": (240, 142, 182),
+    "brown": (118, 74, 40),
+    "orange": (238, 128, 30),
 }
-HAIR_RGB: Dict[str, RGB] = {"black": (24, 22, 22), "brown": (96, 60, 34), "blond": (216, 186, 112),
-                            "grey": (158, 156, 154)}
+HAIR_RGB: Dict[str, RGB] = {
+    "black": (24, 22, 22),
+    "brown": (96, 60, 34),
+    "blond": (216, 186, 112),
+    "grey": (158, 156, 154),
+}
 SKIN_RGB: Sequence[RGB] = ((242, 204, 174), (224, 178, 140), (184, 134, 98), (124, 84, 58))
-BACKGROUND_RGB: Sequence[RGB] = ((150, 150, 150), (192, 182, 162), (118, 128, 140), (160, 172, 150),
-                                 (204, 204, 208), (108, 100, 92), (172, 150, 130), (88, 98, 110),
-                                 (142, 162, 182), (212, 200, 178))
+BACKGROUND_RGB: Sequence[RGB] = (
+    (150, 150, 150),
+    (192, 182, 162),
+    (118, 128, 140),
+    (160, 172, 150),
+    (204, 204, 208),
+    (108, 100, 92),
+    (172, 150, 130),
+    (88, 98, 110),
+    (142, 162, 182),
+    (212, 200, 178),
+)
 BUILD = {"man": dict(shoulder=11.4, waist=9.4, hip=9.4), "woman": dict(shoulder=9.8, waist=7.6, hip=10.4)}
 HEM = {"t-shirt": (53, 0.4), "shirt": (53, 0.4), "jacket": (57, 1.0), "coat": (70, 2.6), "dress": (75, 5.5)}
 SUPERSAMPLE = 2
@@ -69,10 +92,14 @@ class Pose:
 
 
 def sample_pose(rng: np.random.Generator) -> Pose:
-    return Pose(back_view=bool(rng.random() < 0.3), flip=bool(rng.random() < 0.5),
-                legs=(float(rng.uniform(1, 9)), float(rng.uniform(1, 9))),
-                arms=(float(rng.uniform(4, 22)), float(rng.uniform(4, 22))),
-                bends=(float(rng.uniform(-4, 16)), float(rng.uniform(-4, 16))), lean=float(rng.uniform(-4, 4)))
+    return Pose(
+        back_view=bool(rng.random() < 0.3),
+        flip=bool(rng.random() < 0.5),
+        legs=(float(rng.uniform(1, 9)), float(rng.uniform(1, 9))),
+        arms=(float(rng.uniform(4, 22)), float(rng.uniform(4, 22))),
+        bends=(float(rng.uniform(-4, 16)), float(rng.uniform(-4, 16))),
+        lean=float(rng.uniform(-4, 4)),
+    )
 
 
 def _jitter(rgb: RGB, rng: np.random.Generator, amount: int = 12) -> RGB:
@@ -109,8 +136,15 @@ class Pen:
         dx, dy = b[0] - a[0], b[1] - a[1]
         norm = math.hypot(dx, dy) or 1.0
         nx, ny = -dy / norm / 2, dx / norm / 2
-        self.poly([(a[0] + nx * w0, a[1] + ny * w0), (b[0] + nx * w1, b[1] + ny * w1),
-                   (b[0] - nx * w1, b[1] - ny * w1), (a[0] - nx * w0, a[1] - ny * w0)], fill)
+        self.poly(
+            [
+                (a[0] + nx * w0, a[1] + ny * w0),
+                (b[0] + nx * w1, b[1] + ny * w1),
+                (b[0] - nx * w1, b[1] - ny * w1),
+                (a[0] - nx * w0, a[1] - ny * w0),
+            ],
+            fill,
+        )
         self.ellipse(a[0], a[1], w0 / 2, w0 / 2, fill, outline=False)
         self.ellipse(b[0], b[1], w1 / 2, w1 / 2, fill, outline=False)
 
@@ -126,8 +160,13 @@ def _lerp(a: Point, b: Point, t: float) -> Point:
 
 def _colours(p: "Identity", rng: np.random.Generator) -> Dict[str, RGB]:
     skin = SKIN_RGB[p.skin % len(SKIN_RGB)]
-    names = {"upper": p.upper_colour, "inner": p.inner_colour, "lower": p.lower_colour,
-             "shoes": p.shoes_colour, "bag": p.bag_colour}
+    names = {
+        "upper": p.upper_colour,
+        "inner": p.inner_colour,
+        "lower": p.lower_colour,
+        "shoes": p.shoes_colour,
+        "bag": p.bag_colour,
+    }
     out = {key: _jitter(PALETTE[name], rng) for key, name in names.items() if name is not None}
     out["hair"] = _jitter(HAIR_RGB.get(p.hair_colour or "", skin), rng, 8)
     out["skin"] = _jitter(skin, rng, 6)
@@ -153,8 +192,19 @@ def _torso(pen: Pen, p: "Identity", c: Dict[str, RGB], pose: Pose, build: Dict[s
     sw, ww, hip = build["shoulder"], build["waist"], build["hip"]
     bottom, flare = HEM[p.upper_type]
     up = c["upper"]
-    pen.poly([(-sw, 17), (sw, 17), (sw - 1.2, 25), (ww, 42), (hip + flare, bottom),
-              (-hip - flare, bottom), (-ww, 42), (-sw + 1.2, 25)], up)
+    pen.poly(
+        [
+            (-sw, 17),
+            (sw, 17),
+            (sw - 1.2, 25),
+            (ww, 42),
+            (hip + flare, bottom),
+            (-hip - flare, bottom),
+            (-ww, 42),
+            (-sw + 1.2, 25),
+        ],
+        up,
+    )
     for side in (-1, 1):
         pen.ellipse(side * (sw - 2.2), 19.5, 2.8, 2.8, up, outline=False)
     if pose.back_view:
@@ -219,8 +269,9 @@ def _head(pen: Pen, p: "Identity", c: Dict[str, RGB], pose: Pose) -> None:
         pen.ellipse(side * 1.8, 7.4, 0.6, 0.6, (40, 30, 28), outline=False)
 
 
-def _bag(pen: Pen, p: "Identity", c: Dict[str, RGB], pose: Pose, sw: float, hip: float, hand: Point,
-         behind: bool) -> None:
+def _bag(
+    pen: Pen, p: "Identity", c: Dict[str, RGB], pose: Pose, sw: float, hip: float, hand: Point, behind: bool
+) -> None:
     bag = c.get("bag")
     if bag is None:
         return
@@ -246,8 +297,9 @@ def _bag(pen: Pen, p: "Identity", c: Dict[str, RGB], pose: Pose, sw: float, hip:
         pen.ellipse(x, y + 1.2, 2.1, 2.4, c["skin"])
 
 
-def draw_person(layer: Image.Image, p: "Identity", rng: np.random.Generator, pose: Pose,
-                box: Tuple[float, float, float]) -> None:
+def draw_person(
+    layer: Image.Image, p: "Identity", rng: np.random.Generator, pose: Pose, box: Tuple[float, float, float]
+) -> None:
     """Draw ``p`` onto the RGBA ``layer``; ``box`` = (centre x, top y, pixels per body unit)."""
     pen = Pen(ImageDraw.Draw(layer), *box, pose.flip)
     build, c = BUILD[p.gender], _colours(p, rng)
@@ -263,8 +315,10 @@ def draw_person(layer: Image.Image, p: "Identity", rng: np.random.Generator, pos
 
 def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A float RGB array: flat, vertical gradient, stripes or wall + ground."""
-    c1, c2 = (np.array(_jitter(BACKGROUND_RGB[int(i)], rng, 16), np.float32)
-              for i in rng.choice(len(BACKGROUND_RGB), 2, replace=False))
+    c1, c2 = (
+        np.array(_jitter(BACKGROUND_RGB[int(i)], rng, 16), np.float32)
+        for i in rng.choice(len(BACKGROUND_RGB), 2, replace=False)
+    )
     ys = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
     xs = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
     kind = int(rng.integers(5))
@@ -292,8 +346,9 @@ def _camera(img: Image.Image, rng: np.random.Generator, size: Tuple[int, int]) -
     return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
 
 
-def render(p: "Identity", rng: np.random.Generator, size: Tuple[int, int] = (192, 64),
-           pose: Optional[Pose] = None) -> Image.Image:
+def render(
+    p: "Identity", rng: np.random.Generator, size: Tuple[int, int] = (192, 64), pose: Optional[Pose] = None
+) -> Image.Image:
     """One RGB image of height ``size[0]`` and width ``size[1]`` of ``p``, jittered by ``rng``."""
     height, width = size[0] * SUPERSAMPLE, size[1] * SUPERSAMPLE
     pose = pose or sample_pose(rng)

@@ -12,6 +12,7 @@ The reference keeps the dropped merge in its merge table, so the one word that w
 produce it ("jekyll") makes the reference fail with a KeyError; here that merge is
 left out of the table too, and the word is split into the two tokens it merges.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -81,9 +82,7 @@ def tokenize(caption: str, text_length: int = CONTEXT_LENGTH, truncate: bool = T
     tokens = [SOT_ID] + get_tokenizer().encode(caption) + [EOT_ID]
     if len(tokens) > text_length:
         if not truncate:
-            raise ValueError(
-                f"caption has {len(tokens)} tokens, more than text_length={text_length}: {caption[:80]!r}"
-            )
+            raise ValueError(f"caption has {len(tokens)} tokens, more than text_length={text_length}: {caption[:80]!r}")
         tokens = tokens[:text_length]
         tokens[-1] = EOT_ID
     ids = torch.zeros(text_length, dtype=torch.long)
@@ -91,7 +90,6 @@ def tokenize(caption: str, text_length: int = CONTEXT_LENGTH, truncate: bool = T
     return ids
 
 
-def tokenize_batch(captions: Iterable[str], text_length: int = CONTEXT_LENGTH,
-                   truncate: bool = True) -> torch.Tensor:
+def tokenize_batch(captions: Iterable[str], text_length: int = CONTEXT_LENGTH, truncate: bool = True) -> torch.Tensor:
     """Stack :func:`tokenize` over several captions -> LongTensor[N, text_length]."""
     return torch.stack([tokenize(c, text_length, truncate) for c in captions])

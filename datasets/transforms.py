@@ -1,4 +1,5 @@
 """Image transforms of docs/method.md, "Data" (the reference's, on PIL images)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -17,12 +18,14 @@ def build_transform(image_size: Sequence[int], train: bool = False, augment: boo
     normalize = T.Normalize(mean=CLIP_MEAN, std=CLIP_STD)
     if not (train and augment):
         return T.Compose([T.Resize(size), T.ToTensor(), normalize])
-    return T.Compose([
-        T.Resize(size),
-        T.RandomHorizontalFlip(0.5),
-        T.Pad(10),
-        T.RandomCrop(size),
-        T.ToTensor(),
-        normalize,
-        T.RandomErasing(scale=(0.02, 0.4), value=CLIP_MEAN),
-    ])
+    return T.Compose(
+        [
+            T.Resize(size),
+            T.RandomHorizontalFlip(0.5),
+            T.Pad(10),
+            T.RandomCrop(size),
+            T.ToTensor(),
+            normalize,
+            T.RandomErasing(scale=(0.02, 0.4), value=CLIP_MEAN),
+        ]
+    )

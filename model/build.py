@@ -1,5 +1,6 @@
 """Building FMFA models (from a config for training, or from any weight file for use) and
 the training criterion."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,10 +13,30 @@ import torch
 from configs.defaults import Config
 from configs.errors import UserError
 from configs.validation import loss_needs, validate
-from .checkpoint import (FMFA_PREFIX, LAYOUTS, PartialLoad, WeightsError, WeightsNotFoundError, is_clip_state_dict,
-                         is_fmfa_state_dict, load_weights_file, load_what_fits, unwrap_state_dict)
-from .clip import (ClipArch, arch_from_state_dict, build_clip, clean_clip_state_dict, clip_from_state_dict,
-                   create_clip, fit_position_embedding, is_torchscript_archive, read_clip_state_dict)
+
+from .checkpoint import (
+    FMFA_PREFIX,
+    LAYOUTS,
+    PartialLoad,
+    WeightsError,
+    WeightsNotFoundError,
+    is_clip_state_dict,
+    is_fmfa_state_dict,
+    load_weights_file,
+    load_what_fits,
+    unwrap_state_dict,
+)
+from .clip import (
+    ClipArch,
+    arch_from_state_dict,
+    build_clip,
+    clean_clip_state_dict,
+    clip_from_state_dict,
+    create_clip,
+    fit_position_embedding,
+    is_torchscript_archive,
+    read_clip_state_dict,
+)
 from .fmfa import FMFA
 from .loss import FMFALoss
 
@@ -31,8 +52,13 @@ def build_criterion(cfg: Config) -> FMFALoss:
     """The training losses of ``cfg``: ``criterion(model(batch), batch) -> (terms, metrics)``.
     A config that fails :func:`configs.validation.validate` is refused (ConfigError)."""
     validate(cfg)
-    return FMFALoss(list(cfg.loss.names), dict(cfg.loss.weights), logit_scale=1.0 / cfg.model.temperature,
-                    asdm=cfg.asdm, efa=cfg.efa)
+    return FMFALoss(
+        list(cfg.loss.names),
+        dict(cfg.loss.weights),
+        logit_scale=1.0 / cfg.model.temperature,
+        asdm=cfg.asdm,
+        efa=cfg.efa,
+    )
 
 
 def build_model(cfg: Config, num_classes: int) -> FMFA:
@@ -48,9 +74,14 @@ def build_model(cfg: Config, num_classes: int) -> FMFA:
     if "irr" in heads and cfg.model.cmt_depth < 1:
         raise UserError(f"loss.names={'+'.join(cfg.loss.names)} needs the IRR head: model.cmt_depth > 0")
     clip, arch = create_clip(cfg.model.pretrain, tuple(cfg.model.image_size), arch_from_config(cfg))
-    model = FMFA(clip, arch.embed_dim, num_classes=num_classes if "id_classifier" in heads else 0,
-                 cmt_depth=cfg.model.cmt_depth if "irr" in heads else 0, vocab_size=arch.vocab_size,
-                 share_masked_caption=cfg.data.share_masked_caption)
+    model = FMFA(
+        clip,
+        arch.embed_dim,
+        num_classes=num_classes if "id_classifier" in heads else 0,
+        cmt_depth=cfg.model.cmt_depth if "irr" in heads else 0,
+        vocab_size=arch.vocab_size,
+        share_masked_caption=cfg.data.share_masked_caption,
+    )
     if cfg.model.init_from:
         initialise_from(model, cfg.model.init_from)
     if cfg.model.grad_checkpointing:
@@ -64,12 +95,15 @@ def initialise_from(model: FMFA, path: str) -> PartialLoad:
     loaded, what is new and what was ignored (e.g. an ID head for other identities)."""
     state_dict = unwrap_state_dict(load_weights_file(path), path)
     if not is_fmfa_state_dict(state_dict):
-        raise WeightsError(f"{path}: model.init_from needs an FMFA-layout checkpoint ('{FMFA_PREFIX}*' keys); "
-                         "CLIP weights go in model.pretrain")
+        raise WeightsError(
+            f"{path}: model.init_from needs an FMFA-layout checkpoint ('{FMFA_PREFIX}*' keys); "
+            "CLIP weights go in model.pretrain"
+        )
     position = FMFA_PREFIX + "visual.positional_embedding"
     try:  # a square grid (CLIP-style pre-training) is resized; another grid must match as is
-        resized = fit_position_embedding({"visual.positional_embedding": state_dict[position].float()},
-                                         model.base_model, path)
+        resized = fit_position_embedding(
+            {"visual.positional_embedding": state_dict[position].float()}, model.base_model, path
+        )
         state_dict = {**state_dict, position: resized["visual.positional_embedding"]}
     except (KeyError, ValueError):
         pass  # reported below among the ignored tensors, with both shapes
@@ -87,19 +121,26 @@ def _heads_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, in
 
 
 def _fmfa_from_state_dict(state_dict: Dict[str, torch.Tensor], image_size, source: str) -> FMFA:
-    clip_sd = {k[len(FMFA_PREFIX):]: v for k, v in state_dict.items() if k.startswith(FMFA_PREFIX)}
+    clip_sd = {k[len(FMFA_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(FMFA_PREFIX)}
     clip_sd = clean_clip_state_dict(clip_sd, source)
     arch = arch_from_state_dict(clip_sd)
     num_classes, depth, vocab = _heads_from_state_dict(state_dict)
-    model = FMFA(build_clip(arch, image_size), arch.embed_dim, num_classes=num_classes,
-                 cmt_depth=depth, vocab_size=vocab or arch.vocab_size)
+    model = FMFA(
+        build_clip(arch, image_size),
+        arch.embed_dim,
+        num_classes=num_classes,
+        cmt_depth=depth,
+        vocab_size=vocab or arch.vocab_size,
+    )
     clip_sd = fit_position_embedding(clip_sd, model.base_model, source)
     full = {FMFA_PREFIX + k: v for k, v in clip_sd.items()}
     full.update({k: v.float() for k, v in state_dict.items() if not k.startswith(FMFA_PREFIX)})
     missing, unexpected = model.load_state_dict(full, strict=False)
     if missing or unexpected:
-        raise WeightsError(f"{source}: weights do not fit the FMFA architecture read from them; "
-                         f"missing {missing[:8]}, unexpected {unexpected[:8]}")
+        raise WeightsError(
+            f"{source}: weights do not fit the FMFA architecture read from them; "
+            f"missing {missing[:8]}, unexpected {unexpected[:8]}"
+        )
     logger.info("Loaded FMFA weights from %s: %s, %d identities, IRR depth %d", source, arch, num_classes, depth)
     return model
 
@@ -123,7 +164,8 @@ def model_from_checkpoint(path: str, image_size: Tuple[int, int] = (384, 128)) -
         clip, arch = clip_from_state_dict(clean_clip_state_dict(state_dict, path), tuple(image_size), path)
         model = FMFA(clip, arch.embed_dim, vocab_size=arch.vocab_size)
     else:
-        raise WeightsError(f"{path}: unknown checkpoint layout (keys such as {sorted(state_dict)[:5]}). "
-                         f"Expected one of: " + "; ".join(LAYOUTS))
+        raise WeightsError(
+            f"{path}: unknown checkpoint layout (keys such as {sorted(state_dict)[:5]}). "
+            f"Expected one of: " + "; ".join(LAYOUTS)
+        )
     return model.eval()
-

@@ -5,6 +5,7 @@ containers only; a pickle that would run code is refused, never executed.
 TorchScript archives (OpenAI's CLIP release) are the one exception the caller routes
 to ``torch.jit.load``.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,6 +25,7 @@ class WeightsError(UserError, ValueError):
 
 class WeightsNotFoundError(UserError, FileNotFoundError):
     """A weights file is missing; the message names the path and the key that set it."""
+
 
 FMFA_PREFIX = "base_model."
 _DISTRIBUTED_PREFIX = "module."
@@ -47,18 +49,23 @@ def load_weights_file(path: str) -> Any:
             f"need to run code from the file, which is never done). Detail: {str(err).splitlines()[0]}"
         ) from None
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else 'truncated or empty file'})") from None
+        raise WeightsError(
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'truncated or empty file'})"
+        ) from None
 
 
 def strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str = _DISTRIBUTED_PREFIX) -> Dict[str, torch.Tensor]:
     """Drop ``prefix`` from keys that carry it (DataParallel/DDP's ``module.``)."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def unwrap_state_dict(obj: Any, source: str) -> Dict[str, torch.Tensor]:
@@ -70,8 +77,9 @@ def unwrap_state_dict(obj: Any, source: str) -> Dict[str, torch.Tensor]:
     if _is_state_dict(obj):
         return strip_prefix(obj)
     top = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-    raise WeightsError(f"{source}: unknown checkpoint layout (top level: {top}). Expected one of: "
-                     + "; ".join(LAYOUTS))
+    raise WeightsError(
+        f"{source}: unknown checkpoint layout (top level: {top}). Expected one of: " + "; ".join(LAYOUTS)
+    )
 
 
 def is_fmfa_state_dict(state_dict: Dict[str, torch.Tensor]) -> bool:
@@ -87,13 +95,17 @@ def state_dict_mismatches(expected: Dict[str, torch.Tensor], given: Dict[str, to
     missing keys, unexpected keys and shape mismatches, one line each (empty when it fits)."""
     lines = [f"missing {key} {list(expected[key].shape)}" for key in expected if key not in given]
     lines += [f"unexpected {key} {list(given[key].shape)}" for key in given if key not in expected]
-    lines += [f"shape of {key}: checkpoint {list(given[key].shape)}, model {list(expected[key].shape)}"
-              for key in expected if key in given and given[key].shape != expected[key].shape]
+    lines += [
+        f"shape of {key}: checkpoint {list(given[key].shape)}, model {list(expected[key].shape)}"
+        for key in expected
+        if key in given and given[key].shape != expected[key].shape
+    ]
     return lines
 
 
-def load_matching_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str,
-                             hint: str = "") -> None:
+def load_matching_state_dict(
+    model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str, hint: str = ""
+) -> None:
     """``model.load_state_dict`` after checking keys and shapes; a mismatch raises one
     ValueError naming ``source`` and the mismatching keys (the first 12)."""
     lines = state_dict_mismatches(model.state_dict(), state_dict)
@@ -107,6 +119,7 @@ def load_matching_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch
 class PartialLoad:
     """What :func:`load_what_fits` did: copied keys, model keys left as they were (new), and
     checkpoint keys not used (absent from the model, or of another shape)."""
+
     loaded: List[str]
     new: List[str]
     ignored: List[str]
@@ -114,9 +127,12 @@ class PartialLoad:
     def summary(self, source: str) -> str:
         def head(keys: List[str]) -> str:
             return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
-        return (f"initialised from {source}: {len(self.loaded)} tensors loaded; {len(self.new)} new "
-                f"(kept as built){': ' + head(self.new) if self.new else ''}; {len(self.ignored)} ignored"
-                f"{': ' + head(self.ignored) if self.ignored else ''}")
+
+        return (
+            f"initialised from {source}: {len(self.loaded)} tensors loaded; {len(self.new)} new "
+            f"(kept as built){': ' + head(self.new) if self.new else ''}; {len(self.ignored)} ignored"
+            f"{': ' + head(self.ignored) if self.ignored else ''}"
+        )
 
 
 def load_what_fits(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> PartialLoad:
@@ -125,9 +141,14 @@ def load_what_fits(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], 
     own = model.state_dict()
     fits = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
     if not fits:
-        raise WeightsError(f"{source}: no tensor matches this model by name and shape (checkpoint keys such as "
-                         f"{sorted(state_dict)[:4]}; model keys such as {sorted(own)[:4]})")
+        raise WeightsError(
+            f"{source}: no tensor matches this model by name and shape (checkpoint keys such as "
+            f"{sorted(state_dict)[:4]}; model keys such as {sorted(own)[:4]})"
+        )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in fits.items()}, strict=False)
-    ignored = [f"{k} {list(v.shape)}" + (f" (model {list(own[k].shape)})" if k in own else "")
-               for k, v in state_dict.items() if k not in fits]
+    ignored = [
+        f"{k} {list(v.shape)}" + (f" (model {list(own[k].shape)})" if k in own else "")
+        for k, v in state_dict.items()
+        if k not in fits
+    ]
     return PartialLoad(sorted(fits), sorted(k for k in own if k not in fits), ignored)

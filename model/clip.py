@@ -12,6 +12,7 @@ tag config, model config or an ``open_clip_config.json`` beside the file says so
 DataComp). A model built with GELU carries a ``plain_gelu`` buffer, so its checkpoints say
 so themselves; a bare state dict that says nothing is taken as OpenAI's (with a warning).
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,12 +73,24 @@ def build_clip(arch: ClipArch, image_size: Tuple[int, int]) -> open_clip.model.C
     """
     height, width = image_size
     if height % arch.patch_size or width % arch.patch_size:
-        raise WeightsError(f"model.image_size={list(image_size)} is not divisible by the patch size "
-                           f"{arch.patch_size} of the weights")
-    vision = CLIPVisionCfg(layers=arch.vision_layers, width=arch.vision_width, head_width=HEAD_WIDTH,
-                           patch_size=arch.patch_size, image_size=(height, width), output_tokens=True)
-    text = CLIPTextCfg(context_length=arch.context_length, vocab_size=arch.vocab_size,
-                       width=arch.text_width, heads=arch.text_width // HEAD_WIDTH, layers=arch.text_layers)
+        raise WeightsError(
+            f"model.image_size={list(image_size)} is not divisible by the patch size {arch.patch_size} of the weights"
+        )
+    vision = CLIPVisionCfg(
+        layers=arch.vision_layers,
+        width=arch.vision_width,
+        head_width=HEAD_WIDTH,
+        patch_size=arch.patch_size,
+        image_size=(height, width),
+        output_tokens=True,
+    )
+    text = CLIPTextCfg(
+        context_length=arch.context_length,
+        vocab_size=arch.vocab_size,
+        width=arch.text_width,
+        heads=arch.text_width // HEAD_WIDTH,
+        layers=arch.text_layers,
+    )
     clip = open_clip.model.CLIP(arch.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=arch.quick_gelu)
     del clip.logit_scale
     if not arch.quick_gelu:
@@ -86,23 +99,26 @@ def build_clip(arch: ClipArch, image_size: Tuple[int, int]) -> open_clip.model.C
 
 
 def _count_blocks(state_dict: Dict[str, torch.Tensor], prefix: str) -> int:
-    return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
+    return len({k[len(prefix) :].split(".")[0] for k in state_dict if k.startswith(prefix)})
 
 
 def arch_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> ClipArch:
     """Read the sizes of an OpenAI-format ViT CLIP state dict (unprefixed keys), and its
     activation: plain GELU where it carries the ``plain_gelu`` marker, else QuickGELU."""
     conv = state_dict["visual.conv1.weight"]
-    return with_activation(ClipArch(
-        embed_dim=state_dict["text_projection"].shape[1],
-        vision_width=conv.shape[0],
-        vision_layers=_count_blocks(state_dict, "visual.transformer.resblocks."),
-        patch_size=conv.shape[-1],
-        text_width=state_dict["ln_final.weight"].shape[0],
-        text_layers=_count_blocks(state_dict, "transformer.resblocks."),
-        context_length=state_dict["positional_embedding"].shape[0],
-        vocab_size=state_dict["token_embedding.weight"].shape[0],
-    ), quick_gelu=GELU_MARKER not in state_dict)
+    return with_activation(
+        ClipArch(
+            embed_dim=state_dict["text_projection"].shape[1],
+            vision_width=conv.shape[0],
+            vision_layers=_count_blocks(state_dict, "visual.transformer.resblocks."),
+            patch_size=conv.shape[-1],
+            text_width=state_dict["ln_final.weight"].shape[0],
+            text_layers=_count_blocks(state_dict, "transformer.resblocks."),
+            context_length=state_dict["positional_embedding"].shape[0],
+            vocab_size=state_dict["token_embedding.weight"].shape[0],
+        ),
+        quick_gelu=GELU_MARKER not in state_dict,
+    )
 
 
 def is_torchscript_archive(path: str) -> bool:
@@ -117,7 +133,8 @@ CLIP_WEIGHTS_HELP = (
     "Set model.pretrain to OpenAI's CLIP ViT-B/16 file, e.g. data/ViT-B-16.pt, downloaded from "
     "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/"
     "ViT-B-16.pt (an OpenAI-format state dict or an open_clip checkpoint works too); or to "
-    f"'{OPEN_CLIP_TAG_PREFIX}ViT-B-16/openai' where open_clip can download; or 'none' for random initialisation")
+    f"'{OPEN_CLIP_TAG_PREFIX}ViT-B-16/openai' where open_clip can download; or 'none' for random initialisation"
+)
 
 
 def check_pretrain(pretrain: str, key: str = "model.pretrain") -> None:
@@ -141,7 +158,7 @@ def check_pretrain(pretrain: str, key: str = "model.pretrain") -> None:
 
 def split_open_clip_tag(source: str) -> Tuple[str, str]:
     """``open_clip:MODEL/TAG`` -> (MODEL, TAG); TAG defaults to 'openai' and may be a file path."""
-    model_name, _, tag = source[len(OPEN_CLIP_TAG_PREFIX):].partition("/")
+    model_name, _, tag = source[len(OPEN_CLIP_TAG_PREFIX) :].partition("/")
     return model_name, tag or "openai"
 
 
@@ -154,7 +171,8 @@ def _open_clip_tag_state_dict(source: str) -> Dict[str, torch.Tensor]:
         raise WeightsNotFoundError(
             f"{source}: open_clip could not get the weights ({str(error).splitlines()[0][:300]}). Where the network "
             f"is reachable open_clip downloads and caches them; or copy the file here and set "
-            f"model.pretrain={OPEN_CLIP_TAG_PREFIX}{model_name}/PATH_TO_FILE") from None
+            f"model.pretrain={OPEN_CLIP_TAG_PREFIX}{model_name}/PATH_TO_FILE"
+        ) from None
 
 
 def _read_weights_file(path: str) -> Dict[str, torch.Tensor]:
@@ -201,9 +219,13 @@ def weights_activation(source: str, state_dict: Dict[str, torch.Tensor], arch: C
     spec = spec_beside(source) if os.path.isfile(source) else None
     if spec is not None:
         return _checked(spec, arch, source).quick_gelu, spec.origin
-    logger.warning("%s does not say which activation its weights were trained with: QuickGELU assumed (OpenAI's "
-                   "CLIP). For open_clip weights trained with GELU (LAION, DataComp) set model.pretrain="
-                   "open_clip:MODEL/%s or put open_clip's open_clip_config.json beside the file", source, source)
+    logger.warning(
+        "%s does not say which activation its weights were trained with: QuickGELU assumed (OpenAI's "
+        "CLIP). For open_clip weights trained with GELU (LAION, DataComp) set model.pretrain="
+        "open_clip:MODEL/%s or put open_clip's open_clip_config.json beside the file",
+        source,
+        source,
+    )
     return True, "assumed (OpenAI's CLIP)"
 
 
@@ -211,13 +233,16 @@ def clean_clip_state_dict(state_dict: Dict[str, torch.Tensor], source: str) -> D
     """Float32 weights only (OpenAI archives also carry sizes and a logit scale), checked to be a ViT CLIP."""
     state_dict = {k: v.float() for k, v in state_dict.items() if k not in NON_WEIGHT_KEYS}
     if "visual.conv1.weight" not in state_dict or "text_projection" not in state_dict:
-        raise WeightsError(f"{source}: not a ViT CLIP state dict (no 'visual.conv1.weight' / 'text_projection' "
-                         f"among keys such as {sorted(state_dict)[:5]})")
+        raise WeightsError(
+            f"{source}: not a ViT CLIP state dict (no 'visual.conv1.weight' / 'text_projection' "
+            f"among keys such as {sorted(state_dict)[:5]})"
+        )
     return state_dict
 
 
-def fit_position_embedding(state_dict: Dict[str, torch.Tensor], clip: open_clip.model.CLIP,
-                           source: str) -> Dict[str, torch.Tensor]:
+def fit_position_embedding(
+    state_dict: Dict[str, torch.Tensor], clip: open_clip.model.CLIP, source: str
+) -> Dict[str, torch.Tensor]:
     """A copy of ``state_dict`` whose vision position embedding fits ``clip``'s patch grid.
 
     A square grid (224 x 224 checkpoints) is resized bilinearly without antialias (the
@@ -229,9 +254,11 @@ def fit_position_embedding(state_dict: Dict[str, torch.Tensor], clip: open_clip.
     if pos.shape[0] != grid[0] * grid[1] + 1:
         old = round((pos.shape[0] - 1) ** 0.5)
         if old * old + 1 != pos.shape[0]:
-            raise WeightsError(f"{source}: position embedding for {pos.shape[0] - 1} patches is not a square "
-                             f"grid and does not fit the model's {grid[0]} x {grid[1]} grid; "
-                             f"use the image size it was trained at")
+            raise WeightsError(
+                f"{source}: position embedding for {pos.shape[0] - 1} patches is not a square "
+                f"grid and does not fit the model's {grid[0]} x {grid[1]} grid; "
+                f"use the image size it was trained at"
+            )
         resize_pos_embed(state_dict, clip, interpolation="bilinear", antialias=False)
     return state_dict
 
@@ -248,10 +275,11 @@ def clip_from_state_dict(state_dict: Dict[str, torch.Tensor], image_size: Tuple[
     missing, unexpected = clip.load_state_dict(fit_position_embedding(weights, clip, source), strict=False)
     missing = [key for key in missing if key != GELU_MARKER]
     if missing or unexpected:
-        raise WeightsError(f"{source}: CLIP weights do not fit the architecture read from them; "
-                         f"missing {missing[:8]}, unexpected {unexpected[:8]}")
-    logger.info("Loaded CLIP weights from %s (%s; %s: %s)", source, arch, "QuickGELU" if quick_gelu else "GELU",
-                origin)
+        raise WeightsError(
+            f"{source}: CLIP weights do not fit the architecture read from them; "
+            f"missing {missing[:8]}, unexpected {unexpected[:8]}"
+        )
+    logger.info("Loaded CLIP weights from %s (%s; %s: %s)", source, arch, "QuickGELU" if quick_gelu else "GELU", origin)
     return clip, arch
 
 

@@ -7,6 +7,7 @@ Attribute names (``base_model``, ``classifier``, ``cross_attn``,
 are the reference's, so its checkpoints (and the Re-ID pre-trained ones built on it)
 load without renaming.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -24,7 +25,7 @@ Tensors = Dict[str, torch.Tensor]
 def _init_irr(cross_attn: nn.MultiheadAttention, blocks: Transformer, mlm_head: nn.Sequential) -> None:
     """The reference's initialisation of the IRR cross-attention, transformer and MLM head."""
     width, layers = blocks.width, blocks.layers
-    attn_std = width ** -0.5
+    attn_std = width**-0.5
     proj_std = attn_std * (2 * layers) ** -0.5
     fc_std = (2 * width) ** -0.5
     for attn in [cross_attn] + [block.attn for block in blocks.resblocks]:
@@ -50,8 +51,15 @@ class FMFA(nn.Module):
             data code): the text tower runs once and its tokens feed the IRR branch too.
     """
 
-    def __init__(self, base_model: nn.Module, embed_dim: int, num_classes: int = 0, cmt_depth: int = 0,
-                 vocab_size: int = 49408, share_masked_caption: bool = False):
+    def __init__(
+        self,
+        base_model: nn.Module,
+        embed_dim: int,
+        num_classes: int = 0,
+        cmt_depth: int = 0,
+        vocab_size: int = 49408,
+        share_masked_caption: bool = False,
+    ):
         super().__init__()
         self.base_model = base_model
         self.embed_dim = embed_dim
@@ -66,9 +74,16 @@ class FMFA(nn.Module):
             self.cross_attn = nn.MultiheadAttention(embed_dim, heads, batch_first=True)
             self.cross_modal_transformer = Transformer(embed_dim, cmt_depth, heads, act_layer=QuickGELU)
             self.ln_pre_t, self.ln_pre_i, self.ln_post = (LayerNorm(embed_dim) for _ in range(3))
-            self.mlm_head = nn.Sequential(OrderedDict([
-                ("dense", nn.Linear(embed_dim, embed_dim)), ("gelu", QuickGELU()),
-                ("ln", LayerNorm(embed_dim)), ("fc", nn.Linear(embed_dim, vocab_size))]))
+            self.mlm_head = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("dense", nn.Linear(embed_dim, embed_dim)),
+                        ("gelu", QuickGELU()),
+                        ("ln", LayerNorm(embed_dim)),
+                        ("fc", nn.Linear(embed_dim, vocab_size)),
+                    ]
+                )
+            )
             _init_irr(self.cross_attn, self.cross_modal_transformer, self.mlm_head)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -82,8 +97,10 @@ class FMFA(nn.Module):
 
     def checkpointed_transformers(self) -> Dict[str, bool]:
         """``grad_checkpointing`` of each transformer, by attribute path."""
-        towers = {"base_model.visual.transformer": self.base_model.visual.transformer,
-                  "base_model.transformer": self.base_model.transformer}
+        towers = {
+            "base_model.visual.transformer": self.base_model.visual.transformer,
+            "base_model.transformer": self.base_model.transformer,
+        }
         if self.cmt_depth:
             towers["cross_modal_transformer"] = self.cross_modal_transformer
         return {name: bool(module.grad_checkpointing) for name, module in towers.items()}
@@ -129,20 +146,27 @@ class FMFA(nn.Module):
         if with_mlm and not self.share_masked_caption:
             # Captions and masked captions share one pass through the text tower.
             both = self.encode_text_tokens(torch.cat([ids, batch["mlm_ids"]]))
-            text_tokens, mlm_tokens = both[:ids.shape[0]], both[ids.shape[0]:]
+            text_tokens, mlm_tokens = both[: ids.shape[0]], both[ids.shape[0] :]
         else:
             text_tokens = mlm_tokens = self.encode_text_tokens(ids)
-        out = {"image_tokens": image_tokens, "text_tokens": text_tokens,
-               "image_feats": image_tokens[:, 0], "text_feats": at_eot(text_tokens, ids)}
+        out = {
+            "image_tokens": image_tokens,
+            "text_tokens": text_tokens,
+            "image_feats": image_tokens[:, 0],
+            "text_feats": at_eot(text_tokens, ids),
+        }
         if self.num_classes:
-            out["image_logits"], out["text_logits"] = self.id_logits(out["image_feats"]), \
-                self.id_logits(out["text_feats"])
+            out["image_logits"], out["text_logits"] = (
+                self.id_logits(out["image_feats"]),
+                self.id_logits(out["text_feats"]),
+            )
         if with_mlm:
             out["mlm_scores"], out["mlm_labels"] = self.mlm_scores(mlm_tokens, image_tokens, batch["mlm_labels"])
         return out
 
-    def mlm_scores(self, mlm_tokens: torch.Tensor, image_tokens: torch.Tensor,
-                   labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def mlm_scores(
+        self, mlm_tokens: torch.Tensor, image_tokens: torch.Tensor, labels: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """MLM logits [N, vocab] (float32) and labels [N] of the N labelled positions.
 
         Only labelled positions reach the vocabulary classifier: the loss ignores the

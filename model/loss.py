@@ -15,6 +15,7 @@ batch, and every term's *value* is the global one on every process while its gra
 this process's share: after DDP averages the gradients, the step is the one-process step
 on the same global batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import torch
 
 from configs.defaults import AsdmConfig, EfaConfig
 from configs.validation import LOSS_NAMES
+
 from . import objectives
 
 Tensors = Dict[str, torch.Tensor]
@@ -32,6 +34,7 @@ Term = Tuple[torch.Tensor, Tensors]  # (unweighted loss, metrics)
 
 class Collective(Protocol):
     """The process group as the losses need it (``utils.distributed.ProcessGroupCollective``)."""
+
     rank: int
     world_size: int
 
@@ -50,6 +53,7 @@ class FMFALoss:
     global batch (module docstring). None = this process's batch alone (one process, or
     ``train.global_batch_losses=false``).
     """
+
     names: List[str]
     weights: Dict[str, float] = field(default_factory=dict)
     logit_scale: float = 50.0
@@ -106,9 +110,16 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _sdm(loss: FMFALoss, out: Tensors, batch: Tensors, adaptive: bool = False) -> Term:
-    return objectives.sdm_loss(out["image_feats"], out["text_feats"], batch["pids"], loss.logit_scale,
-                               adaptive=adaptive, adaptive_factor=loss.asdm.factor, adaptive_mode=loss.asdm.mode,
-                               shard=loss.shard), {}
+    return objectives.sdm_loss(
+        out["image_feats"],
+        out["text_feats"],
+        batch["pids"],
+        loss.logit_scale,
+        adaptive=adaptive,
+        adaptive_factor=loss.asdm.factor,
+        adaptive_mode=loss.asdm.mode,
+        shard=loss.shard,
+    ), {}
 
 
 def _asdm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
@@ -139,14 +150,29 @@ def _mlm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
 
 def _efa(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
     efa = loss.efa
-    return objectives.efa_loss(out["text_tokens"], out["image_tokens"], text_margin=efa.text_margin,
-                               image_margin=efa.image_margin, lse_lambda=efa.lse_lambda,
-                               threshold=efa.threshold, block_elems=efa.block_elems, shard=loss.shard), {}
+    return objectives.efa_loss(
+        out["text_tokens"],
+        out["image_tokens"],
+        text_margin=efa.text_margin,
+        image_margin=efa.image_margin,
+        lse_lambda=efa.lse_lambda,
+        threshold=efa.threshold,
+        block_elems=efa.block_elems,
+        shard=loss.shard,
+    ), {}
 
 
 LOSSES: Dict[str, Callable[[FMFALoss, Tensors, Tensors], Term]] = {
-    "itc": _itc, "sdm": _sdm, "a-sdm": _asdm, "cmpm": _cmpm, "id": _id, "mlm": _mlm, "efa": _efa,
+    "itc": _itc,
+    "sdm": _sdm,
+    "a-sdm": _asdm,
+    "cmpm": _cmpm,
+    "id": _id,
+    "mlm": _mlm,
+    "efa": _efa,
 }
 if set(LOSSES) != set(LOSS_NAMES):
-    raise ImportError(f"model.loss.LOSSES {sorted(LOSSES)} and configs.validation.LOSS_NAMES "
-                      f"{sorted(LOSS_NAMES)} must name the same losses")
+    raise ImportError(
+        f"model.loss.LOSSES {sorted(LOSSES)} and configs.validation.LOSS_NAMES "
+        f"{sorted(LOSS_NAMES)} must name the same losses"
+    )

@@ -10,6 +10,7 @@ that won the max (exactly what autograd does through ``torch.max``): two weighte
 gathers (``embedding_bag``) over ``A * L * B`` rows instead of two dense products of
 ``A * L * B * K`` entries.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,10 +37,10 @@ class _MaxDotProduct(torch.autograd.Function):
         argmax = torch.empty(num_a, len_x, num_b, dtype=torch.long, device=x.device)
         rows = _block_rows(num_a, len_x * num_b * len_c, budget_elems)
         for start in range(0, num_a, rows):
-            block = x[start:start + rows]
+            block = x[start : start + rows]
             sim = block.reshape(-1, dim) @ c_flat.T  # [rows * L, B * K], one GEMM
             sim = sim.view(block.shape[0], len_x, num_b, len_c)
-            torch.max(sim, dim=-1, out=(values[start:start + rows], argmax[start:start + rows]))
+            torch.max(sim, dim=-1, out=(values[start : start + rows], argmax[start : start + rows]))
         ctx.save_for_backward(x, c, argmax)
         return values
 
@@ -62,8 +63,13 @@ class _MaxDotProduct(torch.autograd.Function):
             order = torch.argsort(flat_cols)
             counts = torch.bincount(flat_cols, minlength=num_b * len_c)
             offsets = torch.cumsum(counts, 0) - counts
-            grad_c = F.embedding_bag(torch.div(order, num_b, rounding_mode="floor"), x.reshape(-1, dim),
-                                     offsets, mode="sum", per_sample_weights=weights.reshape(-1)[order])
+            grad_c = F.embedding_bag(
+                torch.div(order, num_b, rounding_mode="floor"),
+                x.reshape(-1, dim),
+                offsets,
+                mode="sum",
+                per_sample_weights=weights.reshape(-1)[order],
+            )
             grad_c = grad_c.view_as(c)
         return grad_x, grad_c, None
 

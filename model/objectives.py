@@ -8,6 +8,7 @@ batch is split over processes: each process then scores its own R = B / N rows a
 gathered columns of the whole batch and returns its share, so that the mean of the N shares
 is the loss of the whole batch (value and, after DDP's gradient averaging, gradient).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from configs.validation import ASDM_MODES
+
 from .max_similarity import max_dot_product
 
 EPSILON = 1e-8
@@ -30,6 +32,7 @@ class Shard:
     ``gather``: [R, ...] -> [B, ...], the concatenation of every process's tensor in rank
     order, differentiable (its backward sums each process's gradients back to the owner).
     """
+
     gather: Callable[[torch.Tensor], torch.Tensor]
     rank: int
     world_size: int
@@ -64,8 +67,9 @@ def _row_kl(logits: torch.Tensor, log_targets: torch.Tensor) -> torch.Tensor:
     return (F.softmax(logits, dim=1) * (F.log_softmax(logits, dim=1) - log_targets)).sum(dim=1)
 
 
-def _adaptive_weights(cosine: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, *,
-                      factor: float, mode: str, first_row: int = 0) -> torch.Tensor:
+def _adaptive_weights(
+    cosine: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, *, factor: float, mode: str, first_row: int = 0
+) -> torch.Tensor:
     """A-SDM row weights w_i >= 1 (not detached, as in the reference)  ->  [rows].
 
     ``cosine``: 1 + factor * (c[i, m_i] - c[i, g_i]) where m_i is the most similar
@@ -85,10 +89,16 @@ def _adaptive_weights(cosine: torch.Tensor, logits: torch.Tensor, targets: torch
     raise ValueError(f"asdm mode must be one of {ASDM_MODES}, got {mode!r}")
 
 
-def sdm_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Tensor,
-             logit_scale: float | torch.Tensor, adaptive: bool = False,
-             adaptive_factor: float = 0.1, adaptive_mode: str = "cosine",
-             shard: Optional[Shard] = None) -> torch.Tensor:
+def sdm_loss(
+    image_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    pids: torch.Tensor,
+    logit_scale: float | torch.Tensor,
+    adaptive: bool = False,
+    adaptive_factor: float = 0.1,
+    adaptive_mode: str = "cosine",
+    shard: Optional[Shard] = None,
+) -> torch.Tensor:
     """Similarity distribution matching (IRRA); with ``adaptive=True``, FMFA's A-SDM.
 
     Args:
@@ -111,14 +121,20 @@ def sdm_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Te
         logits = logit_scale * cosine
         row_kl = _row_kl(logits, log_targets)
         if adaptive:
-            row_kl = _adaptive_weights(cosine, logits, targets, factor=adaptive_factor, mode=adaptive_mode,
-                                       first_row=first) * row_kl
+            row_kl = (
+                _adaptive_weights(cosine, logits, targets, factor=adaptive_factor, mode=adaptive_mode, first_row=first)
+                * row_kl
+            )
         loss = loss + row_kl.mean()
     return loss
 
 
-def itc_loss(image_feats: torch.Tensor, text_feats: torch.Tensor,
-             logit_scale: float | torch.Tensor, shard: Optional[Shard] = None) -> torch.Tensor:
+def itc_loss(
+    image_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    logit_scale: float | torch.Tensor,
+    shard: Optional[Shard] = None,
+) -> torch.Tensor:
     """Symmetric InfoNCE over the batch, [R, D] x 2 -> mean of the two directions."""
     image_cols, text_cols = _columns(shard, image_feats, text_feats)
     labels = torch.arange(image_feats.shape[0], device=image_feats.device) + _first_row(shard, image_feats.shape[0])
@@ -129,8 +145,9 @@ def itc_loss(image_feats: torch.Tensor, text_feats: torch.Tensor,
     return loss
 
 
-def cmpm_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Tensor,
-              shard: Optional[Shard] = None) -> torch.Tensor:
+def cmpm_loss(
+    image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Tensor, shard: Optional[Shard] = None
+) -> torch.Tensor:
     """Cross-modal projection matching (IRRA's form), [R, D] x 2, pids [R].
 
     Each embedding is projected on the *normalised* embeddings of the other modality;
@@ -154,8 +171,9 @@ def mlm_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(scores, labels, ignore_index=0)
 
 
-def text_patch_affinity(text_tokens: torch.Tensor, patch_tokens: torch.Tensor,
-                        threshold: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+def text_patch_affinity(
+    text_tokens: torch.Tensor, patch_tokens: torch.Tensor, threshold: float = 1.0
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """EFA steps 1-2: each text token's affinity to the patches, min-max normalised per
     token ([B, L, P], before sparsification), and its sparsified, row-normalised version
     A_b (entries at or below threshold / P zeroed). Also used for the similarity maps."""
@@ -167,8 +185,9 @@ def text_patch_affinity(text_tokens: torch.Tensor, patch_tokens: torch.Tensor,
     return dense, sparse / sparse.sum(dim=2, keepdim=True)
 
 
-def language_grouped_vision(text_tokens: torch.Tensor, patch_tokens: torch.Tensor,
-                            threshold: float = 1.0) -> torch.Tensor:
+def language_grouped_vision(
+    text_tokens: torch.Tensor, patch_tokens: torch.Tensor, threshold: float = 1.0
+) -> torch.Tensor:
     """EFA steps 1-3: G_b = A_b V_b with A_b the sparsified text-to-patch affinity.
 
     Args:
@@ -196,16 +215,23 @@ def _ranking_cost(sims: torch.Tensor, margin: float) -> torch.Tensor:
     return _ranking_cost_per_column(sims, margin).mean()
 
 
-def _set_similarity(tokens: torch.Tensor, targets: torch.Tensor, lse_lambda: float,
-                    block_elems: int) -> torch.Tensor:
+def _set_similarity(tokens: torch.Tensor, targets: torch.Tensor, lse_lambda: float, block_elems: int) -> torch.Tensor:
     """EFA step 4: [R, N, D] token sets against unit targets [B, L, D] -> [R, B], rows unit."""
     best = max_dot_product(F.normalize(tokens, dim=-1), targets, block_elems)  # [R, N, B]
     return F.normalize(torch.logsumexp(lse_lambda * best, dim=1) / lse_lambda, dim=-1)
 
 
-def efa_loss(text_tokens: torch.Tensor, image_tokens: torch.Tensor, *, text_margin: float = 0.1,
-             image_margin: float = 0.9, lse_lambda: float = 1.0, threshold: float = 1.0,
-             block_elems: int = 1 << 22, shard: Optional[Shard] = None) -> torch.Tensor:
+def efa_loss(
+    text_tokens: torch.Tensor,
+    image_tokens: torch.Tensor,
+    *,
+    text_margin: float = 0.1,
+    image_margin: float = 0.9,
+    lse_lambda: float = 1.0,
+    threshold: float = 1.0,
+    block_elems: int = 1 << 22,
+    shard: Optional[Shard] = None,
+) -> torch.Tensor:
     """Explicit fine-grained alignment (docs/method.md, "Losses", EFA steps 1-6).
 
     Args:
@@ -229,5 +255,5 @@ def efa_loss(text_tokens: torch.Tensor, image_tokens: torch.Tensor, *, text_marg
         else:
             first = shard.first_row(sims.shape[0])
             per_column = _ranking_cost_per_column(shard.gather(sims), margin)
-            loss = loss + per_column[first:first + sims.shape[0]].mean()
+            loss = loss + per_column[first : first + sims.shape[0]].mean()
     return loss

@@ -10,6 +10,7 @@ DataComp's plain GELU. That, and whether the rest of the model fits this backbon
 from the pretrained tag's config (``quick_gelu``), the model config (``-quickgelu`` names set
 it) or an ``open_clip_config.json`` beside a weights file (what the hub ships beside them).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,17 +30,22 @@ CONFIG_FILE = "open_clip_config.json"  # open_clip's hub / local-dir layout: {"m
 _TOP_LEVEL = ("embed_dim", "quick_gelu", "vision_cfg", "text_cfg")
 # Config fields that the weights themselves show (sizes) or that do not change what trained
 # weights compute (training-time settings, a pooling id that argmax pooling never reads).
-_FROM_WEIGHTS = {"vision_cfg": ("layers", "width", "patch_size", "image_size"),
-                 "text_cfg": ("layers", "width", "heads", "context_length", "vocab_size")}
+_FROM_WEIGHTS = {
+    "vision_cfg": ("layers", "width", "patch_size", "image_size"),
+    "text_cfg": ("layers", "width", "heads", "context_length", "vocab_size"),
+}
 _NO_EFFECT = ("patch_dropout", "output_tokens", "timm_model_pretrained", "hf_model_pretrained", "eos_id")
-_DEFAULTS = {"vision_cfg": {f.name: f.default for f in dataclasses.fields(CLIPVisionCfg)},
-             "text_cfg": {f.name: f.default for f in dataclasses.fields(CLIPTextCfg)}}
+_DEFAULTS = {
+    "vision_cfg": {f.name: f.default for f in dataclasses.fields(CLIPVisionCfg)},
+    "text_cfg": {f.name: f.default for f in dataclasses.fields(CLIPTextCfg)},
+}
 HEAD_WIDTH = 64
 
 
 @dataclass(frozen=True)
 class OpenClipSpec:
     """The activation of some open_clip weights, the model config they come with, and what said so."""
+
     quick_gelu: bool
     model_cfg: dict
     origin: str
@@ -47,8 +53,11 @@ class OpenClipSpec:
 
 def unsupported_features(model_cfg: dict) -> List[str]:
     """Every setting of an open_clip model config that this project's backbone does not build."""
-    found = [f"{key}={value!r}" for key, value in model_cfg.items()
-             if key not in _TOP_LEVEL and not (key == "custom_text" and not value)]
+    found = [
+        f"{key}={value!r}"
+        for key, value in model_cfg.items()
+        if key not in _TOP_LEVEL and not (key == "custom_text" and not value)
+    ]
     for tower, defaults in _DEFAULTS.items():
         config = model_cfg.get(tower, {})
         for key, value in config.items():
@@ -78,10 +87,12 @@ def preprocess_problems(preprocess: dict) -> List[str]:
 
 def _refuse(what: str, problems: List[str]) -> None:
     if problems:
-        raise WeightsError(f"{what}: these weights need {'; '.join(problems)}, which this project does not "
-                           "support (its backbone is open_clip's OpenAI-style ViT CLIP with OpenAI's image "
-                           "normalisation); choose other weights, e.g. an open_clip ViT-B-16 tag "
-                           "(open_clip.list_pretrained())")
+        raise WeightsError(
+            f"{what}: these weights need {'; '.join(problems)}, which this project does not "
+            "support (its backbone is open_clip's OpenAI-style ViT CLIP with OpenAI's image "
+            "normalisation); choose other weights, e.g. an open_clip ViT-B-16 tag "
+            "(open_clip.list_pretrained())"
+        )
 
 
 def spec_for_tag(model_name: str, tag: str, what: str) -> OpenClipSpec:
@@ -90,16 +101,19 @@ def spec_for_tag(model_name: str, tag: str, what: str) -> OpenClipSpec:
     tag = tag or "openai"
     is_file = os.path.isfile(tag)
     if model_name not in open_clip.list_models() or not (is_file or open_clip.get_pretrained_cfg(model_name, tag)):
-        raise WeightsNotFoundError(f"{what}: open_clip has no model {model_name!r} with weights {tag!r} (a tag of "
-                                   "open_clip.list_pretrained() or an existing weights file)")
+        raise WeightsNotFoundError(
+            f"{what}: open_clip has no model {model_name!r} with weights {tag!r} (a tag of "
+            "open_clip.list_pretrained() or an existing weights file)"
+        )
     model_cfg = open_clip.get_model_config(model_name)
     if is_file:
         _refuse(what, unsupported_features(model_cfg))
         return OpenClipSpec(bool(model_cfg.get("quick_gelu", False)), model_cfg, f"open_clip model config {model_name}")
     pretrained = open_clip.get_pretrained_cfg(model_name, tag)
     _refuse(what, unsupported_features(model_cfg) + preprocess_problems(pretrained))
-    return OpenClipSpec(bool(pretrained.get("quick_gelu", False)), model_cfg,
-                        f"open_clip pretrained tag {model_name}/{tag}")
+    return OpenClipSpec(
+        bool(pretrained.get("quick_gelu", False)), model_cfg, f"open_clip pretrained tag {model_name}/{tag}"
+    )
 
 
 def spec_beside(path: str) -> Optional[OpenClipSpec]:
@@ -110,24 +124,37 @@ def spec_beside(path: str) -> Optional[OpenClipSpec]:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WeightsError(f"{config_path}: unreadable open_clip config ({error}); expected JSON with "
-                           '"model_cfg"') from None
+        raise WeightsError(
+            f'{config_path}: unreadable open_clip config ({error}); expected JSON with "model_cfg"'
+        ) from None
     model_cfg = config.get("model_cfg", config) if isinstance(config, dict) else None
     if not isinstance(model_cfg, dict) or not isinstance(model_cfg.get("vision_cfg"), dict):
-        raise WeightsError(f"{config_path}: expected an open_clip config with \"model_cfg\" holding "
-                           '"vision_cfg" and "text_cfg"')
+        raise WeightsError(
+            f'{config_path}: expected an open_clip config with "model_cfg" holding "vision_cfg" and "text_cfg"'
+        )
     preprocess = config.get("preprocess_cfg", {})
-    _refuse(f"{path} (per {config_path})",
-            unsupported_features(model_cfg) + preprocess_problems(preprocess if isinstance(preprocess, dict) else {}))
+    _refuse(
+        f"{path} (per {config_path})",
+        unsupported_features(model_cfg) + preprocess_problems(preprocess if isinstance(preprocess, dict) else {}),
+    )
     return OpenClipSpec(bool(model_cfg.get("quick_gelu", False)), model_cfg, str(config_path))
 
 
 def size_mismatches(model_cfg: dict, sizes: Dict[str, int]) -> List[str]:
     """The sizes (``model.clip.ClipArch`` fields) where the weights differ from ``model_cfg``."""
     vision, text = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
-    expected = {"embed_dim": model_cfg.get("embed_dim"), "vision_width": vision.get("width", 768),
-                "vision_layers": vision.get("layers", 12), "patch_size": vision.get("patch_size", 16),
-                "text_width": text.get("width", 512), "text_layers": text.get("layers", 12),
-                "context_length": text.get("context_length", 77), "vocab_size": text.get("vocab_size", 49408)}
-    return [f"{key} {sizes[key]} (config: {value})" for key, value in expected.items()
-            if value is not None and sizes.get(key) != value]
+    expected = {
+        "embed_dim": model_cfg.get("embed_dim"),
+        "vision_width": vision.get("width", 768),
+        "vision_layers": vision.get("layers", 12),
+        "patch_size": vision.get("patch_size", 16),
+        "text_width": text.get("width", 512),
+        "text_layers": text.get("layers", 12),
+        "context_length": text.get("context_length", 77),
+        "vocab_size": text.get("vocab_size", 49408),
+    }
+    return [
+        f"{key} {sizes[key]} (config: {value})"
+        for key, value in expected.items()
+        if value is not None and sizes.get(key) != value
+    ]

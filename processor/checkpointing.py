@@ -6,6 +6,7 @@ Files are written with ``utils.io.save_atomic`` (a temporary file in the same fo
 into place with ``os.replace``), so a crash mid-write leaves the previous checkpoint intact. They hold only
 tensors and plain Python values and load with ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,32 +40,65 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def training_state(model, optimizer, scheduler, scaler, epoch: int, step: int, best: Dict[str, Any],
-                   config: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
+def training_state(
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    epoch: int,
+    step: int,
+    best: Dict[str, Any],
+    config: Dict[str, Any],
+    num_classes: int,
+) -> Dict[str, Any]:
     """The content of ``last.pth`` after ``epoch`` (1-based) completed epochs."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch, "step": step,
-            "best": best, "rng": rng_state(), "config": config, "num_classes": num_classes}
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch,
+        "step": step,
+        "best": best,
+        "rng": rng_state(),
+        "config": config,
+        "num_classes": num_classes,
+    }
 
 
-def best_state(model, epoch: int, metrics: Dict[str, float], config: Dict[str, Any],
-               num_classes: int) -> Dict[str, Any]:
+def best_state(
+    model, epoch: int, metrics: Dict[str, float], config: Dict[str, Any], num_classes: int
+) -> Dict[str, Any]:
     """The content of ``best.pth``: the weights of the best epoch so far and what test.py needs."""
-    return {"model": model.state_dict(), "epoch": epoch, "metrics": metrics, "config": config,
-            "num_classes": num_classes}
+    return {
+        "model": model.state_dict(),
+        "epoch": epoch,
+        "metrics": metrics,
+        "config": config,
+        "num_classes": num_classes,
+    }
 
 
 def load_training_state(path: Path) -> Dict[str, Any]:
     state = load_weights_file(path)
     missing = {"model", "optimizer", "scheduler", "epoch", "step", "best", "rng"} - set(state)
     if missing:
-        raise WeightsError(f"{path} is not a training checkpoint of this project (missing {sorted(missing)}); "
-                         "to start from weights only, use model.pretrain or test.py")
+        raise WeightsError(
+            f"{path} is not a training checkpoint of this project (missing {sorted(missing)}); "
+            "to start from weights only, use model.pretrain or test.py"
+        )
     return state
 
 
-def restore_training_state(state: Dict[str, Any], model, optimizer, scheduler, scaler: Optional[Any],
-                           source: str = "checkpoint", hint: str = "") -> None:
+def restore_training_state(
+    state: Dict[str, Any],
+    model,
+    optimizer,
+    scheduler,
+    scaler: Optional[Any],
+    source: str = "checkpoint",
+    hint: str = "",
+) -> None:
     load_matching_state_dict(model, state["model"], source, hint)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

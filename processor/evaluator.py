@@ -1,4 +1,5 @@
 """Evaluation: feature extraction (the model) separated from ranking (``utils.metrics.rank``)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Features:
     """L2-normalised global embeddings (float32, on the model's device) and identities."""
+
     text: torch.Tensor  # [Q, D]
     text_pids: torch.Tensor  # [Q]
     image: torch.Tensor  # [G, D]
@@ -28,8 +30,9 @@ class Features:
 
 
 @torch.no_grad()
-def _encode_all(encode, loader: DataLoader, device: torch.device, autocast: ContextManager,
-                desc: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_all(
+    encode, loader: DataLoader, device: torch.device, autocast: ContextManager, desc: str, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     feats, pids = [], []
     for batch_pids, inputs in tqdm(loader, desc=desc, leave=False, disable=not progress):
         with autocast:
@@ -38,8 +41,13 @@ def _encode_all(encode, loader: DataLoader, device: torch.device, autocast: Cont
     return F.normalize(torch.cat(feats), dim=-1), torch.cat(pids).to(device)
 
 
-def extract_features(model: torch.nn.Module, loaders: EvalLoaders, device: torch.device,
-                     autocast: ContextManager | None = None, progress: bool = False) -> Features:
+def extract_features(
+    model: torch.nn.Module,
+    loaders: EvalLoaders,
+    device: torch.device,
+    autocast: ContextManager | None = None,
+    progress: bool = False,
+) -> Features:
     """Encode the split's caption queries, then its gallery images, with ``model`` in eval
     mode (restored afterwards)."""
     autocast = autocast or contextlib.nullcontext()
@@ -62,9 +70,15 @@ def retrieval_metrics(features: Features, i2t: bool = False, chunk_size: int = 1
     return results
 
 
-def evaluate(model: torch.nn.Module, loaders: EvalLoaders, device: torch.device,
-             autocast: ContextManager | None = None, i2t: bool = False, chunk_size: int = 1024,
-             progress: bool = False) -> Dict[str, Dict[str, float]]:
+def evaluate(
+    model: torch.nn.Module,
+    loaders: EvalLoaders,
+    device: torch.device,
+    autocast: ContextManager | None = None,
+    i2t: bool = False,
+    chunk_size: int = 1024,
+    progress: bool = False,
+) -> Dict[str, Dict[str, float]]:
     """Retrieval metrics of ``model`` on one dataset split."""
     return retrieval_metrics(extract_features(model, loaders, device, autocast, progress), i2t, chunk_size)
 

@@ -1,6 +1,7 @@
 """An image folder as a gallery: its images' embeddings, cached beside it and reused while
 the folder and the weights are unchanged; unreadable images are named and skipped. The
 encoders are a PyTorch model (processor.inference) or an ONNX export (processor.onnx_model)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,11 @@ def list_images(folder: Path) -> List[Path]:
     """Image files under ``folder`` (recursively, sorted); a clear error when there are none."""
     if not folder.is_dir():
         raise DataError(f"image folder not found: {folder}")
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                    and CACHE_FOLDER not in p.parts)
+    images = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and CACHE_FOLDER not in p.parts
+    )
     if not images:
         raise DataError(f"no images in {folder} (looked for {', '.join(IMAGE_SUFFIXES)}, in subfolders too)")
     return images
@@ -60,8 +64,10 @@ def _read_cache(path: Path) -> Dict[str, Tuple[Tuple[int, int], torch.Tensor]]:
         return {}
     try:
         saved = torch.load(path, weights_only=True)
-        return {name: (tuple(stamp), feature) for name, stamp, feature in
-                zip(saved["names"], saved["stamps"], saved["features"])}
+        return {
+            name: (tuple(stamp), feature)
+            for name, stamp, feature in zip(saved["names"], saved["stamps"], saved["features"])
+        }
     except Exception as error:  # a damaged cache is rebuilt, never trusted
         logger.warning("ignoring unreadable embedding cache %s (%s)", path, error)
         return {}
@@ -75,7 +81,7 @@ def _encode(loaded: Encoders, paths: List[Path], batch_size: int) -> Tuple[Dict[
     features, skipped = {}, {}
     for start in range(0, len(paths), batch_size):
         chunk = []
-        for path in paths[start:start + batch_size]:
+        for path in paths[start : start + batch_size]:
             try:
                 chunk.append((path, transform(load_image(path))))
             except DataError as error:
@@ -95,8 +101,11 @@ def encode_folder(folder: Path, loaded: Encoders, batch_size: int = 64, use_cach
     cache = cache_file(folder, loaded)
     cached = _read_cache(cache) if use_cache else {}
     stamps = {path: _stamp(path) for path in paths}
-    known = {p: cached[str(p.relative_to(folder))][1] for p in paths
-             if str(p.relative_to(folder)) in cached and cached[str(p.relative_to(folder))][0] == stamps[p]}
+    known = {
+        p: cached[str(p.relative_to(folder))][1]
+        for p in paths
+        if str(p.relative_to(folder)) in cached and cached[str(p.relative_to(folder))][0] == stamps[p]
+    }
     fresh, skipped = _encode(loaded, [p for p in paths if p not in known], batch_size)
     known.update(fresh)
     for path, reason in skipped.items():
@@ -113,7 +122,13 @@ def encode_folder(folder: Path, loaded: Encoders, batch_size: int = 64, use_cach
 def _write_cache(cache: Path, folder: Path, gallery: Gallery, stamps: Dict[Path, Tuple[int, int]]) -> None:
     try:
         cache.parent.mkdir(exist_ok=True)
-        save_atomic({"names": [str(p.relative_to(folder)) for p in gallery.paths],
-                     "stamps": [list(stamps[p]) for p in gallery.paths], "features": gallery.features}, cache)
+        save_atomic(
+            {
+                "names": [str(p.relative_to(folder)) for p in gallery.paths],
+                "stamps": [list(stamps[p]) for p in gallery.paths],
+                "features": gallery.features,
+            },
+            cache,
+        )
     except OSError as error:  # a read-only folder still searches, just without a cache
         logger.warning("embedding cache not written (%s)", error)

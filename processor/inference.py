@@ -5,6 +5,7 @@ checkpoint of this project or of the reference, or bare CLIP weights. The archit
 is read from the weights; image size, caption length and evaluation settings come from
 the run's config (or ``--config`` / overrides, else the defaults).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,13 +21,14 @@ from configs.loader import load_config
 from model.build import model_from_checkpoint
 from model.checkpoint import WeightsNotFoundError
 from model.fmfa import FMFA
-from utils.run_folder import BEST, CONFIG_FILE, LAST
 from processor.precision import Precision
 from utils.distributed import pick_device
+from utils.run_folder import BEST, CONFIG_FILE, LAST
 
 
-def resolve_source(source: str | Path, config: Optional[str] = None, overrides: Sequence[str] = (),
-                   which: str = "best") -> Tuple[Config, Path]:
+def resolve_source(
+    source: str | Path, config: Optional[str] = None, overrides: Sequence[str] = (), which: str = "best"
+) -> Tuple[Config, Path]:
     """(validated config, weights file) of a run folder or a weights file."""
     source = Path(source)
     if source.is_dir():
@@ -48,6 +50,7 @@ def inference_autocast(cfg: Config, device: torch.device) -> ContextManager:
 
 class Encoders(Protocol):
     """What searching a folder needs from a model, PyTorch or exported (processor.onnx_model)."""
+
     weights: Path  # the file whose name and stamp key the gallery's embedding cache
 
     @property
@@ -101,7 +104,8 @@ def model_for(cfg: Config, weights: Path) -> LoadedModel:
     return LoadedModel(model, cfg, weights, device, inference_autocast(cfg, device))
 
 
-def load_model(source: str | Path, config: Optional[str] = None, overrides: Sequence[str] = (),
-               which: str = "best") -> LoadedModel:
+def load_model(
+    source: str | Path, config: Optional[str] = None, overrides: Sequence[str] = (), which: str = "best"
+) -> LoadedModel:
     """The model of a run folder or weights file (see :func:`resolve_source`)."""
     return model_for(*resolve_source(source, config, overrides, which))

@@ -1,5 +1,6 @@
 """Precision modes: fp32, amp_bf16, amp_fp16 (fp32 weights + loss scaling) and pure_fp16
 (the authors' set-up: half weights, fp16 autocast, no loss scaling, Adam on fp16 params)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,7 @@
 """Checks made before a training run creates its folder or reads an annotation: every input
 the run needs exists, and the device can train the configured model in reasonable time.
 Each failure is a :class:`configs.errors.UserError` naming the key to set."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,4 +50,5 @@ def check_device(cfg: Config, device: torch.device) -> None:
         f"{cfg.model.image_size[0]} x {cfg.model.image_size[1]}: about {CPU_SECONDS_PER_16_SAMPLES:.0f} s per step "
         f"of 16 samples on a 2-core CPU (so ~{per_step:.0f} s per step of data.batch_size={cfg.data.batch_size}). "
         "Run it where a GPU is visible, or set train.device=cpu to train on the CPU anyway "
-        "(configs/quickstart.yaml is the CPU-sized recipe)")
+        "(configs/quickstart.yaml is the CPU-sized recipe)"
+    )

@@ -1,4 +1,5 @@
 """A whole training run: set-up, the epoch loop, evaluation, checkpoints and logs."""
+
 from __future__ import annotations
 
 import logging
@@ -25,23 +26,40 @@ from utils.distributed import DistInfo, ProcessGroupCollective, barrier
 from utils.io import append_jsonl, drop_metrics_after, save_atomic
 from utils.memory import memory_figures
 from utils.metrics import summary_table
-from utils.run_folder import (BEST, LAST, METRICS_FILE, TENSORBOARD_DIR, check_free_space, find_resume_file,
-                              run_config_differences, write_progress)
+from utils.run_folder import (
+    BEST,
+    LAST,
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    check_free_space,
+    find_resume_file,
+    run_config_differences,
+    write_progress,
+)
 from utils.run_info import log_run_start
 
 logger = logging.getLogger(__name__)
 
 
-def run_evaluation(model, targets: List[EvalLoaders], cfg: Config, precision: Precision, epoch: int,
-                   output_dir: Path, writer: Optional[SummaryWriter]) -> Dict[str, float]:
+def run_evaluation(
+    model,
+    targets: List[EvalLoaders],
+    cfg: Config,
+    precision: Precision,
+    epoch: int,
+    output_dir: Path,
+    writer: Optional[SummaryWriter],
+) -> Dict[str, float]:
     """Evaluate every target; log, write metrics.jsonl and TensorBoard; return the first's t2i."""
     first = {}
     for loaders in targets:
         results = evaluate(model, loaders, precision.device, precision.autocast(), cfg.eval.i2t, cfg.eval.query_chunk)
         logger.info("epoch %d, %s %s\n%s", epoch, loaders.dataset, loaders.split, results_table(results))
         for task, values in results.items():
-            append_jsonl(output_dir / METRICS_FILE, {"epoch": epoch, "dataset": loaders.dataset,
-                                                        "split": loaders.split, "task": task, **values})
+            append_jsonl(
+                output_dir / METRICS_FILE,
+                {"epoch": epoch, "dataset": loaders.dataset, "split": loaders.split, "task": task, **values},
+            )
             if writer is not None:
                 for name, value in values.items():
                     writer.add_scalar(f"{loaders.dataset}/{loaders.split}/{task}/{name}", value, epoch)
@@ -67,9 +85,11 @@ class Run:
             log_run_start(model, info.device)
         if info.distributed and cfg.train.global_batch_losses:
             self.criterion.collective = ProcessGroupCollective()
-        self.train_model = DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
-            if info.distributed else model
+        self.train_model = (
+            DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+            if info.distributed
+            else model
+        )
         if cfg.train.compile:
             self.train_model = torch.compile(self.train_model)
         self.optimizer = build_optimizer(model, cfg.solver)
@@ -85,37 +105,54 @@ class Run:
         state = ckpt.load_training_state(file)
         changed = run_config_differences(state.get("config", {}), self.cfg)
         if changed:
-            logger.warning("resuming %s with a config that differs from the saved one:\n  %s", file,
-                           "\n  ".join(changed))
+            logger.warning(
+                "resuming %s with a config that differs from the saved one:\n  %s", file, "\n  ".join(changed)
+            )
         hint = "; the run was saved with a different config:\n  " + "\n  ".join(changed) if changed else ""
-        ckpt.restore_training_state(state, self.model, self.optimizer, self.scheduler, self.scaler, str(file),
-                                    hint)
+        ckpt.restore_training_state(state, self.model, self.optimizer, self.scheduler, self.scaler, str(file), hint)
         self.epoch, self.step, self.best = state["epoch"], state["step"], dict(state["best"])
         if self.info.is_main:
             drop_metrics_after(self.output_dir / METRICS_FILE, self.epoch)
-        logger.info("resumed from %s after epoch %d (step %d, best R1 %.3f)", file, self.epoch, self.step,
-                    self.best["R1"])
+        logger.info(
+            "resumed from %s after epoch %d (step %d, best R1 %.3f)", file, self.epoch, self.step, self.best["R1"]
+        )
 
     def evaluate(self, epoch: int) -> Dict[str, float]:
-        return run_evaluation(self.model, self.targets, self.cfg, self.precision, epoch, self.output_dir,
-                              self.writer)
+        return run_evaluation(self.model, self.targets, self.cfg, self.precision, epoch, self.output_dir, self.writer)
 
     def save(self, best_metrics: Optional[Dict[str, float]]) -> None:
         config = config_to_dict(self.cfg)
         if best_metrics is not None:
-            save_atomic(ckpt.best_state(self.model, self.epoch, best_metrics, config, self.num_classes),
-                        self.output_dir / BEST)
-        save_atomic(ckpt.training_state(self.model, self.optimizer, self.scheduler, self.scaler, self.epoch,
-                                        self.step, self.best, config, self.num_classes), self.output_dir / LAST)
+            save_atomic(
+                ckpt.best_state(self.model, self.epoch, best_metrics, config, self.num_classes), self.output_dir / BEST
+            )
+        save_atomic(
+            ckpt.training_state(
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.scaler,
+                self.epoch,
+                self.step,
+                self.best,
+                config,
+                self.num_classes,
+            ),
+            self.output_dir / LAST,
+        )
         write_progress(self.output_dir, self.epoch, self.cfg.solver.epochs, self.best)
 
     def finish_epoch(self, averages: Dict[str, float]) -> None:
         """Rank 0 after each epoch: log losses and memory, evaluate when due, write checkpoints."""
         cfg, best_metrics = self.cfg, None
         memory = memory_figures(self.info.device)
-        logger.info("epoch %d/%d: %s; memory %s", self.epoch, cfg.solver.epochs,
-                    ", ".join(f"{k} {v:.4f}" for k, v in averages.items()),
-                    ", ".join(f"{k} {v:.0f}" for k, v in memory.items()))
+        logger.info(
+            "epoch %d/%d: %s; memory %s",
+            self.epoch,
+            cfg.solver.epochs,
+            ", ".join(f"{k} {v:.4f}" for k, v in averages.items()),
+            ", ".join(f"{k} {v:.0f}" for k, v in memory.items()),
+        )
         for name, value in memory.items():
             self.writer.add_scalar(f"memory/{name}", value, self.epoch)
         if self.epoch % cfg.train.eval_period == 0 or self.epoch == cfg.solver.epochs:
@@ -134,9 +171,20 @@ class Run:
         while self.epoch < cfg.solver.epochs:
             self.loader.sampler.set_epoch(self.epoch)
             self.step, averages = train_one_epoch(
-                self.train_model, self.criterion, self.loader, self.optimizer, self.precision, self.scaler, self.epoch,
-                self.step, cfg.train.log_period, self.writer, progress=self.info.is_main, epochs=cfg.solver.epochs,
-                processes=self.info.world_size)
+                self.train_model,
+                self.criterion,
+                self.loader,
+                self.optimizer,
+                self.precision,
+                self.scaler,
+                self.epoch,
+                self.step,
+                cfg.train.log_period,
+                self.writer,
+                progress=self.info.is_main,
+                epochs=cfg.solver.epochs,
+                processes=self.info.world_size,
+            )
             self.epoch += 1
             self.scheduler.step()
             if self.info.is_main:
@@ -147,8 +195,11 @@ class Run:
         if self.writer is not None:
             self.writer.close()
         if self.info.is_main:
-            logger.info("%s, text-to-image\n%s", cfg.data.dataset,
-                        summary_table(self.output_dir / METRICS_FILE, cfg.data.dataset, cfg.eval.split))
+            logger.info(
+                "%s, text-to-image\n%s",
+                cfg.data.dataset,
+                summary_table(self.output_dir / METRICS_FILE, cfg.data.dataset, cfg.eval.split),
+            )
         return self.best
 
     def evaluate_best_on_test(self) -> None:

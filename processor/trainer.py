@@ -1,4 +1,5 @@
 """The training loop of one epoch, with device-side loss sums and the non-finite guard."""
+
 from __future__ import annotations
 
 import logging
@@ -24,6 +25,7 @@ class StepLog:
     """Device-side running sums of the loss terms and metrics between two log points, and
     the first step at which each term was non-finite (-1: none). Nothing here syncs the
     host with the device; ``flush`` does, once every ``log_period`` steps."""
+
     device: torch.device
     names: List[str] = field(default_factory=list)
     sums: Optional[torch.Tensor] = None
@@ -35,9 +37,14 @@ class StepLog:
             self.names = [*terms, "loss", *metrics]
             self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=self.device)
             self.first_bad = torch.full((len(terms) + 1,), -1, dtype=torch.long, device=self.device)
-        values = torch.stack([*(t.detach().float() for t in terms.values()), sum(terms.values()).detach().float(),
-                              *(m.float() for m in metrics.values())])
-        bad = ~torch.isfinite(values[:len(terms) + 1])
+        values = torch.stack(
+            [
+                *(t.detach().float() for t in terms.values()),
+                sum(terms.values()).detach().float(),
+                *(m.float() for m in metrics.values()),
+            ]
+        )
+        bad = ~torch.isfinite(values[: len(terms) + 1])
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
         self.sums += values.double()
         self.count += 1
@@ -49,8 +56,9 @@ class StepLog:
         bad = [(step, name) for step, name in zip(first_bad, self.names) if step >= 0]
         if bad:
             step, name = min(bad)
-            raise NonFiniteLossError(f"non-finite loss '{name}' at step {step}; training stopped "
-                                     "(the last checkpoint written is intact)")
+            raise NonFiniteLossError(
+                f"non-finite loss '{name}' at step {step}; training stopped (the last checkpoint written is intact)"
+            )
 
     def flush(self) -> Dict[str, float]:
         """Averages since the last flush (after the non-finite check), then reset."""
@@ -67,8 +75,9 @@ def move_batch(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-Criterion = Callable[[Dict[str, torch.Tensor], Dict[str, torch.Tensor]],
-                     Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]]
+Criterion = Callable[
+    [Dict[str, torch.Tensor], Dict[str, torch.Tensor]], Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]
+]
 
 
 def _duration(seconds: float) -> str:
@@ -77,19 +86,40 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def log_line(epoch: int, epochs: int, done: int, steps: int, averages: Dict[str, float], lr: float, rate: float,
-             seconds_per_step: float) -> str:
+def log_line(
+    epoch: int,
+    epochs: int,
+    done: int,
+    steps: int,
+    averages: Dict[str, float],
+    lr: float,
+    rate: float,
+    seconds_per_step: float,
+) -> str:
     """The train.log line written every log_period steps (time left: this and the remaining epochs)."""
     left = seconds_per_step * ((steps - done) + max(epochs - epoch - 1, 0) * steps)
     values = ", ".join(f"{name} {value:.4f}" for name, value in averages.items())
-    return (f"epoch {epoch + 1}/{epochs} step {done}/{steps}: {values}, lr {lr:.3e}, {rate:.1f} samples/s, "
-            f"{_duration(left)} left")
+    return (
+        f"epoch {epoch + 1}/{epochs} step {done}/{steps}: {values}, lr {lr:.3e}, {rate:.1f} samples/s, "
+        f"{_duration(left)} left"
+    )
 
 
-def train_one_epoch(model: torch.nn.Module, criterion: Criterion, loader: DataLoader,
-                    optimizer: torch.optim.Optimizer, precision: Precision, scaler: Optional[torch.amp.GradScaler],
-                    epoch: int, step: int, log_period: int, writer=None, progress: bool = True,
-                    epochs: int = 0, processes: int = 1) -> tuple[int, Dict[str, float]]:
+def train_one_epoch(
+    model: torch.nn.Module,
+    criterion: Criterion,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    scaler: Optional[torch.amp.GradScaler],
+    epoch: int,
+    step: int,
+    log_period: int,
+    writer=None,
+    progress: bool = True,
+    epochs: int = 0,
+    processes: int = 1,
+) -> tuple[int, Dict[str, float]]:
     """One pass over ``loader``; returns the global step and the epoch's mean losses/metrics.
     The loss is ``sum(criterion(model(batch), batch)[0].values())``. Every ``log_period``
     steps the averages go to the log (``epochs``: the run's total, for the time left),
@@ -124,8 +154,19 @@ def train_one_epoch(model: torch.nn.Module, criterion: Criterion, loader: DataLo
             rate = seen / elapsed
             bar.set_postfix(loss=f"{averages['loss']:.3f}", samples_s=f"{rate:.1f}")
             if progress:
-                logger.info("%s", log_line(epoch, max(epochs, epoch + 1), done, max(steps, done), averages,
-                                           optimizer.param_groups[0]["lr"], rate, elapsed / done))
+                logger.info(
+                    "%s",
+                    log_line(
+                        epoch,
+                        max(epochs, epoch + 1),
+                        done,
+                        max(steps, done),
+                        averages,
+                        optimizer.param_groups[0]["lr"],
+                        rate,
+                        elapsed / done,
+                    ),
+                )
             if writer is not None:
                 for name, value in averages.items():
                     writer.add_scalar(f"train/{name}", value, step)

@@ -8,6 +8,7 @@ decay = ``bias_weight_decay`` for biases when >= 0, else ``weight_decay``. Froze
 parameters are left out, empty groups dropped; each group has a ``name`` for logging.
 How this compares with IRRA's grouping: docs/method.md, "Solver".
 """
+
 from __future__ import annotations
 
 import inspect
@@ -25,7 +26,7 @@ BACKBONE_PREFIX = "base_model."
 
 def _strip_wrapper(name: str) -> str:
     while name.startswith("module."):
-        name = name[len("module."):]
+        name = name[len("module.") :]
     return name
 
 
@@ -40,8 +41,9 @@ def _is_bias(name: str) -> bool:
 def _optimizer_class(cfg) -> type:
     """The optimizer named by the validated ``solver.optimizer`` (exactly as validation allows)."""
     if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"solver.optimizer={cfg.optimizer!r} is not supported; "
-                          f"allowed values: {', '.join(OPTIMIZERS)}")
+        raise ConfigError(
+            f"solver.optimizer={cfg.optimizer!r} is not supported; allowed values: {', '.join(OPTIMIZERS)}"
+        )
     return getattr(torch.optim, cfg.optimizer)
 
 
@@ -65,12 +67,14 @@ def _param_groups(model: nn.Module, cfg) -> list[dict]:
         wd = float(cfg.weight_decay)
         if is_bias and cfg.bias_weight_decay >= 0:
             wd = float(cfg.bias_weight_decay)
-        groups.append({
-            "name": ("heads" if is_new else "backbone") + ("_bias" if is_bias else ""),
-            "params": params,
-            "lr": lr,
-            "weight_decay": wd,
-        })
+        groups.append(
+            {
+                "name": ("heads" if is_new else "backbone") + ("_bias" if is_bias else ""),
+                "params": params,
+                "lr": lr,
+                "weight_decay": wd,
+            }
+        )
     return groups
 
 

@@ -13,6 +13,7 @@ clamped to [0, 1] and ``t`` = target_lr as a fraction of the group's base lr:
 target_lr is absolute, so groups of different base lrs decay to the same value. Where
 IRRA's schedules differ (``linear``, ``exp``, ``poly``): docs/method.md, "Solver".
 """
+
 from __future__ import annotations
 
 import math
@@ -25,6 +26,7 @@ from configs.errors import ConfigError
 from configs.validation import SCHEDULERS, WARMUP_METHODS
 
 __all__ = ["SCHEDULERS", "WARMUP_METHODS", "build_lr_scheduler", "lr_at", "lr_factor"]
+
 
 def _option(cfg, key: str, allowed) -> str:
     """``cfg.<key>``, exactly one of ``allowed`` (the values validation accepts)."""

@@ -3,6 +3,7 @@
 Parity tests run on ``tests/golden`` (the reference's recordings at repository size, always
 present) and again on the fuller ``../shared/golden`` (or ``FMFA_GOLDEN``) where it exists.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,16 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float =
 
 def tiny_config(**model_overrides) -> Config:
     """A CLIP of width 64, 2 layers per tower, 64 x 32 images (4 x 2 patches), IRR depth 1."""
-    model = dict(pretrain="none", image_size=[64, 32], embed_dim=64, vision_width=64, vision_layers=2,
-                 text_width=64, text_layers=2, cmt_depth=1)
+    model = dict(
+        pretrain="none",
+        image_size=[64, 32],
+        embed_dim=64,
+        vision_width=64,
+        vision_layers=2,
+        text_width=64,
+        text_layers=2,
+        cmt_depth=1,
+    )
     model.update(model_overrides)
     return Config(model=ModelConfig(**model))
 
@@ -61,12 +70,17 @@ def tiny_batch(batch_size: int = 6, image_size=(64, 32), seed: int = 0) -> dict:
     for row in range(batch_size):
         length = int(torch.randint(3, 9, (1,), generator=gen))
         ids[row, 0], ids[row, length + 1] = SOT_ID, EOT_ID
-        ids[row, 1:length + 1] = torch.randint(1, MASK_ID, (length,), generator=gen)
+        ids[row, 1 : length + 1] = torch.randint(1, MASK_ID, (length,), generator=gen)
     mlm_ids = ids.clone()
     labels[:, 1] = ids[:, 1]
     mlm_ids[:, 1] = MASK_ID
-    return {"images": torch.randn(batch_size, 3, *image_size, generator=gen), "caption_ids": ids,
-            "mlm_ids": mlm_ids, "mlm_labels": labels, "pids": torch.arange(batch_size) % 4}
+    return {
+        "images": torch.randn(batch_size, 3, *image_size, generator=gen),
+        "caption_ids": ids,
+        "mlm_ids": mlm_ids,
+        "mlm_labels": labels,
+        "pids": torch.arange(batch_size) % 4,
+    }
 
 
 def user_error(capsys, main, argv) -> str:

@@ -1,4 +1,5 @@
 """Small dataset folders in the real formats (docs/method.md, "Data"), written by the tests."""
+
 from __future__ import annotations
 
 import json
@@ -42,15 +43,16 @@ def fixture_records(name: str) -> List[dict]:
     for split, count in splits.items():
         for _ in range(count):
             for shot in range(IMAGES_PER_ID):
-                texts = [f"a person {pid} in a {COLOURS[(pid + c) % len(COLOURS)]} shirt, view {shot}"
-                         for c in range(captions)]
+                texts = [
+                    f"a person {pid} in a {COLOURS[(pid + c) % len(COLOURS)]} shirt, view {shot}"
+                    for c in range(captions)
+                ]
                 records.append({"id": pid, key: f"{split}/{pid}_{shot}.jpg", "captions": texts, "split": split})
             pid += 1
     return records
 
 
-def write_dataset(folder: Path, annotation_file: str, image_key: str, records: List[dict],
-                  image_size=(24, 8)) -> Path:
+def write_dataset(folder: Path, annotation_file: str, image_key: str, records: List[dict], image_size=(24, 8)) -> Path:
     """Write FOLDER/<annotation_file> holding ``records`` and, for every record whose
     ``image_key`` is a string, its image under FOLDER/imgs/; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,8 +63,9 @@ def write_dataset(folder: Path, annotation_file: str, image_key: str, records: L
     return folder
 
 
-def make_dataset(root: Path, name: str, records: List[dict] | None = None, annotation_file: str | None = None,
-                 image_size=(24, 8)) -> Path:
+def make_dataset(
+    root: Path, name: str, records: List[dict] | None = None, annotation_file: str | None = None, image_size=(24, 8)
+) -> Path:
     """Write ROOT/<name>/<annotation file> and its images; returns the dataset folder."""
     file_names, image_key = FILES[name]
     records = fixture_records(name) if records is None else records

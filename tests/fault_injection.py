@@ -14,6 +14,7 @@ variable optional:
   FMFA_FAULT_KILL_RUN=FOLDER  with the above, only in the run whose train.output_dir is
       FOLDER (run.sh starts several runs, each in its own folder).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """Independent float64 numpy versions of the losses of docs/method.md, written from docs/method.md's
 definitions (and IRRA's for ITC / CMPM), never from model/objectives.py: the oracles of
 tests/test_oracles.py and tests/test_objectives.py. Inputs and outputs are numpy arrays."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,6 +69,7 @@ def cmpm(image, text, pids):
 
 # ---- EFA, one function per step of docs/method.md --------------------------------------------------------
 
+
 def affinity(text, patches):
     """Step 1: A_b = T_b V_b^T, [B, L, P]."""
     return np.einsum("bld,bpd->blp", text, patches)
@@ -114,8 +116,9 @@ def efa(text, image_tokens, text_margin=0.1, image_margin=0.9, lse_lambda=1.0, t
     """Step 6: pair(T, G, text_margin) + pair(V, G, image_margin); class token dropped."""
     patches = image_tokens[:, 1:]
     g = grouped(text, patches, threshold)
-    return (ranking_cost(set_similarity(text, g, lse_lambda), text_margin)
-            + ranking_cost(set_similarity(patches, g, lse_lambda), image_margin))
+    return ranking_cost(set_similarity(text, g, lse_lambda), text_margin) + ranking_cost(
+        set_similarity(patches, g, lse_lambda), image_margin
+    )
 
 
 def directional_derivatives(fn, inputs, directions, h=1e-6):

@@ -1,8 +1,9 @@
 """The open_clip backbone reproduces the reference's token outputs at 384 x 128."""
+
 import pytest
 import torch
-
 from conftest import assert_rel_close, load_golden
+
 from model.clip import ClipArch, create_clip, encode_image_tokens, encode_text_tokens
 
 

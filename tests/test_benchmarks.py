@@ -1,4 +1,5 @@
 """The benchmark scripts run on the CPU with their tiny preset and print positive figures."""
+
 from __future__ import annotations
 
 import os
@@ -7,21 +8,36 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 
 def run_script(module: str, *args: str) -> str:
     """``python -m module args`` from the repository root; its standard output."""
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
 def test_train_step_benchmark_tiny_preset():
-    out = run_script("benchmarks.train_step", "--modes", "fp32", "amp_fp16", "--steps", "2", "--repeats", "1",
-                     "--warmup", "1", "--pipeline", "--pipeline-mode", "fp32", "--workers", "0")
+    out = run_script(
+        "benchmarks.train_step",
+        "--modes",
+        "fp32",
+        "amp_fp16",
+        "--steps",
+        "2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+        "--pipeline",
+        "--pipeline-mode",
+        "fp32",
+        "--workers",
+        "0",
+    )
     assert "preset tiny" in out and re.search(r"[\d.]+ GFLOP per step", out)
     rows = {m.group(1): float(m.group(2)) for m in re.finditer(r"\|\s+(fp32|amp_fp16)\s+\|\s+([\d.]+)\s+\|", out)}
     assert set(rows) == {"fp32", "amp_fp16"} and all(rate > 0 for rate in rows.values())
@@ -30,8 +46,9 @@ def test_train_step_benchmark_tiny_preset():
 
 
 def test_eval_speed_benchmark_tiny_preset():
-    out = run_script("benchmarks.eval_speed", "--repeats", "1", "--images", "60", "--captions", "120",
-                     "--jpeg", "--workers", "0")
+    out = run_script(
+        "benchmarks.eval_speed", "--repeats", "1", "--images", "60", "--captions", "120", "--jpeg", "--workers", "0"
+    )
     match = re.search(r"60 images \+ 120 captions encoded in ([\d.]+) s .* ranked in ([\d.]+) s", out)
     assert match and float(match.group(1)) > 0
     assert re.search(r"from JPEGs \(0 workers\): \d+ images \+ \d+ captions in [\d.]+ s", out)
@@ -47,8 +64,25 @@ def test_efficiency_report_tiny_preset():
 
 
 def test_shared_caption_benchmark_tiny_preset():
-    out = subprocess.run([sys.executable, "-m", "benchmarks.shared_caption", "--preset", "tiny", "--batch", "4",
-                          "--warmup", "0", "--steps", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.shared_caption",
+            "--preset",
+            "tiny",
+            "--batch",
+            "4",
+            "--warmup",
+            "0",
+            "--steps",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = re.findall(r"\| (two text passes|one shared pass).*?\| ([\d.]+)\s+\| ([\d.]+)\s+\|", out.stdout)
     assert [name for name, _, _ in rows] == ["two text passes", "one shared pass"]
@@ -56,16 +90,34 @@ def test_shared_caption_benchmark_tiny_preset():
 
 
 def test_train_step_memory_comparison_tiny_preset():
-    out = run_script("benchmarks.train_step", "--memory", "--preset", "tiny", "--batch", "4", "--warmup", "1",
-                     "--steps", "1", "--variants", "default", "checkpointing")
+    out = run_script(
+        "benchmarks.train_step",
+        "--memory",
+        "--preset",
+        "tiny",
+        "--batch",
+        "4",
+        "--warmup",
+        "1",
+        "--steps",
+        "1",
+        "--variants",
+        "default",
+        "checkpointing",
+    )
     rows = re.findall(r"\|\s+(fp32 \(default\)|fp32 \+ grad checkpointing)\s+\|\s+([\d.]+)\s+\|\s+([\d.]+)\s+\|", out)
     assert [name for name, _, _ in rows] == ["fp32 (default)", "fp32 + grad checkpointing"]
     assert all(float(seconds) > 0 for _, seconds, _ in rows) and float(rows[0][2]) == 1.0
 
 
 def test_ddp_loss_benchmark_tiny_preset():
-    out = subprocess.run([sys.executable, "-m", "benchmarks.ddp_loss", "--preset", "tiny", "--repeats", "1"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ddp_loss", "--preset", "tiny", "--repeats", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = re.findall(r"\|\s+(\d)\s+\|\s+(\d+)\s+\|\s+([\d.]+)\s+\|\s+([\d.]+)\s+\|", out.stdout)
     assert [(n, r) for n, r, _, _ in rows] == [("1", "8"), ("2", "4"), ("4", "2")]
@@ -74,8 +126,14 @@ def test_ddp_loss_benchmark_tiny_preset():
 
 def test_gpu_check_runs_its_tiny_preset_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.sh end to end without a GPU: every section in the report."""
-    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "gpu_check.md").read_text()
     assert "torch " in report and "no CUDA GPU" in report

@@ -1,13 +1,15 @@
 """Caption checks of python -m datasets.check: warnings with counts, exit status only with --strict."""
+
 from __future__ import annotations
 
 import logging
 
 import pytest
-
 from data_fixtures import fixture_records, make_dataset
+
 from datasets.caption_checks import CaptionedImage, caption_warnings, normalise
-from datasets.check import check_dataset, check_dataset_and_captions, main as check_main
+from datasets.check import check_dataset, check_dataset_and_captions
+from datasets.check import main as check_main
 
 LONG = "a man in a red coat with a black backpack and blue jeans walking past a shop " * 3
 
@@ -17,17 +19,19 @@ def _images(*rows):
 
 
 def test_clean_captions_give_no_warning():
-    images = _images((1, ["A man in a red coat.", "He carries a black bag."]),
-                     (2, ["A woman in a blue dress.", "She has long hair."]))
+    images = _images(
+        (1, ["A man in a red coat.", "He carries a black bag."]),
+        (2, ["A woman in a blue dress.", "She has long hair."]),
+    )
     assert caption_warnings(images, 77) == []
 
 
 def test_each_kind_of_noise_is_counted():
     images = _images(
-        (1, ["A person walking.", "a  person walking", "Man."]),   # shared with ids 2 and 3; duplicate; one word
+        (1, ["A person walking.", "a  person walking", "Man."]),  # shared with ids 2 and 3; duplicate; one word
         (2, ["A PERSON WALKING!", "A woman with a red umbrella."]),
         (3, ["a person walking", LONG]),
-        (4, ["...", "A boy on a bike."]),                            # no word at all
+        (4, ["...", "A boy on a bike."]),  # no word at all
     )
     shared, duplicated, short, long = caption_warnings(images, 40)
     assert shared.startswith("1 distinct caption(s) are shared by different identities (3 identities involved")
@@ -54,9 +58,9 @@ def test_normal_form():
 
 def _noisy_copy(root):
     records = fixture_records("CUHK-PEDES")
-    records[0]["captions"] = ["Someone walking.", "Someone walking"]       # duplicate on one image
-    records[4]["captions"][0] = "someone walking"                           # another identity: shared
-    records[6]["captions"][1] = "Person"                                    # one word
+    records[0]["captions"] = ["Someone walking.", "Someone walking"]  # duplicate on one image
+    records[4]["captions"][0] = "someone walking"  # another identity: shared
+    records[6]["captions"][1] = "Person"  # one word
     make_dataset(root, "CUHK-PEDES", records)
 
 

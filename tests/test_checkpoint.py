@@ -1,13 +1,14 @@
 """model_from_checkpoint: every supported layout, and clear refusals for everything else."""
+
 import os
 import pickle
 
 import open_clip
 import pytest
 import torch
+from conftest import assert_rel_close, load_golden, tiny_batch, tiny_config
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-from conftest import assert_rel_close, load_golden, tiny_batch, tiny_config
 from model.build import build_model, model_from_checkpoint
 
 
@@ -53,9 +54,12 @@ def test_own_checkpoint_round_trip(tmp_path):
 
 
 def _tiny_open_clip():
-    return open_clip.model.CLIP(32, CLIPVisionCfg(layers=1, width=64, patch_size=16, image_size=32),
-                                CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
-                                quick_gelu=True).eval()
+    return open_clip.model.CLIP(
+        32,
+        CLIPVisionCfg(layers=1, width=64, patch_size=16, image_size=32),
+        CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
+        quick_gelu=True,
+    ).eval()
 
 
 def test_torchscript_archive_loads_like_openai_release(tmp_path):

@@ -1,4 +1,5 @@
 """Configuration loading, overrides, strict type checks, validation and round trips."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,6 +32,7 @@ def raises(match_all, fn, *args, **kwargs) -> str:
 
 # ---------------------------------------------------------------------------- files in configs/
 
+
 def test_defaults_load_and_validate():
     cfg = load_config(None)
     assert cfg == Config()
@@ -50,11 +52,14 @@ def test_every_yaml_loads_and_validates(path):
     assert isinstance(cfg.solver.lr, float)
 
 
-@pytest.mark.parametrize("stem, dataset, factor, margins, epochs", [
-    ("cuhk_pedes", "CUHK-PEDES", 10.0, (0.1, 0.1), 60),
-    ("icfg_pedes", "ICFG-PEDES", 10.0, (0.2, 1.0), 100),
-    ("rstpreid", "RSTPReid", 1.0, (0.2, 0.8), 60),
-])
+@pytest.mark.parametrize(
+    "stem, dataset, factor, margins, epochs",
+    [
+        ("cuhk_pedes", "CUHK-PEDES", 10.0, (0.1, 0.1), 60),
+        ("icfg_pedes", "ICFG-PEDES", 10.0, (0.2, 1.0), 100),
+        ("rstpreid", "RSTPReid", 1.0, (0.2, 0.8), 60),
+    ],
+)
 def test_paper_and_authors_code_values(stem, dataset, factor, margins, epochs):
     paper = load_config(CONFIGS / f"{stem}.yaml")
     code = load_config(CONFIGS / f"{stem}_authors_code.yaml")
@@ -77,22 +82,26 @@ def test_paper_and_authors_code_values(stem, dataset, factor, margins, epochs):
 
 # ---------------------------------------------------------------------------- overrides
 
-@pytest.mark.parametrize("override, getter, expected", [
-    ("solver.lr=1e-5", lambda c: c.solver.lr, 1e-5),
-    ("solver.lr=2", lambda c: c.solver.lr, 2.0),  # int accepted for float
-    ("solver.epochs=3", lambda c: c.solver.epochs, 3),
-    ("data.dataset=RSTPReid", lambda c: c.data.dataset, "RSTPReid"),
-    ("train.name=2024", lambda c: c.train.name, "2024"),  # a str key keeps the text
-    ("train.output_dir=", lambda c: c.train.output_dir, ""),
-    ("data.augment=false", lambda c: c.data.augment, False),
-    ("model.image_size=[256,128]", lambda c: c.model.image_size, [256, 128]),
-    ("solver.betas=[0.9, 0.98]", lambda c: c.solver.betas, [0.9, 0.98]),
-    ("eval.cross_domain=[ICFG-PEDES,RSTPReid]", lambda c: c.eval.cross_domain, ["ICFG-PEDES", "RSTPReid"]),
-    ("eval.cross_domain=[]", lambda c: c.eval.cross_domain, []),
-    ("loss.weights.efa=0.5", lambda c: c.loss.weights, {"efa": 0.5}),
-    ("loss.weights={id: 2, mlm: 0.5}", lambda c: c.loss.weights, {"id": 2.0, "mlm": 0.5}),
-    ("solver={lr: 1e-4, epochs: 10}", lambda c: (c.solver.lr, c.solver.epochs), (1e-4, 10)),
-])
+
+@pytest.mark.parametrize(
+    "override, getter, expected",
+    [
+        ("solver.lr=1e-5", lambda c: c.solver.lr, 1e-5),
+        ("solver.lr=2", lambda c: c.solver.lr, 2.0),  # int accepted for float
+        ("solver.epochs=3", lambda c: c.solver.epochs, 3),
+        ("data.dataset=RSTPReid", lambda c: c.data.dataset, "RSTPReid"),
+        ("train.name=2024", lambda c: c.train.name, "2024"),  # a str key keeps the text
+        ("train.output_dir=", lambda c: c.train.output_dir, ""),
+        ("data.augment=false", lambda c: c.data.augment, False),
+        ("model.image_size=[256,128]", lambda c: c.model.image_size, [256, 128]),
+        ("solver.betas=[0.9, 0.98]", lambda c: c.solver.betas, [0.9, 0.98]),
+        ("eval.cross_domain=[ICFG-PEDES,RSTPReid]", lambda c: c.eval.cross_domain, ["ICFG-PEDES", "RSTPReid"]),
+        ("eval.cross_domain=[]", lambda c: c.eval.cross_domain, []),
+        ("loss.weights.efa=0.5", lambda c: c.loss.weights, {"efa": 0.5}),
+        ("loss.weights={id: 2, mlm: 0.5}", lambda c: c.loss.weights, {"id": 2.0, "mlm": 0.5}),
+        ("solver={lr: 1e-4, epochs: 10}", lambda c: (c.solver.lr, c.solver.epochs), (1e-4, 10)),
+    ],
+)
 def test_override_types(override, getter, expected):
     cfg = load_config(None, [override], check=False)  # types only; ranges are validate's
     value = getter(cfg)
@@ -102,8 +111,9 @@ def test_override_types(override, getter, expected):
 
 
 def test_overrides_apply_after_file_in_order():
-    cfg = load_config(CONFIGS / "cuhk_pedes.yaml",
-                      ["solver.lr=3e-6", "loss.weights.efa=0.5", "loss.weights.id=2", "solver.lr=4e-6"])
+    cfg = load_config(
+        CONFIGS / "cuhk_pedes.yaml", ["solver.lr=3e-6", "loss.weights.efa=0.5", "loss.weights.id=2", "solver.lr=4e-6"]
+    )
     assert cfg.solver.lr == 4e-6 and cfg.loss.weights == {"efa": 0.5, "id": 2.0}
     assert cfg.data.dataset == "CUHK-PEDES"
 
@@ -119,6 +129,7 @@ def test_yaml_floats_and_defaults_untouched(tmp_path):
 
 
 # ---------------------------------------------------------------------------- base chains
+
 
 def test_base_chain(tmp_path):
     write(tmp_path / "root.yaml", "solver: {lr: 1e-4, epochs: 10}\ndata: {batch_size: 8}\n")
@@ -143,59 +154,75 @@ def test_base_errors(tmp_path):
 
 # ---------------------------------------------------------------------------- load errors
 
+
 def test_unknown_section_and_key(tmp_path):
     msg = raises(["solvr", "'solver'", "model, loss"], load_config, write(tmp_path / "a.yaml", "solvr: {lr: 1}\n"))
     assert "a.yaml" in msg
-    msg = raises(["solver.lrr", "'solver.lr'", "warmup_epochs", "b.yaml"], load_config,
-                 write(tmp_path / "b.yaml", "solver: {lrr: 1}\n"))
+    msg = raises(
+        ["solver.lrr", "'solver.lr'", "warmup_epochs", "b.yaml"],
+        load_config,
+        write(tmp_path / "b.yaml", "solver: {lrr: 1}\n"),
+    )
     raises(["model.zzz", "valid keys of model", "image_size"], load_config, None, ["model.zzz=1"])
     raises(["solvr", "override"], load_config, None, ["solvr.lr=1"])
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("solver.epochs=true", "int"),  # bool is not an int
-    ("solver.lr=true", "float"),  # nor a float
-    ("solver.epochs=1.5", "int"),
-    ("solver.lr=abc", "float"),
-    ("data.augment=1", "bool"),
-    ("data.dataset=[a]", "str"),
-    ("model.image_size=384", "list of int"),
-    ("model.image_size=[384, 1.5]", "list of int"),
-    ("eval.cross_domain=ICFG-PEDES", "list of str"),  # a string is not a list
-    ("eval.cross_domain=[1, 2]", "list of str"),
-    ("loss.weights={efa: high}", "mapping of str to float"),
-    ("loss.weights={1: 0.5}", "mapping of str to float"),
-    ("loss.weights=[efa]", "mapping of str to float"),
-    ("loss.weights.efa=high", "float"),
-    ("solver=3", "mapping"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("solver.epochs=true", "int"),  # bool is not an int
+        ("solver.lr=true", "float"),  # nor a float
+        ("solver.epochs=1.5", "int"),
+        ("solver.lr=abc", "float"),
+        ("data.augment=1", "bool"),
+        ("data.dataset=[a]", "str"),
+        ("model.image_size=384", "list of int"),
+        ("model.image_size=[384, 1.5]", "list of int"),
+        ("eval.cross_domain=ICFG-PEDES", "list of str"),  # a string is not a list
+        ("eval.cross_domain=[1, 2]", "list of str"),
+        ("loss.weights={efa: high}", "mapping of str to float"),
+        ("loss.weights={1: 0.5}", "mapping of str to float"),
+        ("loss.weights=[efa]", "mapping of str to float"),
+        ("loss.weights.efa=high", "float"),
+        ("solver=3", "mapping"),
+    ],
+)
 def test_wrong_types(override, expected):
     key = override.split("=")[0]
     raises([key, expected, override], load_config, None, [override])
 
 
 def test_wrong_type_in_file_names_file(tmp_path):
-    raises(["data.batch_size", "int", "'64'", "a.yaml"], load_config,
-           write(tmp_path / "a.yaml", "data:\n  batch_size: '64'\n"))
+    raises(
+        ["data.batch_size", "int", "'64'", "a.yaml"],
+        load_config,
+        write(tmp_path / "a.yaml", "data:\n  batch_size: '64'\n"),
+    )
     raises(["data", "mapping", "b.yaml"], load_config, write(tmp_path / "b.yaml", "data: 5\n"))
 
 
 def test_file_errors(tmp_path):
     raises(["nope.yaml", "not found"], load_config, tmp_path / "nope.yaml")
-    msg = raises(["bad.yaml", "line 3, column 12"], load_config,
-                 write(tmp_path / "bad.yaml", "solver:\n  lr: 1\n  epochs: 2: 3\n"))
+    msg = raises(
+        ["bad.yaml", "line 3, column 12"],
+        load_config,
+        write(tmp_path / "bad.yaml", "solver:\n  lr: 1\n  epochs: 2: 3\n"),
+    )
     raises(["list.yaml", "mapping"], load_config, write(tmp_path / "list.yaml", "- a\n- b\n"))
     raises(["scalar.yaml", "mapping"], load_config, write(tmp_path / "scalar.yaml", "hello\n"))
     assert "YAML" in msg
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("solver.lr", "solver.lr"),
-    ("=1", "=1"),
-    ("solver.lr.x=1", "solver.lr.x"),
-    ("loss.weights.a.b=1", "loss.weights.a.b"),
-    ("solver.lr=[1", "solver.lr=[1"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("solver.lr", "solver.lr"),
+        ("=1", "=1"),
+        ("solver.lr.x=1", "solver.lr.x"),
+        ("loss.weights.a.b=1", "loss.weights.a.b"),
+        ("solver.lr=[1", "solver.lr=[1"),
+    ],
+)
 def test_override_errors(override, fragment):
     raises([fragment, "override"], load_config, None, [override])
 
@@ -206,48 +233,52 @@ def test_overrides_must_be_a_sequence():
 
 # ---------------------------------------------------------------------------- validate
 
-@pytest.mark.parametrize("overrides, key", [
-    (["data.batch_size=0"], "data.batch_size"),
-    (["solver.lr=0"], "solver.lr"),
-    (["solver.lr=-1e-5"], "solver.lr"),
-    (["solver.epochs=0"], "solver.epochs"),
-    (["solver.warmup_epochs=-1"], "solver.warmup_epochs"),
-    (["solver.epochs=5", "solver.warmup_epochs=5"], "solver.warmup_epochs"),
-    (["solver.weight_decay=-1"], "solver.weight_decay"),
-    (["model.image_size=[384]"], "model.image_size"),
-    (["model.image_size=[384, 0]"], "model.image_size"),
-    (["model.image_size=[384, 120]"], "model.image_size"),
-    (["data.text_length=0"], "data.text_length"),
-    (["data.text_length=78"], "data.text_length"),
-    (["train.precision=fp16"], "train.precision"),
-    (["data.sampler=balanced"], "data.sampler"),
-    (["data.sampler=identity", "data.batch_size=30", "data.num_instance=4"], "data.batch_size"),
-    (["solver.optimizer=adam"], "solver.optimizer"),
-    (["solver.scheduler=onecycle"], "solver.scheduler"),
-    (["solver.warmup_method=exp"], "solver.warmup_method"),
-    (["solver.milestones=[50, 20]"], "solver.milestones"),
-    (["asdm.mode=prob"], "asdm.mode"),
-    (["eval.split=dev"], "eval.split"),
-    (["data.train_split=all"], "data.train_split"),
-    (["data.dataset=CUHK/PEDES"], "data.dataset"),
-    (["eval.cross_domain=[ICFG-PEDES, ../Market]"], "eval.cross_domain"),
-    (["data.dataset=ICFG-PEDES", "eval.split=val"], "eval.split"),
-    (["loss.names=sdm+foo"], "loss.names"),
-    (["loss.names="], "loss.names"),
-    (["loss.names=sdm+sdm"], "loss.names"),
-    (["loss.names=a-sdm+id", "loss.weights.efa=0.5"], "loss.weights"),
-    (["efa.text_margin=-0.1"], "efa.text_margin"),
-    (["efa.image_margin=-0.1"], "efa.image_margin"),
-    (["efa.threshold=-1"], "efa.threshold"),
-    (["train.log_period=0"], "train.log_period"),
-    (["train.eval_period=0"], "train.eval_period"),
-    (["data.num_workers=-1"], "data.num_workers"),
-    (["eval.batch_size=0"], "eval.batch_size"),
-    (["eval.query_chunk=0"], "eval.query_chunk"),
-    (["model.text_width=96"], "model.text_width"),
-    (["model.embed_dim=32"], "model.embed_dim"),
-    (["train.precision=pure_fp16", "solver.eps=1e-8"], "solver.eps"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["data.batch_size=0"], "data.batch_size"),
+        (["solver.lr=0"], "solver.lr"),
+        (["solver.lr=-1e-5"], "solver.lr"),
+        (["solver.epochs=0"], "solver.epochs"),
+        (["solver.warmup_epochs=-1"], "solver.warmup_epochs"),
+        (["solver.epochs=5", "solver.warmup_epochs=5"], "solver.warmup_epochs"),
+        (["solver.weight_decay=-1"], "solver.weight_decay"),
+        (["model.image_size=[384]"], "model.image_size"),
+        (["model.image_size=[384, 0]"], "model.image_size"),
+        (["model.image_size=[384, 120]"], "model.image_size"),
+        (["data.text_length=0"], "data.text_length"),
+        (["data.text_length=78"], "data.text_length"),
+        (["train.precision=fp16"], "train.precision"),
+        (["data.sampler=balanced"], "data.sampler"),
+        (["data.sampler=identity", "data.batch_size=30", "data.num_instance=4"], "data.batch_size"),
+        (["solver.optimizer=adam"], "solver.optimizer"),
+        (["solver.scheduler=onecycle"], "solver.scheduler"),
+        (["solver.warmup_method=exp"], "solver.warmup_method"),
+        (["solver.milestones=[50, 20]"], "solver.milestones"),
+        (["asdm.mode=prob"], "asdm.mode"),
+        (["eval.split=dev"], "eval.split"),
+        (["data.train_split=all"], "data.train_split"),
+        (["data.dataset=CUHK/PEDES"], "data.dataset"),
+        (["eval.cross_domain=[ICFG-PEDES, ../Market]"], "eval.cross_domain"),
+        (["data.dataset=ICFG-PEDES", "eval.split=val"], "eval.split"),
+        (["loss.names=sdm+foo"], "loss.names"),
+        (["loss.names="], "loss.names"),
+        (["loss.names=sdm+sdm"], "loss.names"),
+        (["loss.names=a-sdm+id", "loss.weights.efa=0.5"], "loss.weights"),
+        (["efa.text_margin=-0.1"], "efa.text_margin"),
+        (["efa.image_margin=-0.1"], "efa.image_margin"),
+        (["efa.threshold=-1"], "efa.threshold"),
+        (["train.log_period=0"], "train.log_period"),
+        (["train.eval_period=0"], "train.eval_period"),
+        (["data.num_workers=-1"], "data.num_workers"),
+        (["eval.batch_size=0"], "eval.batch_size"),
+        (["eval.query_chunk=0"], "eval.query_chunk"),
+        (["model.text_width=96"], "model.text_width"),
+        (["model.embed_dim=32"], "model.embed_dim"),
+        (["train.precision=pure_fp16", "solver.eps=1e-8"], "solver.eps"),
+    ],
+)
 def test_validate_catches(overrides, key):
     cfg = load_config(None, overrides, check=False)
     raises(key, validate, cfg)
@@ -255,8 +286,9 @@ def test_validate_catches(overrides, key):
 
 
 def test_validate_choice_lists_allowed_values():
-    raises(["train.precision", "fp32", "amp_bf16", "amp_fp16", "pure_fp16"], load_config, None,
-           ["train.precision=half"])
+    raises(
+        ["train.precision", "fp32", "amp_bf16", "amp_fp16", "pure_fp16"], load_config, None, ["train.precision=half"]
+    )
     raises(["model.image_size", "model.patch_size=16"], load_config, None, ["model.image_size=[100,128]"])
 
 
@@ -267,18 +299,34 @@ def test_validate_collects_every_problem():
 
 
 def test_validate_accepts_edge_values():
-    validate(load_config(None, ["data.sampler=identity", "data.batch_size=8", "data.num_instance=4",
-                                "solver.warmup_epochs=0", "solver.epochs=1", "data.text_length=1",
-                                "loss.names=sdm+id", "loss.weights.id=0.5", "data.num_workers=0",
-                                "eval.cross_domain=[ICFG-PEDES, RSTPReid, Synthetic-PEDES]",
-                                "model.image_size=[64,32]"]))
+    validate(
+        load_config(
+            None,
+            [
+                "data.sampler=identity",
+                "data.batch_size=8",
+                "data.num_instance=4",
+                "solver.warmup_epochs=0",
+                "solver.epochs=1",
+                "data.text_length=1",
+                "loss.names=sdm+id",
+                "loss.weights.id=0.5",
+                "data.num_workers=0",
+                "eval.cross_domain=[ICFG-PEDES, RSTPReid, Synthetic-PEDES]",
+                "model.image_size=[64,32]",
+            ],
+        )
+    )
 
 
 # ---------------------------------------------------------------------------- save / load
 
+
 def test_save_load_round_trip(tmp_path):
-    cfg = load_config(CONFIGS / "rstpreid.yaml", ["loss.weights.efa=0.5", "eval.cross_domain=[ICFG-PEDES]",
-                                                   "model.image_size=[256,128]", "train.name=2024"])
+    cfg = load_config(
+        CONFIGS / "rstpreid.yaml",
+        ["loss.weights.efa=0.5", "eval.cross_domain=[ICFG-PEDES]", "model.image_size=[256,128]", "train.name=2024"],
+    )
     path = tmp_path / "run" / "config.yaml"
     save_config(cfg, path)
     assert load_config(path) == cfg
@@ -292,6 +340,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 # ---------------------------------------------------------------------------- command line
+
 
 def test_parse_cli(tmp_path):
     cfg = parse_cli(["--config", str(CONFIGS / "icfg_pedes.yaml"), "solver.lr=2e-5", "data.batch_size=32"])
@@ -312,8 +361,17 @@ def test_parse_cli_errors_and_help(capsys):
     assert parse_cli(["solver.lr=0"], check=False).solver.lr == 0.0
 
 
-@pytest.mark.parametrize("name", ["cuhk_pedes", "icfg_pedes", "rstpreid", "cuhk_pedes_authors_code",
-                                  "icfg_pedes_authors_code", "rstpreid_authors_code"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cuhk_pedes",
+        "icfg_pedes",
+        "rstpreid",
+        "cuhk_pedes_authors_code",
+        "icfg_pedes_authors_code",
+        "rstpreid_authors_code",
+    ],
+)
 def test_paper_and_authors_configs_train_as_the_published_numbers_were(name):
     """Both families keep the authors' data behaviours (docs/method.md, "Paper versus code")."""
     cfg = load_config(CONFIGS / f"{name}.yaml")

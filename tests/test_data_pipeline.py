@@ -1,13 +1,14 @@
 """MLM masking, samplers, torch datasets and loaders."""
+
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
 import torch
+from data_fixtures import fixture_records, make_dataset
 
 from configs.defaults import Config, DataConfig, ModelConfig, TrainConfig
-from data_fixtures import fixture_records, make_dataset
 from datasets.bases import ImageTextMLMDataset, mask_tokens
 from datasets.build import build_eval_loaders, build_train_loader, read_dataset
 from datasets.readers import DataError, RetrievalDataset
@@ -20,7 +21,7 @@ def long_captions(count: int, length: int = 60, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.zeros(count, 77, dtype=torch.long)
     tokens[:, 0], tokens[:, length + 1] = SOT_ID, EOT_ID
-    tokens[:, 1:length + 1] = torch.randint(1, MASK_ID, (count, length), generator=gen)
+    tokens[:, 1 : length + 1] = torch.randint(1, MASK_ID, (count, length), generator=gen)
     return tokens
 
 
@@ -102,10 +103,13 @@ def test_distributed_random_sampler_shares_are_the_one_process_batches(world_siz
     per_rank = 12 // world_size
     assert all(len(share) == len(sampler) == 8 * per_rank + 7 // world_size for share, sampler in zip(shares, samplers))
     for step in range(9):
-        joined = [i for share in shares for i in share[step * per_rank:(step + 1) * per_rank]]
-        expected = one[step * 12:(step + 1) * 12]
-        assert joined == (expected if step < 8 else [i for r in range(world_size) for i in
-                                                     expected[r * (7 // world_size):(r + 1) * (7 // world_size)]])
+        joined = [i for share in shares for i in share[step * per_rank : (step + 1) * per_rank]]
+        expected = one[step * 12 : (step + 1) * 12]
+        assert joined == (
+            expected
+            if step < 8
+            else [i for r in range(world_size) for i in expected[r * (7 // world_size) : (r + 1) * (7 // world_size)]]
+        )
     union = [index for share in shares for index in share]
     assert len(set(union)) == len(union) == 103 - 7 % world_size
 
@@ -120,7 +124,7 @@ def test_identity_sampler_p_by_k_batches():
     order = [index for _, index in sampler]
     assert len(order) == len(sampler) and len(order) % 8 == 0 and order
     for start in range(0, len(order), 8):
-        counts = Counter(pids[index] for index in order[start:start + 8])
+        counts = Counter(pids[index] for index in order[start : start + 8])
         assert len(counts) == 4 and set(counts.values()) == {2}
 
 
@@ -158,9 +162,9 @@ def test_distributed_identity_sampler_disjoint_and_structured():
     assert not set(shares[0]) & set(shares[1])
     for share in shares:
         for start in range(0, len(share), 8):
-            assert set(Counter(pids[i] for i in share[start:start + 8]).values()) == {2}
+            assert set(Counter(pids[i] for i in share[start : start + 8]).values()) == {2}
     one = [i for _, i in IdentitySampler(pids, 16, 2, seed=5)]  # the same global batch on one process
-    assert one == [i for start in range(0, len(shares[0]), 8) for share in shares for i in share[start:start + 8]]
+    assert one == [i for start in range(0, len(shares[0]), 8) for share in shares for i in share[start : start + 8]]
 
 
 def test_samplers_reject_impossible_settings():
@@ -173,8 +177,9 @@ def test_samplers_reject_impossible_settings():
 def tiny_data_config(root, **data) -> Config:
     values = dict(root=str(root), dataset="CUHK-PEDES", batch_size=4, num_workers=0, augment=True)
     values.update(data)
-    return Config(model=ModelConfig(pretrain="none", image_size=[32, 16]), data=DataConfig(**values),
-                  train=TrainConfig(seed=7))
+    return Config(
+        model=ModelConfig(pretrain="none", image_size=[32, 16]), data=DataConfig(**values), train=TrainConfig(seed=7)
+    )
 
 
 def test_training_items_are_seeded_by_epoch_and_index(tmp_path):

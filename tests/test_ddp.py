@@ -5,6 +5,7 @@ with 1, 2 and 3 processes on the same global batch of 12: every loss term, metri
 parameter gradient (after DDP's averaging) agree to float32 rounding. Then a whole 2-epoch
 run with torchrun ends with the one-process run's weights and metrics.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
 from benchmarks.ddp_equality import largest_differences, relative_error
 from processor import checkpointing as ckpt
-from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -27,8 +28,14 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 def run_steps(root: Path, output: Path, processes: int, *extra: str) -> dict:
     launcher = [sys.executable] if processes == 1 else [*TORCHRUN, f"--nproc_per_node={processes}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*launcher, "-m", "benchmarks.ddp_equality", "step", str(root), str(output), *extra],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*launcher, "-m", "benchmarks.ddp_equality", "step", str(root), str(output), *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(output, weights_only=True)
 
@@ -68,8 +75,14 @@ def test_two_process_run_ends_with_the_one_process_weights_and_metrics(steps, tm
     one, two = tmp_path / "one", tmp_path / "two"
     assert train_cli.main(tiny_run_args(root, one, 2, *args)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*TORCHRUN, "--nproc_per_node=2", "train.py", *tiny_run_args(root, two, 2, *args)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*TORCHRUN, "--nproc_per_node=2", "train.py", *tiny_run_args(root, two, 2, *args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in two.iterdir() if p.suffix == ".pth") == ["best.pth", "last.pth"]
     assert [r["epoch"] for r in read_metrics(two)] == [1, 2]  # rank 0 alone evaluates and writes

@@ -10,6 +10,7 @@ by rerunning that test id, e.g.
 and hypothesis prints the shrunk falsifying example with an ``@reproduce_failure(...)`` line
 that replays it alone when pasted above the test.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,16 +25,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from configs.datasets import BUILT_IN
 from datasets.bases import tokenize_captions
 from datasets.check import check_dataset
-from configs.datasets import BUILT_IN
 from datasets.readers import DataError, RetrievalDataset
 
 FORMATS = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid")
 EXAMPLES = 250  # per test and format; the note reports the total
 HANG_SECONDS = 120  # per example; a hang, not a slow machine
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 class Hang(BaseException):
@@ -45,6 +52,7 @@ class Hang(BaseException):
 def hang_guard(seconds: int = HANG_SECONDS):
     def _fire(signum, frame):
         raise Hang(f"one example ran for {seconds} s: the reader hangs")
+
     previous = signal.signal(signal.SIGALRM, _fire)
     signal.alarm(seconds)
     try:
@@ -53,17 +61,25 @@ def hang_guard(seconds: int = HANG_SECONDS):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
 
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 def valid_records(name: str, count: int = 6) -> list:
     layout = BUILT_IN[name]
-    return [{"id": index // 2 + 1, layout.image_key: f"{layout.splits[index % len(layout.splits)]}/{index}.jpg",
-             "captions": [f"a person in a red coat number {index}", "black bag"],
-             "split": layout.splits[index % len(layout.splits)]} for index in range(count)]
+    return [
+        {
+            "id": index // 2 + 1,
+            layout.image_key: f"{layout.splits[index % len(layout.splits)]}/{index}.jpg",
+            "captions": [f"a person in a red coat number {index}", "black bag"],
+            "split": layout.splits[index % len(layout.splits)],
+        }
+        for index in range(count)
+    ]
 
 
 def read_everything(root: Path, name: str) -> None:
@@ -123,9 +139,9 @@ def byte_mutation(draw, name: str) -> bytes:
         elif action == "insert":
             data[position:position] = chunk
         elif action == "overwrite":
-            data[position:position + len(chunk)] = chunk
+            data[position : position + len(chunk)] = chunk
         else:
-            del data[position:position + len(chunk)]
+            del data[position : position + len(chunk)]
     return bytes(data)
 
 
@@ -145,6 +161,7 @@ def test_byte_mutations_give_clear_errors(name, data):
 
 def test_the_fuzzing_draws_the_same_examples_on_every_run():
     """What FUZZ promises: two runs of one test draw identical mutations, in order (here 20)."""
+
     def draw_all() -> list:
         drawn = []
 
@@ -152,20 +169,26 @@ def test_the_fuzzing_draws_the_same_examples_on_every_run():
         @given(data=st.data())
         def record(data):
             drawn.append((data.draw(structural_mutation("ICFG-PEDES")), data.draw(byte_mutation("RSTPReid"))))
+
         record()
         return drawn
+
     first = draw_all()
     assert len(set(first)) > 1 and draw_all() == first
 
 
-@pytest.mark.parametrize("payload, fragment", [
-    (b"[" * 200000 + b"]" * 200000, "nested too deeply"),
-    ('[{"id": 1, "file_path": "a.jpg", "split": "train", "captions": ["\\ud800 coat"]}]'.encode(),
-     "captions[0] is not valid Unicode"),
-    ('[{"id": 1, "file_path": "a\\u0000.jpg", "split": "train", "captions": ["coat"]}]'.encode(),
-     "NUL character"),
-    (b"\xff\xfe[]", "not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        (b"[" * 200000 + b"]" * 200000, "nested too deeply"),
+        (
+            '[{"id": 1, "file_path": "a.jpg", "split": "train", "captions": ["\\ud800 coat"]}]'.encode(),
+            "captions[0] is not valid Unicode",
+        ),
+        ('[{"id": 1, "file_path": "a\\u0000.jpg", "split": "train", "captions": ["coat"]}]'.encode(), "NUL character"),
+        (b"\xff\xfe[]", "not UTF-8 text"),
+    ],
+)
 def test_known_hostile_inputs(tmp_path, payload, fragment):
     (tmp_path / "CUHK-PEDES").mkdir()
     (tmp_path / "CUHK-PEDES" / "reid_raw.json").write_bytes(payload)

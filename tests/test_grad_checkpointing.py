@@ -1,6 +1,7 @@
 """model.grad_checkpointing: activation checkpointing of both CLIP towers and the IRR
 transformer gives the same losses and gradients, and is really active (each block's
 forward runs again during the backward pass)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,8 @@ from typing import Dict
 
 import pytest
 import torch
-
 from conftest import tiny_batch, tiny_config
+
 from configs.loader import apply_overrides
 from model.build import build_criterion, build_model
 
@@ -40,8 +41,7 @@ def block_calls(model, batch, cfg) -> Dict[str, Counter]:
         for block in model.get_submodule(name).resblocks:
             # A pre-hook: non-reentrant checkpointing stops the recomputation once the last
             # saved tensor is rebuilt, so a block's post-forward hook does not run again.
-            hooks.append(block.register_forward_pre_hook(
-                lambda *_, name=name: calls[name].update([phase[0]])))
+            hooks.append(block.register_forward_pre_hook(lambda *_, name=name: calls[name].update([phase[0]])))
     try:
         model.train()
         terms, _ = build_criterion(cfg)(model(batch), batch)

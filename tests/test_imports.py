@@ -1,4 +1,5 @@
 """The project's imports point one way and form no cycle (module- and function-level imports)."""
+
 from __future__ import annotations
 
 import ast
@@ -6,7 +7,6 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 import pytest
-
 from conftest import ROOT
 
 PACKAGES = ("configs", "utils", "datasets", "model", "solver", "processor")
@@ -41,7 +41,7 @@ def imports_of(name: str, path: Path, modules: Dict[str, Path]) -> Set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
         else:
@@ -69,7 +69,7 @@ def find_cycle(graph: Dict[str, Set[str]]) -> List[str]:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -103,14 +103,20 @@ def test_imports_point_one_way():
     assert forbidden_edges(import_graph()) == []
 
 
-@pytest.mark.parametrize("files, expect_cycle, expect_forbidden", [
-    # a cycle held together by an import inside a function, as configs once had with the model
-    ({"configs/a.py": "def f():\n    from model.b import X\n", "model/b.py": "from configs.a import f\nX = 1\n"},
-     True, ["configs.a -> model.b"]),
-    ({"utils/a.py": "from processor.b import Y\n", "processor/b.py": "Y = 1\n"}, False, ["utils.a -> processor.b"]),
-    ({"datasets/a.py": "from .b import Z\n", "datasets/b.py": "from . import a\nZ = 1\n"}, True, []),
-    ({"model/a.py": "from configs.c import K\n", "configs/c.py": "K = 1\n"}, False, []),
-])
+@pytest.mark.parametrize(
+    "files, expect_cycle, expect_forbidden",
+    [
+        # a cycle held together by an import inside a function, as configs once had with the model
+        (
+            {"configs/a.py": "def f():\n    from model.b import X\n", "model/b.py": "from configs.a import f\nX = 1\n"},
+            True,
+            ["configs.a -> model.b"],
+        ),
+        ({"utils/a.py": "from processor.b import Y\n", "processor/b.py": "Y = 1\n"}, False, ["utils.a -> processor.b"]),
+        ({"datasets/a.py": "from .b import Z\n", "datasets/b.py": "from . import a\nZ = 1\n"}, True, []),
+        ({"model/a.py": "from configs.c import K\n", "configs/c.py": "K = 1\n"}, False, []),
+    ],
+)
 def test_the_walk_sees_cycles_and_wrong_directions(tmp_path, files, expect_cycle, expect_forbidden):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

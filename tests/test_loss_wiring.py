@@ -5,16 +5,17 @@ docs/method.md ("Paper versus code"), never read back from the config or the cri
 Every YAML config in configs/ and a non-default value of every loss setting is a case;
 each bug of :data:`WIRING_BUGS` (put into a copy of the wiring) must fail the same check.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, Dict
 
 import numpy as np
+import numpy_oracles as npo
 import pytest
 import torch
 
-import numpy_oracles as npo
 from configs.loader import load_config
 from model import loss as loss_module
 from model import objectives
@@ -44,10 +45,14 @@ OVERRIDES = {
     "efa.threshold": (["efa.threshold=1.7"], dict(threshold=1.7)),
     "efa.lse_lambda": (["efa.lse_lambda=2.5"], dict(lse_lambda=2.5)),
     "model.temperature": (["model.temperature=0.1"], dict(scale=10.0)),
-    "loss.weights": (["loss.weights={a-sdm: 2.0, mlm: 0.5, id: 3.0, efa: 0.25}"],
-                     dict(losses={"a-sdm": 2.0, "mlm": 0.5, "id": 3.0, "efa": 0.25})),
-    "other losses": (["loss.names=sdm+itc+cmpm", "loss.weights={itc: 0.5, cmpm: 4.0}"],
-                     dict(losses={"sdm": 1.0, "itc": 0.5, "cmpm": 4.0})),
+    "loss.weights": (
+        ["loss.weights={a-sdm: 2.0, mlm: 0.5, id: 3.0, efa: 0.25}"],
+        dict(losses={"a-sdm": 2.0, "mlm": 0.5, "id": 3.0, "efa": 0.25}),
+    ),
+    "other losses": (
+        ["loss.names=sdm+itc+cmpm", "loss.weights={itc: 0.5, cmpm: 4.0}"],
+        dict(losses={"sdm": 1.0, "itc": 0.5, "cmpm": 4.0}),
+    ),
 }
 
 
@@ -55,9 +60,15 @@ def model_outputs(seed: int = 0, b: int = 6, d: int = 8, length: int = 7, patche
     """Fixed float32 outputs and identities with repeats (rows whose first same-identity
     column is not their own)."""
     rng = np.random.default_rng(seed)
-    shapes = {"image_feats": (b, d), "text_feats": (b, d), "text_tokens": (b, length, d),
-              "image_tokens": (b, 1 + patches, d), "image_logits": (b, classes), "text_logits": (b, classes),
-              "mlm_scores": (9, 11)}
+    shapes = {
+        "image_feats": (b, d),
+        "text_feats": (b, d),
+        "text_tokens": (b, length, d),
+        "image_tokens": (b, 1 + patches, d),
+        "image_logits": (b, classes),
+        "text_logits": (b, classes),
+        "mlm_scores": (9, 11),
+    }
     out = {name: rng.normal(size=shape).astype(np.float32) for name, shape in shapes.items()}
     out["mlm_labels"] = rng.integers(1, 11, size=9)
     return out, np.array([0, 1, 0, 2, 1, 3])
@@ -68,15 +79,17 @@ def oracle_terms(out, pids, settings) -> Dict[str, float]:
     x = {name: value.astype(np.float64) if value.dtype == np.float32 else value for name, value in out.items()}
     s = settings
     values = {
-        "a-sdm": lambda: npo.sdm(x["image_feats"], x["text_feats"], pids, s["scale"], mode=s["mode"],
-                                 factor=s["factor"]),
+        "a-sdm": lambda: npo.sdm(
+            x["image_feats"], x["text_feats"], pids, s["scale"], mode=s["mode"], factor=s["factor"]
+        ),
         "sdm": lambda: npo.sdm(x["image_feats"], x["text_feats"], pids, s["scale"]),
         "itc": lambda: npo.itc(x["image_feats"], x["text_feats"], s["scale"]),
         "cmpm": lambda: npo.cmpm(x["image_feats"], x["text_feats"], pids),
         "id": lambda: (npo.cross_entropy(x["image_logits"], pids) + npo.cross_entropy(x["text_logits"], pids)) / 2,
         "mlm": lambda: npo.cross_entropy(x["mlm_scores"], x["mlm_labels"]),
-        "efa": lambda: npo.efa(x["text_tokens"], x["image_tokens"], s["text_margin"], s["image_margin"],
-                               s["lse_lambda"], s["threshold"]),
+        "efa": lambda: npo.efa(
+            x["text_tokens"], x["image_tokens"], s["text_margin"], s["image_margin"], s["lse_lambda"], s["threshold"]
+        ),
     }
     return {name: weight * values[name]() for name, weight in s["losses"].items()}
 
@@ -117,20 +130,26 @@ def test_the_cases_tell_each_setting_apart():
     default = sum(oracle_terms(out, pids, BASE).values())
     swapped = sum(oracle_terms(out, pids, {**BASE, "text_margin": 0.9, "image_margin": 0.1}).values())
     assert abs(swapped - default) > 1e-3
-    for name, _, _, expected in list(cases())[len(EXPECTED_BY_FILE):]:
+    for name, _, _, expected in list(cases())[len(EXPECTED_BY_FILE) :]:
         assert abs(sum(oracle_terms(out, pids, expected).values()) - default) > 1e-3, name
 
 
 # ---- copies of the wiring, each with one bug ------------------------------------------------
 
+
 def _efa_with(**change):
     def efa(loss, out, batch):
-        settings = dict(text_margin=loss.efa.text_margin, image_margin=loss.efa.image_margin,
-                        lse_lambda=loss.efa.lse_lambda, threshold=loss.efa.threshold)
+        settings = dict(
+            text_margin=loss.efa.text_margin,
+            image_margin=loss.efa.image_margin,
+            lse_lambda=loss.efa.lse_lambda,
+            threshold=loss.efa.threshold,
+        )
         settings.update({key: (settings[value] if isinstance(value, str) else value) for key, value in change.items()})
         for key in [key for key, value in change.items() if value is None]:
             del settings[key]  # not passed on: the function's default
         return objectives.efa_loss(out["text_tokens"], out["image_tokens"], **settings), {}
+
     return efa
 
 
@@ -139,8 +158,10 @@ def _asdm_with(adaptive=True, **change):
         settings = dict(adaptive=adaptive, adaptive_factor=loss.asdm.factor, adaptive_mode=loss.asdm.mode)
         for key in change:
             del settings[key]
-        return objectives.sdm_loss(out["image_feats"], out["text_feats"], batch["pids"], loss.logit_scale,
-                                   **settings), {}
+        return objectives.sdm_loss(
+            out["image_feats"], out["text_feats"], batch["pids"], loss.logit_scale, **settings
+        ), {}
+
     return asdm
 
 
@@ -167,5 +188,6 @@ def test_a_logit_scale_set_to_the_temperature_fails_the_check():
         criterion = build_criterion(cfg)
         criterion.logit_scale = cfg.model.temperature
         return criterion
+
     with pytest.raises(AssertionError):
         check_wiring(build)

@@ -1,13 +1,14 @@
 """python -m datasets.make_annotations: a CSV of image,caption,id[,split] -> ROOT/NAME/annotations.json."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-
 from conftest import user_error
 from data_fixtures import write_image
+
 from datasets.make_annotations import main, make_annotations, parse_id, split_identities
 from datasets.readers import DataError, RetrievalDataset
 
@@ -25,11 +26,14 @@ def _csv(path: Path, text: str) -> Path:
 
 def test_rows_become_records_with_their_captions_ids_and_splits(tmp_path):
     _folder(tmp_path)
-    table = _csv(tmp_path / "people.csv", "id,image,caption,split,notes\n"
-                 '7,a.jpg,"A man, in red.",train,x\n'
-                 "7,a.jpg,He carries a bag.,train,\n"
-                 "3,c/d.jpg,A woman in blue.,,\n"
-                 "7,b.jpg,The man walks.,train,\n")
+    table = _csv(
+        tmp_path / "people.csv",
+        "id,image,caption,split,notes\n"
+        '7,a.jpg,"A man, in red.",train,x\n'
+        "7,a.jpg,He carries a bag.,train,\n"
+        "3,c/d.jpg,A woman in blue.,,\n"
+        "7,b.jpg,The man walks.,train,\n",
+    )
     target = make_annotations(table, tmp_path, "Mine", show_progress=False)
     assert target == tmp_path / "Mine" / "annotations.json"
     assert json.loads(target.read_text()) == [
@@ -44,16 +48,17 @@ def test_rows_become_records_with_their_captions_ids_and_splits(tmp_path):
 
 def test_names_are_numbered_in_natural_order_and_kept(tmp_path):
     _folder(tmp_path)
-    table = _csv(tmp_path / "people.tsv", "image\tcaption\tid\n"
-                 "a.jpg\tA man in red.\tperson_10\nb.jpg\tA man in green.\tperson_2\nc/d.jpg\tA girl.\tperson_2\n")
+    table = _csv(
+        tmp_path / "people.tsv",
+        "image\tcaption\tid\n"
+        "a.jpg\tA man in red.\tperson_10\nb.jpg\tA man in green.\tperson_2\nc/d.jpg\tA girl.\tperson_2\n",
+    )
     records = json.loads(make_annotations(table, tmp_path, "Mine", show_progress=False).read_text())
     assert [(r["id"], r["name"]) for r in records] == [(1, "person_10"), (0, "person_2"), (0, "person_2")]
     assert all("split" not in r for r in records)  # no split column, no --split: evaluation only
 
 
-@pytest.mark.parametrize("text, message", [
-    ("3", 3), ("-2", -2), ("007", 7), (" bob ", "bob"), ("p-1.5a", "p-1.5a"),
-])
+@pytest.mark.parametrize("text, message", [("3", 3), ("-2", -2), ("007", 7), (" bob ", "bob"), ("p-1.5a", "p-1.5a")])
 def test_ids_are_integers_or_names(text, message):
     assert parse_id(text) == message
 
@@ -64,17 +69,20 @@ def test_ids_that_are_neither_integers_nor_names_are_refused(text):
         parse_id(text)
 
 
-@pytest.mark.parametrize("rows, message", [
-    ("a.jpg,,1\n", "line 2: empty caption for image 'a.jpg'"),
-    ("a.jpg,A man.,1\nb.jpg,A man.,3.0\n", "line 3: id '3.0' is a number but not an integer"),
-    ("a.jpg,A man.,\n", "line 2: id is empty"),
-    ("missing.jpg,A man.,1\n", "line 2: image file .*missing.jpg not found"),
-    ("bad.jpg,A man.,1\n", "line 2: image file .*bad.jpg cannot be decoded"),
-    (",A man.,1\n", "line 2: image path is empty"),
-    ("../a.jpg,A man.,1\n", "line 2: image path '../a.jpg' must be relative to the dataset's imgs/ folder"),
-    ("a.jpg,A man.,1\na.jpg,A woman.,2\n", "line 3: image 'a.jpg' has id 2 here but 1 on line 2"),
-    ("a.jpg,A man.\n", "line 2: 2 field\\(s\\); expected 3"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ("a.jpg,,1\n", "line 2: empty caption for image 'a.jpg'"),
+        ("a.jpg,A man.,1\nb.jpg,A man.,3.0\n", "line 3: id '3.0' is a number but not an integer"),
+        ("a.jpg,A man.,\n", "line 2: id is empty"),
+        ("missing.jpg,A man.,1\n", "line 2: image file .*missing.jpg not found"),
+        ("bad.jpg,A man.,1\n", "line 2: image file .*bad.jpg cannot be decoded"),
+        (",A man.,1\n", "line 2: image path is empty"),
+        ("../a.jpg,A man.,1\n", "line 2: image path '../a.jpg' must be relative to the dataset's imgs/ folder"),
+        ("a.jpg,A man.,1\na.jpg,A woman.,2\n", "line 3: image 'a.jpg' has id 2 here but 1 on line 2"),
+        ("a.jpg,A man.\n", "line 2: 2 field\\(s\\); expected 3"),
+    ],
+)
 def test_bad_rows_are_refused_naming_the_line_and_nothing_is_written(tmp_path, rows, message):
     folder = _folder(tmp_path)
     (folder / "imgs" / "bad.jpg").write_bytes(b"not a jpeg")
@@ -86,14 +94,19 @@ def test_bad_rows_are_refused_naming_the_line_and_nothing_is_written(tmp_path, r
 
 def test_every_bad_row_is_listed_at_once(tmp_path):
     _folder(tmp_path)
-    table = _csv(tmp_path / "people.csv", "image,caption,id,split\na.jpg,,1,train\nb.jpg,A man.,x.5e1,dev\n"
-                 "nope.jpg,A man.,4,test\n")
+    table = _csv(
+        tmp_path / "people.csv",
+        "image,caption,id,split\na.jpg,,1,train\nb.jpg,A man.,x.5e1,dev\nnope.jpg,A man.,4,test\n",
+    )
     with pytest.raises(DataError) as caught:
         make_annotations(table, tmp_path, "Mine", show_progress=False)
     text = str(caught.value)
     assert text.startswith(f"{table}: 3 problem(s), nothing written")
-    for fragment in ("line 2: empty caption", "line 3: split 'dev'; expected one of train, val, test",
-                     "line 4: image file"):
+    for fragment in (
+        "line 2: empty caption",
+        "line 3: split 'dev'; expected one of train, val, test",
+        "line 4: image file",
+    ):
         assert fragment in text, text
 
 
@@ -121,10 +134,11 @@ def test_seeded_split_by_identity(tmp_path):
 def test_split_option_keeps_each_identity_in_one_split(tmp_path):
     images = [f"{pid}_{shot}.jpg" for pid in range(10) for shot in range(2)]
     _folder(tmp_path, images=images)
-    table = _csv(tmp_path / "people.csv", "image,caption,id\n" + "".join(
-        f"{image},person {image[0]} view {image[2]}.,{image[0]}\n" for image in images))
-    assert main([str(table), "--root", str(tmp_path), "--name", "Mine", "--split", "0.6", "0.2", "0.2",
-                 "--quiet"]) == 0
+    table = _csv(
+        tmp_path / "people.csv",
+        "image,caption,id\n" + "".join(f"{image},person {image[0]} view {image[2]}.,{image[0]}\n" for image in images),
+    )
+    assert main([str(table), "--root", str(tmp_path), "--name", "Mine", "--split", "0.6", "0.2", "0.2", "--quiet"]) == 0
     records = json.loads((tmp_path / "Mine" / "annotations.json").read_text())
     by_id = {}
     for record in records:
@@ -140,7 +154,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--name 'CUHK-PEDES': a built-in dataset's name" in user_error(capsys, main, base + ["--name", "CUHK-PEDES"])
     assert "image folder" in user_error(capsys, main, base + ["--name", "Other"])
     assert "has a split column and --split was given" in user_error(
-        capsys, main, base + ["--name", "Mine", "--split", "0.5", "0.25", "0.25"])
+        capsys, main, base + ["--name", "Mine", "--split", "0.5", "0.25", "0.25"]
+    )
     assert main(base + ["--name", "Mine"]) == 0
     exists = user_error(capsys, main, base + ["--name", "Mine"])
     assert "annotations.json already exists; --overwrite replaces it" in exists

@@ -1,12 +1,13 @@
 """utils.metrics.rank: golden numbers, chunking, cases worked by hand, ties, errors, and
 broken rankings that the checks must reject."""
+
 import functools
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_rel_close, load_golden
+
 from utils.metrics import format_table, metrics_dict, rank
 
 
@@ -25,7 +26,7 @@ def loop_rank(similarity, q_pids, g_pids, max_rank=10):
     cmc, aps, inps = torch.zeros(max_rank, dtype=torch.float64), [], []
     for row in matches:
         positions = row.nonzero().flatten().double() + 1.0  # 1-based ranks of the relevant items
-        cmc[int(positions[0]) - 1:] += 1.0
+        cmc[int(positions[0]) - 1 :] += 1.0
         aps.append((torch.arange(1, len(positions) + 1) / positions).mean())
         inps.append(len(positions) / positions[-1])
     n = len(matches)
@@ -70,8 +71,7 @@ def test_chunking_does_not_change_results(chunk_size):
 def test_small_case_by_hand():
     # Query 0 (pid 5): gallery by descending similarity is items 3, 0, 4, 1, 5, 2 with pids
     # 2, 5, 1, 3, 5, 4 -> relevant at ranks 2 and 5. Query 1 (pid 1): relevant item 4 is first.
-    similarity = torch.tensor([[0.8, 0.6, 0.4, 0.9, 0.7, 0.5],
-                               [0.1, 0.2, 0.3, 0.4, 0.9, 0.0]])
+    similarity = torch.tensor([[0.8, 0.6, 0.4, 0.9, 0.7, 0.5], [0.1, 0.2, 0.3, 0.4, 0.9, 0.0]])
     g_pids = torch.tensor([5, 3, 4, 2, 1, 5])
     cmc, mAP, mINP = rank(similarity, torch.tensor([5, 1]), g_pids, max_rank=6)
     ap0, inp0 = (1 / 2 + 2 / 5) / 2, 2 / 5
@@ -152,17 +152,27 @@ def test_cuda_matches_cpu():
 
 
 def test_format_table():
-    text = format_table([{"task": "t2i", "R1": 12.5571, "R5": 27.1, "R10": 35.0, "mAP": 11.4849, "mINP": 4.6},
-                         {"task": "i2t", "R1": 1, "R5": 2, "R10": 3, "mAP": 4, "mINP": 5}])
+    text = format_table(
+        [
+            {"task": "t2i", "R1": 12.5571, "R5": 27.1, "R10": 35.0, "mAP": 11.4849, "mINP": 4.6},
+            {"task": "i2t", "R1": 1, "R5": 2, "R10": 3, "mAP": 4, "mINP": 5},
+        ]
+    )
     lines = text.splitlines()
     assert [c.strip() for c in lines[1].strip("|").split("|")] == ["task", "R1", "R5", "R10", "mAP", "mINP"]
-    assert [c.strip() for c in lines[3].strip("|").split("|")] == ["t2i", "12.557", "27.100", "35.000",
-                                                                   "11.485", "4.600"]
-    assert [c.strip() for c in lines[4].strip("|").split("|")] == ["i2t", "1.000", "2.000", "3.000", "4.000",
-                                                                   "5.000"]
+    assert [c.strip() for c in lines[3].strip("|").split("|")] == [
+        "t2i",
+        "12.557",
+        "27.100",
+        "35.000",
+        "11.485",
+        "4.600",
+    ]
+    assert [c.strip() for c in lines[4].strip("|").split("|")] == ["i2t", "1.000", "2.000", "3.000", "4.000", "5.000"]
 
 
 # ---- the checks bite: a faithful sort-based copy passes them, each broken copy fails -------------
+
 
 def check_rank(rank_fn):
     """A hand-worked case where mAP and mINP differ from R1, then agreement with loop_rank on
@@ -171,8 +181,7 @@ def check_rank(rank_fn):
     # at ranks 1, 5 and 6, so R1 = 1 but AP = (1/1 + 2/5 + 3/6) / 3 = 1.9 / 3 and INP = 3/6.
     # Query 1 (pid 9): items 0 (pid 7), 3 (pid 9): its one relevant item at rank 2, AP = INP = 1/2.
     # max_rank 4: cmc = [50, 100, 100, 100]; mAP = (1.9/3 + 1/2) / 2 = 56.67; mINP = (1/2 + 1/2) / 2 = 50.
-    similarity = torch.tensor([[0.9, 0.2, 0.5, 0.7, 0.1, 0.3],
-                               [0.6, 0.1, 0.2, 0.4, 0.3, 0.0]])
+    similarity = torch.tensor([[0.9, 0.2, 0.5, 0.7, 0.1, 0.3], [0.6, 0.1, 0.2, 0.4, 0.3, 0.0]])
     cmc, mAP, mINP = rank_fn(similarity, torch.tensor([7, 9]), torch.tensor([7, 7, 8, 9, 7, 8]), max_rank=4)
     assert [float(v) for v in cmc] == pytest.approx([50.0, 100.0, 100.0, 100.0], rel=1e-6)
     assert float(mAP) == pytest.approx((1.9 / 3 + 0.5) / 2 * 100, rel=1e-6)
@@ -194,14 +203,16 @@ def rank_copy(similarity, q_pids, g_pids, max_rank=10, *, bug=None):
         primary = row if bug == "ascending" else -row
         order = np.lexsort((~relevant if bug == "ties_optimistic" else relevant, primary))
         ranks = np.flatnonzero(relevant[order]) + 1.0  # 1-based ranks of the relevant items
-        cmc[int(ranks[0]) - 1:] += 1  # an empty slice when the first hit is beyond max_rank
+        cmc[int(ranks[0]) - 1 :] += 1  # an empty slice when the first hit is beyond max_rank
         precision = np.arange(1, len(ranks) + 1) / ranks
         if bug == "ap_within_max_rank":
             aps.append(precision[ranks <= max_rank].sum() / max(1, (ranks <= max_rank).sum()))
         else:
             aps.append(precision.sum() / (len(g) if bug == "ap_over_gallery_size" else len(ranks)))
         inps.append(len(ranks) / (ranks[0] if bug == "inp_at_first_relevant" else ranks[-1]))
-    return tuple(torch.tensor(value * 100, dtype=torch.float32) for value in (cmc / len(q), np.mean(aps), np.mean(inps)))
+    return tuple(
+        torch.tensor(value * 100, dtype=torch.float32) for value in (cmc / len(q), np.mean(aps), np.mean(inps))
+    )
 
 
 def test_rank_passes_the_check():

@@ -1,11 +1,12 @@
 """The FMFA model and its criterion: heads per loss, ``criterion(model(batch), batch)``, errors."""
+
 import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import assert_rel_close, tiny_batch, tiny_config
+
 from configs.defaults import Config
 from configs.errors import ConfigError
 from configs.loader import apply_overrides
@@ -39,10 +40,16 @@ def test_full_forward_backward_with_the_paper_losses():
     assert all(not m.requires_grad for m in metrics.values())
     sum(losses.values()).backward()
     grads = {name: p.grad for name, p in model.named_parameters()}
-    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), \
-        [n for n, g in grads.items() if g is None]
-    for part in ("base_model.visual.conv1.weight", "base_model.token_embedding.weight", "classifier.weight",
-                 "cross_attn.in_proj_weight", "mlm_head.fc.weight"):
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), [
+        n for n, g in grads.items() if g is None
+    ]
+    for part in (
+        "base_model.visual.conv1.weight",
+        "base_model.token_embedding.weight",
+        "classifier.weight",
+        "cross_attn.in_proj_weight",
+        "mlm_head.fc.weight",
+    ):
         assert grads[part].abs().sum() > 0, part
 
 
@@ -98,8 +105,16 @@ def test_weight_for_a_disabled_loss_is_an_error():
 def test_model_outputs_predictions_and_no_losses():
     cfg = _config()
     out = build_model(cfg, num_classes=4)(tiny_batch())
-    assert {"image_tokens", "text_tokens", "image_feats", "text_feats", "image_logits", "text_logits",
-            "mlm_scores", "mlm_labels"} == set(out)
+    assert {
+        "image_tokens",
+        "text_tokens",
+        "image_feats",
+        "text_feats",
+        "image_logits",
+        "text_logits",
+        "mlm_scores",
+        "mlm_labels",
+    } == set(out)
     assert out["image_logits"].shape == (6, 4) and out["mlm_scores"].shape == (6, cfg.model.vocab_size)
 
 
@@ -132,17 +147,21 @@ def test_encoders_return_float32_global_embeddings():
 
 def test_irr_heads_use_the_reference_initialisation():
     torch.manual_seed(0)
-    model = build_model(dataclasses.replace(_config("sdm+mlm+id"), model=dataclasses.replace(
-        tiny_config().model, embed_dim=256, cmt_depth=4)), num_classes=4000)
+    model = build_model(
+        dataclasses.replace(
+            _config("sdm+mlm+id"), model=dataclasses.replace(tiny_config().model, embed_dim=256, cmt_depth=4)
+        ),
+        num_classes=4000,
+    )
     width, layers = 256, 4
     expected = {
-        "cross_attn.in_proj_weight": width ** -0.5,
-        "cross_attn.out_proj.weight": width ** -0.5 * (2 * layers) ** -0.5,
-        "cross_modal_transformer.resblocks.3.attn.in_proj_weight": width ** -0.5,
+        "cross_attn.in_proj_weight": width**-0.5,
+        "cross_attn.out_proj.weight": width**-0.5 * (2 * layers) ** -0.5,
+        "cross_modal_transformer.resblocks.3.attn.in_proj_weight": width**-0.5,
         "cross_modal_transformer.resblocks.0.mlp.c_fc.weight": (2 * width) ** -0.5,
-        "cross_modal_transformer.resblocks.2.mlp.c_proj.weight": width ** -0.5 * (2 * layers) ** -0.5,
+        "cross_modal_transformer.resblocks.2.mlp.c_proj.weight": width**-0.5 * (2 * layers) ** -0.5,
         "mlm_head.dense.weight": (2 * width) ** -0.5,
-        "mlm_head.fc.weight": width ** -0.5 * (2 * layers) ** -0.5,
+        "mlm_head.fc.weight": width**-0.5 * (2 * layers) ** -0.5,
         "classifier.weight": 0.001,
     }
     params = dict(model.named_parameters())

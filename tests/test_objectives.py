@@ -1,9 +1,10 @@
 """Loss behaviour beyond the golden cases: blockwise EFA = the numpy oracle, options, errors."""
+
 import numpy as np
+import numpy_oracles as npo
 import pytest
 import torch
 
-import numpy_oracles as npo
 from model import objectives
 from model.max_similarity import max_dot_product
 
@@ -84,8 +85,12 @@ def test_losses_are_scalars_and_finite():
     image, text = torch.randn(6, 16, generator=gen), torch.randn(6, 16, generator=gen)
     pids = torch.tensor([0, 1, 2, 0, 1, 2])
     logits = torch.randn(6, 3, generator=gen)
-    values = [objectives.sdm_loss(image, text, pids, 50.0), objectives.itc_loss(image, text, 50.0),
-              objectives.cmpm_loss(image, text, pids), objectives.id_loss(logits, logits, pids),
-              objectives.mlm_loss(torch.randn(10, 7), torch.tensor([0, 3, 0, 0, 1, 0, 0, 0, 6, 0]))]
+    values = [
+        objectives.sdm_loss(image, text, pids, 50.0),
+        objectives.itc_loss(image, text, 50.0),
+        objectives.cmpm_loss(image, text, pids),
+        objectives.id_loss(logits, logits, pids),
+        objectives.mlm_loss(torch.randn(10, 7), torch.tensor([0, 3, 0, 0, 1, 0, 0, 0, 6, 0])),
+    ]
     for value in values:
         assert value.dim() == 0 and torch.isfinite(value)

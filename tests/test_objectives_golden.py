@@ -1,7 +1,8 @@
 """Every loss and its gradients against the reference's recorded values (golden/losses.pt)."""
-import pytest
 
+import pytest
 from conftest import assert_rel_close, load_golden
+
 from model import objectives
 
 CASES = range(6)
@@ -29,8 +30,15 @@ def test_global_losses(cases, case, name):
     elif name == "cmpm":
         loss = objectives.cmpm_loss(image, text, c["pids"])
     else:  # A-SDM at the code's HEAD setting: factor 0.1, cosine gap, weight not detached
-        loss = objectives.sdm_loss(image, text, c["pids"], c["logit_scale"], adaptive=name == "a_sdm",
-                                   adaptive_factor=0.1, adaptive_mode="cosine")
+        loss = objectives.sdm_loss(
+            image,
+            text,
+            c["pids"],
+            c["logit_scale"],
+            adaptive=name == "a_sdm",
+            adaptive_factor=0.1,
+            adaptive_mode="cosine",
+        )
     loss.backward()
     _check(loss, c[name], (image.grad, text.grad), (c[f"{name}_grad_image"], c[f"{name}_grad_text"]))
 
@@ -60,8 +68,8 @@ def test_efa_loss(cases, case, block_elems):
     c = cases[case]
     text = c["text_tokens"].clone().requires_grad_()
     image = c["image_tokens"].clone().requires_grad_()
-    loss = objectives.efa_loss(text, image, text_margin=0.1, image_margin=0.9, lse_lambda=1.0,
-                               threshold=1.0, block_elems=block_elems)
+    loss = objectives.efa_loss(
+        text, image, text_margin=0.1, image_margin=0.9, lse_lambda=1.0, threshold=1.0, block_elems=block_elems
+    )
     loss.backward()
     _check(loss, c["efa"], (text.grad, image.grad), (c["efa_grad_text_tokens"], c["efa_grad_image_tokens"]))
-

@@ -1,5 +1,6 @@
 """The backbone's activation is the one the weights were trained with (open_clip's own metadata,
 read locally: nothing is downloaded), checked on tiny random weights saved here."""
+
 from __future__ import annotations
 
 import json
@@ -16,28 +17,37 @@ from model.checkpoint import WeightsError, WeightsNotFoundError
 from model.clip import GELU_MARKER, ClipArch, check_pretrain, create_clip
 from model.open_clip_config import spec_for_tag
 
-TINY = {"embed_dim": 64, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+TINY = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1},
+}
 
 
-@pytest.mark.parametrize("model, tag, quick_gelu", [
-    ("ViT-B-16", "openai", True),                  # OpenAI's weights keep QuickGELU
-    ("ViT-B-16", "laion2b_s34b_b88k", False),      # LAION: plain GELU
-    ("ViT-B-16", "datacomp_xl_s13b_b90k", False),  # DataComp: plain GELU
-    ("ViT-B-16", "dfn2b", True),                   # the tag says QuickGELU though ViT-B-16's config does not
-    ("ViT-B-32", "laion400m_e32", True),
-    ("ViT-B-16-quickgelu", "metaclip_400m", True),
-])
+@pytest.mark.parametrize(
+    "model, tag, quick_gelu",
+    [
+        ("ViT-B-16", "openai", True),  # OpenAI's weights keep QuickGELU
+        ("ViT-B-16", "laion2b_s34b_b88k", False),  # LAION: plain GELU
+        ("ViT-B-16", "datacomp_xl_s13b_b90k", False),  # DataComp: plain GELU
+        ("ViT-B-16", "dfn2b", True),  # the tag says QuickGELU though ViT-B-16's config does not
+        ("ViT-B-32", "laion400m_e32", True),
+        ("ViT-B-16-quickgelu", "metaclip_400m", True),
+    ],
+)
 def test_the_tag_decides_the_activation(model, tag, quick_gelu):
     assert spec_for_tag(model, tag, "model.pretrain").quick_gelu is quick_gelu
 
 
-@pytest.mark.parametrize("pretrain, fragment", [
-    ("open_clip:RN50/openai", "vision_cfg.layers=[3, 4, 6, 3] (a ResNet image tower)"),
-    ("open_clip:ViT-B-16-SigLIP/webli", "text_cfg.pool_type='last'"),
-    ("open_clip:ViT-L-14/laion2b_s32b_b82k", "image mean (0.5, 0.5, 0.5)"),
-    ("open_clip:ViT-H-14/laion2b_s32b_b79k", "vision_cfg.head_width=80"),
-])
+@pytest.mark.parametrize(
+    "pretrain, fragment",
+    [
+        ("open_clip:RN50/openai", "vision_cfg.layers=[3, 4, 6, 3] (a ResNet image tower)"),
+        ("open_clip:ViT-B-16-SigLIP/webli", "text_cfg.pool_type='last'"),
+        ("open_clip:ViT-L-14/laion2b_s32b_b82k", "image mean (0.5, 0.5, 0.5)"),
+        ("open_clip:ViT-H-14/laion2b_s32b_b79k", "vision_cfg.head_width=80"),
+    ],
+)
 def test_architectures_this_backbone_does_not_build_are_refused_naming_the_tag(pretrain, fragment):
     with pytest.raises(WeightsError) as caught:
         check_pretrain(pretrain)
@@ -65,8 +75,9 @@ def _activations(clip) -> set:
 def _same_outputs(ours, reference) -> bool:
     images, ids = torch.randn(2, 3, 32, 32), torch.randint(1, 1000, (2, 77))
     with torch.no_grad():
-        return (torch.allclose(ours.eval().encode_image(images)[0], reference.encode_image(images), atol=1e-6)
-                and torch.allclose(ours.encode_text(ids), reference.encode_text(ids), atol=1e-6))
+        return torch.allclose(
+            ours.eval().encode_image(images)[0], reference.encode_image(images), atol=1e-6
+        ) and torch.allclose(ours.encode_text(ids), reference.encode_text(ids), atol=1e-6)
 
 
 @pytest.mark.parametrize("quick_gelu", [False, True])
@@ -104,8 +115,9 @@ def test_a_file_that_says_nothing_is_taken_as_openai_with_a_warning(tmp_path, ca
 def test_a_gelu_model_checkpoint_keeps_its_activation(tmp_path):
     _save_open_clip(tmp_path / "open_clip_pytorch_model.bin", quick_gelu=False)
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY}))
-    cfg = Config(model=ModelConfig(pretrain=str(tmp_path / "open_clip_pytorch_model.bin"), image_size=[32, 16],
-                                   cmt_depth=1))
+    cfg = Config(
+        model=ModelConfig(pretrain=str(tmp_path / "open_clip_pytorch_model.bin"), image_size=[32, 16], cmt_depth=1)
+    )
     model = build_model(cfg, num_classes=3).eval()
     assert GELU_MARKER in model.base_model.state_dict()
     torch.save({"model": model.state_dict()}, tmp_path / "best.pth")
@@ -118,8 +130,11 @@ def test_a_gelu_model_checkpoint_keeps_its_activation(tmp_path):
 
 
 def test_random_init_and_paper_configs_keep_quick_gelu():
-    clip, arch = create_clip("none", (32, 16), ClipArch(embed_dim=64, vision_width=64, vision_layers=1, patch_size=8,
-                                                        text_width=64, text_layers=1))
+    clip, arch = create_clip(
+        "none",
+        (32, 16),
+        ClipArch(embed_dim=64, vision_width=64, vision_layers=1, patch_size=8, text_width=64, text_layers=1),
+    )
     assert arch.quick_gelu and _activations(clip) == {open_clip.transformer.QuickGELU}
     assert GELU_MARKER not in clip.state_dict()
 
@@ -127,6 +142,7 @@ def test_random_init_and_paper_configs_keep_quick_gelu():
 def test_a_failed_download_is_a_one_line_error_naming_the_tag(monkeypatch):
     def offline(*args, **kwargs):
         raise RuntimeError("Failed to download weights for tag 'laion2b_s34b_b88k': no network")
+
     monkeypatch.setattr(open_clip, "create_model", offline)
     with pytest.raises(WeightsNotFoundError) as caught:
         create_clip("open_clip:ViT-B-16/laion2b_s34b_b88k", (384, 128))

@@ -1,16 +1,17 @@
 """The oracle checks of tests/test_oracles.py reject wrong code: each runs on a torch copy
 of the loss written here, which passes when faithful (bug=None) and must raise
 AssertionError with any one deliberate bug switched on."""
+
 from __future__ import annotations
 
 import functools
 
 import pytest
+import test_oracles as oracles
+import test_oracles_by_hand as by_hand
 import torch
 import torch.nn.functional as F
 
-import test_oracles as oracles
-import test_oracles_by_hand as by_hand
 from model import objectives
 
 
@@ -25,7 +26,7 @@ def sdm_copy(image, text, pids, scale, adaptive=False, adaptive_factor=0.1, adap
     if bug == "modes_swapped":
         adaptive_mode = {"cosine": "probability", "probability": "cosine"}[adaptive_mode]
     loss = 0
-    for c in ((cos, cos) if bug == "one_direction" else (cos.t(), cos)):
+    for c in (cos, cos) if bug == "one_direction" else (cos.t(), cos):
         logp = F.log_softmax(scale * c, dim=1)
         p = logp.exp()
         kl = (p * (logp - torch.log(q + 1e-8))).sum(1)
@@ -130,8 +131,13 @@ def efa_copy(text, image, *, text_margin=0.1, image_margin=0.9, lse_lambda=1.0, 
 
 
 SDM_BUGS = ["unnormalised", "targets_not_divided_by_count", "one_direction", "sum_over_rows"]
-AFFINITY_BUGS = ["cosine_affinity", "max_scaling_only", "threshold_not_over_P", "strict_threshold",
-                 "rows_not_normalised"]
+AFFINITY_BUGS = [
+    "cosine_affinity",
+    "max_scaling_only",
+    "threshold_not_over_P",
+    "strict_threshold",
+    "rows_not_normalised",
+]
 RANKING_BUGS = ["diagonal_kept", "lse_over_b", "sum_over_b"]
 SET_BUGS = ["mean_pooling", "lambda_ignored", "no_row_l2", "column_l2"]
 # Not in EFA's lists, as EFA cannot see them: rows of A rescaled (G enters only through cosines),
@@ -140,10 +146,16 @@ SET_BUGS = ["mean_pooling", "lambda_ignored", "no_row_l2", "column_l2"]
 EFA_BLIND = ["rows_not_normalised", "strict_threshold"]
 CASES = [  # (check, copy, bugs); each check also runs on copy(bug=None), which must pass
     (oracles.check_sdm, sdm_copy, SDM_BUGS),
-    (functools.partial(oracles.check_asdm, mode="cosine"), sdm_copy,
-     ["g_is_the_diagonal", "weight_detached", "modes_swapped", *SDM_BUGS]),
-    (functools.partial(oracles.check_asdm, mode="probability"), sdm_copy,
-     ["probability_wrong_diagonal", "probability_on_cosines", "modes_swapped", "weight_detached", *SDM_BUGS]),
+    (
+        functools.partial(oracles.check_asdm, mode="cosine"),
+        sdm_copy,
+        ["g_is_the_diagonal", "weight_detached", "modes_swapped", *SDM_BUGS],
+    ),
+    (
+        functools.partial(oracles.check_asdm, mode="probability"),
+        sdm_copy,
+        ["probability_wrong_diagonal", "probability_on_cosines", "modes_swapped", "weight_detached", *SDM_BUGS],
+    ),
     (oracles.check_itc, itc_copy, ["unnormalised", "one_direction"]),
     (oracles.check_cmpm, cmpm_copy, ["l1_targets", "cosine_logits"]),
     (oracles.check_id, id_copy, ["image_only", "averaged_logits"]),
@@ -151,15 +163,31 @@ CASES = [  # (check, copy, bugs); each check also runs on copy(bug=None), which 
     (oracles.check_affinity, affinity_copy, AFFINITY_BUGS),
     (oracles.check_grouping, grouping_copy, ["dense_grouping", *AFFINITY_BUGS]),
     (oracles.check_ranking, ranking_copy, RANKING_BUGS),
-    (oracles.check_efa, efa_copy, ["class_token_kept", "margins_swapped", "dense_grouping", *RANKING_BUGS,
-                                   *SET_BUGS, *[b for b in AFFINITY_BUGS if b not in EFA_BLIND]]),
+    (
+        oracles.check_efa,
+        efa_copy,
+        [
+            "class_token_kept",
+            "margins_swapped",
+            "dense_grouping",
+            *RANKING_BUGS,
+            *SET_BUGS,
+            *[b for b in AFFINITY_BUGS if b not in EFA_BLIND],
+        ],
+    ),
     # the hand-worked cases of tests/test_oracles_by_hand.py (values only: a detached weight is
     # invisible there; row 2's g = 0 is what catches g_is_the_diagonal / probability_wrong_diagonal)
     (functools.partial(by_hand.check_asdm_shared_identity, mode=None), sdm_copy, SDM_BUGS),
-    (functools.partial(by_hand.check_asdm_shared_identity, mode="cosine"), sdm_copy,
-     ["g_is_the_diagonal", "modes_swapped", *SDM_BUGS]),
-    (functools.partial(by_hand.check_asdm_shared_identity, mode="probability"), sdm_copy,
-     ["probability_wrong_diagonal", "probability_on_cosines", "modes_swapped", *SDM_BUGS]),
+    (
+        functools.partial(by_hand.check_asdm_shared_identity, mode="cosine"),
+        sdm_copy,
+        ["g_is_the_diagonal", "modes_swapped", *SDM_BUGS],
+    ),
+    (
+        functools.partial(by_hand.check_asdm_shared_identity, mode="probability"),
+        sdm_copy,
+        ["probability_wrong_diagonal", "probability_on_cosines", "modes_swapped", *SDM_BUGS],
+    ),
     (by_hand.check_ranking_asymmetric, ranking_copy, RANKING_BUGS),
 ]
 
@@ -169,8 +197,11 @@ def _case_id(check, copy, bug):
     return f"{name}-{copy.__name__}-{getattr(check, 'keywords', {}).get('mode', '')}-{bug}"
 
 
-PARAMS = [pytest.param(check, copy, bug, id=_case_id(check, copy, bug))
-          for check, copy, bugs in CASES for bug in [None, *bugs]]
+PARAMS = [
+    pytest.param(check, copy, bug, id=_case_id(check, copy, bug))
+    for check, copy, bugs in CASES
+    for bug in [None, *bugs]
+]
 
 
 @pytest.mark.parametrize("check, copy, bug", PARAMS)
@@ -191,8 +222,10 @@ SET_CASES = [  # (name, check of step 4, bugs it must reject)
 ]
 
 
-@pytest.mark.parametrize("check, bug", [pytest.param(check, bug, id=f"{name}-{bug}")
-                                        for name, check, bugs in SET_CASES for bug in [None, *bugs]])
+@pytest.mark.parametrize(
+    "check, bug",
+    [pytest.param(check, bug, id=f"{name}-{bug}") for name, check, bugs in SET_CASES for bug in [None, *bugs]],
+)
 def test_set_similarity_check_rejects_each_bug(check, bug, monkeypatch):
     """Step 4 alone: S passed to the ranking cost must be the LSE-pooled, row-L2 S."""
     impl = functools.partial(efa_copy, bug=bug)

@@ -5,13 +5,14 @@ code under test) or are worked by hand in the comments. Each ``check_*`` takes t
 implementation to judge, so tests/test_oracle_mutants.py can show that deliberately
 broken copies fail the very same checks.
 """
+
 from __future__ import annotations
 
 import numpy as np
+import numpy_oracles as npo
 import pytest
 import torch
 
-import numpy_oracles as npo
 from model import objectives
 
 PIDS = np.array([0, 1, 0, 2])  # sample 2 shares sample 0's identity: its g_i (= 0) is not i
@@ -55,18 +56,20 @@ def _check_value_and_grads(impl_call, oracle_call, seeds=(0, 1, 2)):
 
 # ---- global losses ---------------------------------------------------------------------------
 
+
 def check_sdm(impl):
     for scale in (5.0, 50.0):
-        _check_value_and_grads(lambda i, t: impl(i, t, torch.tensor(PIDS), scale),
-                               lambda i, t: npo.sdm(i, t, PIDS, scale))
+        _check_value_and_grads(
+            lambda i, t: impl(i, t, torch.tensor(PIDS), scale), lambda i, t: npo.sdm(i, t, PIDS, scale)
+        )
 
 
 def check_asdm(impl, mode):
     for factor in (0.1, 2.0):
         _check_value_and_grads(
-            lambda i, t: impl(i, t, torch.tensor(PIDS), 5.0, adaptive=True, adaptive_factor=factor,
-                              adaptive_mode=mode),
-            lambda i, t: npo.sdm(i, t, PIDS, 5.0, mode=mode, factor=factor))
+            lambda i, t: impl(i, t, torch.tensor(PIDS), 5.0, adaptive=True, adaptive_factor=factor, adaptive_mode=mode),
+            lambda i, t: npo.sdm(i, t, PIDS, 5.0, mode=mode, factor=factor),
+        )
 
 
 def check_itc(impl):
@@ -92,8 +95,9 @@ def check_mlm(impl):
     rng = np.random.default_rng(4)
     scores, labels = rng.normal(size=(7, 5)), np.array([0, 3, 0, 4, 1, 0, 2])
     kept = labels > 0
-    np.testing.assert_allclose(impl(_t(scores), torch.tensor(labels)).item(),
-                               npo.cross_entropy(scores[kept], labels[kept]), rtol=1e-12)
+    np.testing.assert_allclose(
+        impl(_t(scores), torch.tensor(labels)).item(), npo.cross_entropy(scores[kept], labels[kept]), rtol=1e-12
+    )
 
 
 def test_sdm_hand_worked():
@@ -134,8 +138,9 @@ def test_oracle_cases_tell_the_modes_apart():
     for seed in (0, 1, 2):
         image, text = _features(seed)
         values = [npo.sdm(image, text, PIDS, 5.0, mode=m, factor=0.1) for m in (None, "cosine", "probability")]
-        assert min(abs(a - b) for a, b in [(values[0], values[1]), (values[0], values[2]),
-                                          (values[1], values[2])]) > 1e-4 * abs(values[0])
+        assert min(
+            abs(a - b) for a, b in [(values[0], values[1]), (values[0], values[2]), (values[1], values[2])]
+        ) > 1e-4 * abs(values[0])
 
 
 def test_itc_cmpm_id_mlm_match_their_oracles():
@@ -147,6 +152,7 @@ def test_itc_cmpm_id_mlm_match_their_oracles():
 
 
 # ---- EFA, step by step ----------------------------------------------------------------------
+
 
 def _efa_tokens(seed, b=3, length=4, patches=5, dim=3):
     rng = np.random.default_rng(seed)
@@ -184,8 +190,11 @@ def check_grouping(impl):
     np.testing.assert_allclose(impl(_t(HAND_T), _t(HAND_V), threshold=1.0).numpy(), HAND_G, rtol=1e-12)
     text, image = _efa_tokens(2)
     for threshold in (1.0, 2.0):
-        np.testing.assert_allclose(impl(_t(text), _t(image[:, 1:]), threshold=threshold).numpy(),
-                                   npo.grouped(text, image[:, 1:], threshold), rtol=1e-10)
+        np.testing.assert_allclose(
+            impl(_t(text), _t(image[:, 1:]), threshold=threshold).numpy(),
+            npo.grouped(text, image[:, 1:], threshold),
+            rtol=1e-10,
+        )
 
 
 def check_ranking(impl):
@@ -217,8 +226,10 @@ def check_set_similarity(efa_impl, monkeypatch):
         np.testing.assert_allclose(seen[1][0], npo.set_similarity(image[:, 1:], g, lse_lambda), rtol=1e-10)
 
 
-EFA_SETTINGS = [dict(text_margin=0.1, image_margin=0.9, lse_lambda=1.0, threshold=1.0),
-                dict(text_margin=0.3, image_margin=0.05, lse_lambda=4.0, threshold=1.5)]
+EFA_SETTINGS = [
+    dict(text_margin=0.1, image_margin=0.9, lse_lambda=1.0, threshold=1.0),
+    dict(text_margin=0.3, image_margin=0.05, lse_lambda=4.0, threshold=1.5),
+]
 
 
 def check_efa(impl):

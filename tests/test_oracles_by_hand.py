@@ -4,6 +4,7 @@ index is not the row's own (A-SDM), LSE pooling with lambda = 2 (EFA step 4) and
 3 x 3 ranking (EFA step 5). As in tests/test_oracles.py, each ``check_*`` takes the
 implementation to judge, so tests/test_oracle_mutants.py can show broken copies fail it.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,15 @@ def _asdm_by_hand(weights):
 
 
 def check_asdm_shared_identity(impl, mode):
-    loss = impl(_t(ASDM_IMAGES), _t(ASDM_TEXTS), torch.tensor(ASDM_PIDS), 5 * math.log(2.0),
-                adaptive=mode is not None, adaptive_factor=0.5, adaptive_mode=mode or "cosine")
+    loss = impl(
+        _t(ASDM_IMAGES),
+        _t(ASDM_TEXTS),
+        torch.tensor(ASDM_PIDS),
+        5 * math.log(2.0),
+        adaptive=mode is not None,
+        adaptive_factor=0.5,
+        adaptive_mode=mode or "cosine",
+    )
     # rtol 1e-7: the code may build q in float32, which moves ln(1e-8) in the 8th digit
     np.testing.assert_allclose(loss.item(), _asdm_by_hand(ASDM_WEIGHTS[mode]), rtol=1e-7)
 
@@ -100,8 +108,10 @@ def test_asdm_shared_identity_case_depends_on_g(mode):
 EFA_TEXT = [[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [0.8, 0.6]]]
 EFA_IMAGE = [[[5.0, -3.0], [1.0, 0.0], [0.0, 1.0]], [[5.0, -3.0], [0.6, 0.8], [0.8, -0.6]]]
 HALF_LN2 = math.log(2.0) / 2
-S_TEXT = [[1 + HALF_LN2, math.log(math.exp(1.2) + math.exp(1.6)) / 2],
-          [0.8 + HALF_LN2, math.log(math.exp(2.0) + math.exp(1.92)) / 2]]
+S_TEXT = [
+    [1 + HALF_LN2, math.log(math.exp(1.2) + math.exp(1.6)) / 2],
+    [0.8 + HALF_LN2, math.log(math.exp(2.0) + math.exp(1.92)) / 2],
+]
 S_IMAGE = [S_TEXT[0], [0.8 + HALF_LN2, math.log(math.exp(2.0) + 1.0) / 2]]
 
 
@@ -126,8 +136,10 @@ def test_efa_step_4_set_similarity_lambda_2_hand_worked(monkeypatch):
 
 def test_efa_lambda_2_case_differs_from_lambda_1():
     """With lambda = 1 the row-normalised S would differ (so a lambda that is ignored fails)."""
-    lambda_1 = [[1 + math.log(2.0), math.log(math.exp(0.6) + math.exp(0.8))],
-                [0.8 + math.log(2.0), math.log(math.exp(1.0) + math.exp(0.96))]]
+    lambda_1 = [
+        [1 + math.log(2.0), math.log(math.exp(0.6) + math.exp(0.8))],
+        [0.8 + math.log(2.0), math.log(math.exp(1.0) + math.exp(0.96))],
+    ]
     assert np.abs(np.array(_rows_l2(lambda_1)) - _rows_l2(S_TEXT)).max() > 1e-3
 
 
@@ -160,6 +172,5 @@ def test_asymmetric_ranking_case_tells_the_axes_apart():
     off = ~np.eye(3, dtype=bool)
     r1, r2 = np.where(off, e * x / np.diag(x)[:, None], 1.0), np.where(off, e * x / np.diag(x)[None, :], 1.0)
     assert math.isclose((np.log(r1.sum(0)).sum() + np.log(r2.sum(0)).sum()) / 3, RANK_COST, rel_tol=1e-12)
-    assert math.isclose((np.log(r1.sum(1)).sum() + np.log(r2.sum(1)).sum()) / 3, RANK_COST_OTHER_AXIS,
-                        rel_tol=1e-12)
+    assert math.isclose((np.log(r1.sum(1)).sum() + np.log(r2.sum(1)).sum()) / 3, RANK_COST_OTHER_AXIS, rel_tol=1e-12)
     assert abs(RANK_COST - RANK_COST_OTHER_AXIS) > 1e-3 > 1e-12 * RANK_COST

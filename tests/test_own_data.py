@@ -1,4 +1,5 @@
 """Your own data: any ROOT/NAME/annotations.json is a dataset for every program (README, "Your own data")."""
+
 from __future__ import annotations
 
 import csv
@@ -8,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, user_error
+from data_fixtures import write_dataset
 
 import export_features
 import train as train_cli
 import visualize
 from configs.loader import load_config
-from conftest import ROOT, user_error
-from data_fixtures import write_dataset
 from datasets.check import main as check_main
 from datasets.make_annotations import main as make_annotations_main
 from datasets.readers import DataError, RetrievalDataset, check_dataset_files
@@ -64,21 +65,30 @@ def test_a_set_without_splits_is_evaluation_only(tmp_path):
     _write(tmp_path, "Gallery", records)
     dataset = RetrievalDataset(tmp_path, "Gallery")
     assert dataset.splits == ("test",) and len(dataset.eval_set("test").image_paths) == 4
-    with pytest.raises(DataError, match=r"annotations.json: no record has split 'train', so Gallery cannot be "
-                                        r"trained on .*its records' splits are test .*"
-                                        r"python test.py WEIGHTS data.dataset=Gallery"):
+    with pytest.raises(
+        DataError,
+        match=r"annotations.json: no record has split 'train', so Gallery cannot be "
+        r"trained on .*its records' splits are test .*"
+        r"python test.py WEIGHTS data.dataset=Gallery",
+    ):
         dataset.train_pairs("train")
     with pytest.raises(DataError, match=r"Gallery has no 'val' split; its splits are test \(a record without 'split'"):
         dataset.eval_set("val")
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda r: r.update(img_path="x.jpg"), "record 0: has both 'file_path' and 'img_path'; expected one image key"),
-    (lambda r: r.pop("file_path"), r"record 0: missing key 'file_path' \(or 'img_path'\)"),
-    (lambda r: r.update(split="dev"), r"record 0: key 'split' is 'dev'; expected one of train, val, test "
-                                      r"\(or no 'split'"),
-    (lambda r: r.update(id="4"), "record 0: key 'id' should be int, got str"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.update(img_path="x.jpg"), "record 0: has both 'file_path' and 'img_path'; expected one image key"),
+        (lambda r: r.pop("file_path"), r"record 0: missing key 'file_path' \(or 'img_path'\)"),
+        (
+            lambda r: r.update(split="dev"),
+            r"record 0: key 'split' is 'dev'; expected one of train, val, test "
+            r"\(or no 'split'",
+        ),
+        (lambda r: r.update(id="4"), "record 0: key 'id' should be int, got str"),
+    ],
+)
 def test_bad_records_of_your_own_data_are_named(tmp_path, change, message):
     records = _records()
     change(records[0])
@@ -88,12 +98,18 @@ def test_bad_records_of_your_own_data_are_named(tmp_path, change, message):
 
 
 def test_missing_folder_file_or_name_say_what_was_expected(tmp_path):
-    with pytest.raises(DataError, match=r"unknown dataset 'Mine'; expected one of CUHK-PEDES, .* your own dataset: "
-                                        r".*Mine not found; expected .*Mine/annotations.json .*make_annotations"):
+    with pytest.raises(
+        DataError,
+        match=r"unknown dataset 'Mine'; expected one of CUHK-PEDES, .* your own dataset: "
+        r".*Mine not found; expected .*Mine/annotations.json .*make_annotations",
+    ):
         RetrievalDataset(tmp_path, "Mine")
     (tmp_path / "Mine").mkdir()
-    with pytest.raises(DataError, match=r"annotation file .*Mine/annotations.json not found.*\"file_path\" \| "
-                                        r"\"img_path\".*relative to it"):
+    with pytest.raises(
+        DataError,
+        match=r"annotation file .*Mine/annotations.json not found.*\"file_path\" \| "
+        r"\"img_path\".*relative to it",
+    ):
         check_dataset_files(tmp_path, "Mine")
     with pytest.raises(DataError, match=r"unknown dataset '../Mine'.*a folder name, not a path"):
         RetrievalDataset(tmp_path, "../Mine")
@@ -103,9 +119,18 @@ def test_missing_folder_file_or_name_say_what_was_expected(tmp_path):
     assert load_config(None, [f"data.root={tmp_path}", "data.dataset=Other"]).data.dataset == "Other"
 
 
-SMALL = ["model.vision_width=64", "model.text_width=64", "model.embed_dim=64", "model.vision_layers=1",
-         "model.text_layers=1", "data.batch_size=16", "data.num_workers=0", "solver.epochs=1",
-         "solver.warmup_epochs=0", "eval.at_start=false"]
+SMALL = [
+    "model.vision_width=64",
+    "model.text_width=64",
+    "model.embed_dim=64",
+    "model.vision_layers=1",
+    "model.text_layers=1",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "solver.epochs=1",
+    "solver.warmup_epochs=0",
+    "eval.at_start=false",
+]
 
 
 def test_readme_example_csv_to_trained_and_evaluated_model(tmp_path, capsys):
@@ -124,25 +149,49 @@ def test_readme_example_csv_to_trained_and_evaluated_model(tmp_path, capsys):
                 for caption in record["captions"]:
                     rows.writerow([record["file_path"], caption, f"person_{record['id']}"])
         split = ["--split", "0.6", "0.2", "0.2"] if with_splits else []
-        assert make_annotations_main([str(data / f"{name}.csv"), "--root", str(data), "--name", name, "--quiet",
-                                      *split]) == 0
+        assert (
+            make_annotations_main([str(data / f"{name}.csv"), "--root", str(data), "--name", name, "--quiet", *split])
+            == 0
+        )
         assert check_main([str(data), name, "--quiet", "--strict", "--text-length", "48"]) == 0
     run = tmp_path / "run"
     quickstart = ["--config", str(ROOT / "configs" / "quickstart.yaml"), *SMALL, f"data.root={data}"]
-    assert train_cli.main([*quickstart, "data.dataset=MyPeople", "eval.cross_domain=[MyGallery]",
-                           f"train.output_dir={run}"]) == 0
+    assert (
+        train_cli.main(
+            [*quickstart, "data.dataset=MyPeople", "eval.cross_domain=[MyGallery]", f"train.output_dir={run}"]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {(row["dataset"], row["split"]) for row in rows} == {("MyPeople", "test"), ("MyGallery", "test")}
     assert test_cli.main([str(run), "data.dataset=MyGallery", "--output", str(tmp_path / "gallery.json")]) == 0
     result = json.loads((tmp_path / "gallery.json").read_text())["results"]["MyGallery"]
     assert result["split"] == "test" and 0 <= result["t2i"]["R1"] <= 100
-    assert export_features.main([str(run), "--dataset", "MyGallery", "--split", "test",
-                                 "--output", str(tmp_path / "g.npz")]) == 0
+    assert (
+        export_features.main(
+            [str(run), "--dataset", "MyGallery", "--split", "test", "--output", str(tmp_path / "g.npz")]
+        )
+        == 0
+    )
     with np.load(tmp_path / "g.npz") as arrays:
         assert arrays["image_features"].shape[0] == len(RetrievalDataset(data, "MyGallery").records)
-    assert visualize.main(["retrieval", str(run), "--dataset", "MyGallery", "--queries", "0",
-                           "--output-dir", str(tmp_path / "figures")]) == 0
+    assert (
+        visualize.main(
+            [
+                "retrieval",
+                str(run),
+                "--dataset",
+                "MyGallery",
+                "--queries",
+                "0",
+                "--output-dir",
+                str(tmp_path / "figures"),
+            ]
+        )
+        == 0
+    )
     assert list((tmp_path / "figures").glob("retrieval_MyGallery_test_0.png"))
-    message = user_error(capsys, train_cli.main, [*quickstart, "data.dataset=MyGallery",
-                                                  f"train.output_dir={tmp_path / 'run2'}"])
+    message = user_error(
+        capsys, train_cli.main, [*quickstart, "data.dataset=MyGallery", f"train.output_dir={tmp_path / 'run2'}"]
+    )
     assert "no record has split 'train', so MyGallery cannot be trained on" in message

@@ -1,12 +1,13 @@
 """processor/precision.py: the dtype each mode actually computes in (seen from inside a
 forward), the weights it keeps, and amp_fp16's loss scaler (the only mode with one)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_batch, tiny_config
 from torch import nn
 
-from conftest import tiny_batch, tiny_config
 from model.build import build_model
 from processor.precision import Precision
 
@@ -18,8 +19,11 @@ WEIGHTS = {"fp32": torch.float32, "amp_bf16": torch.float32, "amp_fp16": torch.f
 def _linear_dtypes(model: nn.Module, run) -> list:
     """(input dtype, weight dtype, output dtype) of every nn.Linear call during ``run()``."""
     seen = []
-    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append((args[0].dtype, mod.weight.dtype, out.dtype)))
-             for m in model.modules() if isinstance(m, nn.Linear)]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: seen.append((args[0].dtype, mod.weight.dtype, out.dtype)))
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    ]
     try:
         run()
     finally:

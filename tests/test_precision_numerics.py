@@ -15,6 +15,7 @@ then ``criterion(model(batch), batch)`` under ``Precision(mode).autocast()``. Ch
 CPU half precision: torch 2.14's CPU kernels run float16 and bfloat16 matmuls, softmax and
 layer norms, so all four modes run here as they would on a GPU (values differ by rounding).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,9 @@ from typing import Dict, Tuple
 
 import pytest
 import torch
+from conftest import tiny_batch, tiny_config
 
 import model.loss as loss_module
-from conftest import tiny_batch, tiny_config
 from model import objectives
 from model.build import build_criterion, build_model
 from model.loss import FMFALoss
@@ -36,8 +37,12 @@ from processor.precision import Precision
 CPU = torch.device("cpu")
 MODES = ("fp32", "amp_bf16", "amp_fp16", "pure_fp16")
 # The dtype of the towers' token outputs in each mode (what reaches the criterion).
-NETWORK_DTYPE = {"fp32": torch.float32, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16,
-                 "pure_fp16": torch.float16}
+NETWORK_DTYPE = {
+    "fp32": torch.float32,
+    "amp_bf16": torch.bfloat16,
+    "amp_fp16": torch.float16,
+    "pure_fp16": torch.float16,
+}
 NUM_CLASSES = 4  # tiny_batch's identities are 0..3
 
 # (b) float32 scoring versus float64 on the same outputs. Measured relative differences
@@ -92,13 +97,25 @@ def float64_terms(outputs: Tensors, batch: Tensors, criterion: FMFALoss) -> Dict
     out = {k: v.detach().double() if v.is_floating_point() else v for k, v in outputs.items()}
     pids, efa, asdm = batch["pids"], criterion.efa, criterion.asdm
     values = {
-        "a-sdm": objectives.sdm_loss(out["image_feats"], out["text_feats"], pids, criterion.logit_scale,
-                                     adaptive=True, adaptive_factor=asdm.factor, adaptive_mode=asdm.mode),
+        "a-sdm": objectives.sdm_loss(
+            out["image_feats"],
+            out["text_feats"],
+            pids,
+            criterion.logit_scale,
+            adaptive=True,
+            adaptive_factor=asdm.factor,
+            adaptive_mode=asdm.mode,
+        ),
         "mlm": objectives.mlm_loss(out["mlm_scores"], out["mlm_labels"]),
         "id": objectives.id_loss(out["image_logits"], out["text_logits"], pids),
-        "efa": objectives.efa_loss(out["text_tokens"], out["image_tokens"], text_margin=efa.text_margin,
-                                   image_margin=efa.image_margin, lse_lambda=efa.lse_lambda,
-                                   threshold=efa.threshold),
+        "efa": objectives.efa_loss(
+            out["text_tokens"],
+            out["image_tokens"],
+            text_margin=efa.text_margin,
+            image_margin=efa.image_margin,
+            lse_lambda=efa.lse_lambda,
+            threshold=efa.threshold,
+        ),
     }
     assert set(values) == set(criterion.names), "the recomputation must cover every enabled loss"
     for name, value in values.items():
@@ -120,8 +137,9 @@ def assert_matches_float64(outputs: Tensors, terms: Tensors, batch: Tensors, cri
     for name, value in terms.items():
         actual, wanted = value.detach().item(), expected[name].detach().item()
         error = abs(actual - wanted) / abs(wanted)
-        assert error <= FLOAT64_RTOL, f"{name}: float32 term {actual!r} vs float64 {wanted!r}, " \
-                                      f"relative error {error:.1e}"
+        assert error <= FLOAT64_RTOL, (
+            f"{name}: float32 term {actual!r} vs float64 {wanted!r}, relative error {error:.1e}"
+        )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -143,9 +161,10 @@ def test_low_precision_losses_stay_close_to_fp32(mode, steps):
     _, reference = steps["fp32"]
     _, terms = steps[mode]
     assert set(terms) == set(reference)
-    differences = {name: abs(terms[name].detach().item() - reference[name].detach().item())
-                   / abs(reference[name].detach().item())
-                   for name in reference}
+    differences = {
+        name: abs(terms[name].detach().item() - reference[name].detach().item()) / abs(reference[name].detach().item())
+        for name in reference
+    }
     assert max(differences.values()) <= VERSUS_FP32_RTOL[mode], differences
     assert max(differences.values()) > 0, f"{mode} gave fp32's losses bit for bit: did it run at all?"
 

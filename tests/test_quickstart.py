@@ -8,22 +8,32 @@ sits on a plateau for its first ~250 steps (in the full run A-SDM stays near 28 
 of 48 steps while MLM and ID fall), and 48 steps of batch 64 left even the training
 identities at chance (R1 1.3 against 0.8 untrained). Unseen identities need the full
 recipe, the README's first command."""
+
 from __future__ import annotations
 
 import json
 
-import train as train_cli
 from conftest import ROOT
-from datasets.synthetic import generate
 from train_fixtures import epoch_means
+
+import train as train_cli
+from datasets.synthetic import generate
 
 
 def test_quickstart_recipe_learns_its_training_identities(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     generate(data, num_train_ids=60, num_val_ids=10, num_test_ids=20)
-    argv = ["--config", str(ROOT / "configs" / "quickstart.yaml"), f"data.root={data}", f"train.output_dir={run}",
-            "data.batch_size=16", "solver.epochs=6", "solver.warmup_epochs=1", "eval.at_start=true",
-            "eval.split=train"]
+    argv = [
+        "--config",
+        str(ROOT / "configs" / "quickstart.yaml"),
+        f"data.root={data}",
+        f"train.output_dir={run}",
+        "data.batch_size=16",
+        "solver.epochs=6",
+        "solver.warmup_epochs=1",
+        "eval.at_start=true",
+        "eval.split=train",
+    ]
     assert train_cli.main(argv) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     t2i = {row["epoch"]: row for row in rows if row["task"] == "t2i" and row["split"] == "train"}

@@ -4,14 +4,16 @@ Every annotation file name and image key here is a literal of docs/method.md ("D
 written in the test or taken from tests/data_fixtures.FILES, never from datasets.readers.LAYOUTS:
 a wrong name or key in the code fails these tests.
 """
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from data_fixtures import FIXTURES, IMAGES_PER_ID, fixture_records, make_dataset, write_dataset
-from datasets.check import check_dataset, main as check_main
+
+from datasets.check import check_dataset
+from datasets.check import main as check_main
 from datasets.readers import DataError, RetrievalDataset
 
 
@@ -49,6 +51,7 @@ def test_gallery_and_queries_of_every_split(tmp_path, name):
 
 # ---- each dataset's own file name and image key, written out in the test ----------------------
 
+
 def _train_and_eval(root, name):
     dataset = RetrievalDataset(root, name)
     assert check_dataset(root, name, show_progress=False) == []  # the checker finds every image
@@ -58,13 +61,21 @@ def _train_and_eval(root, name):
 def test_cuhk_pedes_reads_reid_raw_json_with_file_path(tmp_path):
     """CUHK-PEDES/reid_raw.json, key file_path; its train ids are 1-based and become 0-based."""
     records = [
-        {"id": 1, "file_path": "CUHK01/0001001.png", "captions": ["A man in a red coat.", "He has a bag."],
-         "split": "train"},
+        {
+            "id": 1,
+            "file_path": "CUHK01/0001001.png",
+            "captions": ["A man in a red coat.", "He has a bag."],
+            "split": "train",
+        },
         {"id": 1, "file_path": "CUHK01/0001002.png", "captions": ["The man walks away."], "split": "train"},
         {"id": 2, "file_path": "CUHK03/2_1.png", "captions": ["A girl in blue jeans."], "split": "train"},
         {"id": 3, "file_path": "Market/0003_c1.jpg", "captions": ["A boy on a bike."], "split": "val"},
-        {"id": 4, "file_path": "test_query/p4_1.jpg", "captions": ["A woman in black.", "Black dress."],
-         "split": "test"},
+        {
+            "id": 4,
+            "file_path": "test_query/p4_1.jpg",
+            "captions": ["A woman in black.", "Black dress."],
+            "split": "test",
+        },
         {"id": 4, "file_path": "test_query/p4_2.jpg", "captions": ["She wears black."], "split": "test"},
     ]
     write_dataset(tmp_path / "CUHK-PEDES", "reid_raw.json", "file_path", records)
@@ -73,16 +84,19 @@ def test_cuhk_pedes_reads_reid_raw_json_with_file_path(tmp_path):
     assert dataset.annotation_file == tmp_path / "CUHK-PEDES" / "reid_raw.json"
     assert pairs.num_classes == 2 and pairs.pids == [0, 0, 0, 1]  # file ids 1, 1, 1, 2
     assert pairs.image_ids == [0, 0, 1, 2]
-    assert pairs.image_paths == [imgs / "CUHK01/0001001.png"] * 2 + [imgs / "CUHK01/0001002.png",
-                                                                      imgs / "CUHK03/2_1.png"]
-    assert pairs.captions == ["A man in a red coat.", "He has a bag.", "The man walks away.",
-                              "A girl in blue jeans."]
+    assert pairs.image_paths == [imgs / "CUHK01/0001001.png"] * 2 + [
+        imgs / "CUHK01/0001002.png",
+        imgs / "CUHK03/2_1.png",
+    ]
+    assert pairs.captions == ["A man in a red coat.", "He has a bag.", "The man walks away.", "A girl in blue jeans."]
     val = dataset.eval_set("val")
     assert (val.image_pids, val.image_paths) == ([3], [imgs / "Market/0003_c1.jpg"])
     assert (val.caption_pids, val.captions) == ([3], ["A boy on a bike."])
     test = dataset.eval_set("test")  # one gallery entry per image, one query per caption, file ids
-    assert test.image_pids == [4, 4] and test.image_paths == [imgs / "test_query/p4_1.jpg",
-                                                              imgs / "test_query/p4_2.jpg"]
+    assert test.image_pids == [4, 4] and test.image_paths == [
+        imgs / "test_query/p4_1.jpg",
+        imgs / "test_query/p4_2.jpg",
+    ]
     assert test.caption_pids == [4, 4, 4]
     assert test.captions == ["A woman in black.", "Black dress.", "She wears black."]
 
@@ -101,8 +115,11 @@ def test_icfg_pedes_reads_either_file_name_with_file_path(tmp_path, file_name):
     imgs = tmp_path / "ICFG-PEDES" / "imgs"
     assert dataset.annotation_file == tmp_path / "ICFG-PEDES" / file_name
     assert pairs.num_classes == 2 and pairs.pids == [0, 1, 1]  # ids 10, 12 remapped to 0..N-1
-    assert pairs.image_paths == [imgs / "train/0010/0010_001.jpg", imgs / "train/0012/0012_001.jpg",
-                                 imgs / "train/0012/0012_002.jpg"]
+    assert pairs.image_paths == [
+        imgs / "train/0010/0010_001.jpg",
+        imgs / "train/0012/0012_001.jpg",
+        imgs / "train/0012/0012_002.jpg",
+    ]
     assert pairs.captions == ["A man with a cap.", "A lady in white.", "White shirt lady."]
     test = dataset.eval_set("test")
     assert (test.image_pids, test.image_paths) == ([3102], [imgs / "test/3102/3102_001.jpg"])
@@ -112,14 +129,25 @@ def test_icfg_pedes_reads_either_file_name_with_file_path(tmp_path, file_name):
 def test_rstpreid_reads_data_captions_json_with_img_path(tmp_path):
     """RSTPReid/data_captions.json, key img_path; train ids remapped to 0..N-1."""
     records = [
-        {"id": 0, "img_path": "0000_c14_0031.jpg", "captions": ["A man in grey.", "Grey jacket man."],
-         "split": "train"},
-        {"id": 5, "img_path": "0005_c7_0012.jpg", "captions": ["A woman with an umbrella.", "Red umbrella."],
-         "split": "train"},
-        {"id": 3701, "img_path": "3701_c2_0001.jpg", "captions": ["A man on a phone.", "Phone call."],
-         "split": "val"},
-        {"id": 3901, "img_path": "3901_c9_0004.jpg", "captions": ["A girl in a skirt.", "Pink skirt."],
-         "split": "test"},
+        {
+            "id": 0,
+            "img_path": "0000_c14_0031.jpg",
+            "captions": ["A man in grey.", "Grey jacket man."],
+            "split": "train",
+        },
+        {
+            "id": 5,
+            "img_path": "0005_c7_0012.jpg",
+            "captions": ["A woman with an umbrella.", "Red umbrella."],
+            "split": "train",
+        },
+        {"id": 3701, "img_path": "3701_c2_0001.jpg", "captions": ["A man on a phone.", "Phone call."], "split": "val"},
+        {
+            "id": 3901,
+            "img_path": "3901_c9_0004.jpg",
+            "captions": ["A girl in a skirt.", "Pink skirt."],
+            "split": "test",
+        },
     ]
     write_dataset(tmp_path / "RSTPReid", "data_captions.json", "img_path", records)
     dataset, pairs = _train_and_eval(tmp_path, "RSTPReid")
@@ -128,18 +156,23 @@ def test_rstpreid_reads_data_captions_json_with_img_path(tmp_path):
     assert pairs.num_classes == 2 and pairs.pids == [0, 0, 1, 1] and pairs.image_ids == [0, 0, 1, 1]
     assert pairs.image_paths == [imgs / "0000_c14_0031.jpg"] * 2 + [imgs / "0005_c7_0012.jpg"] * 2
     assert pairs.captions == ["A man in grey.", "Grey jacket man.", "A woman with an umbrella.", "Red umbrella."]
-    for split, pid, path, captions in (("val", 3701, "3701_c2_0001.jpg", ["A man on a phone.", "Phone call."]),
-                                       ("test", 3901, "3901_c9_0004.jpg", ["A girl in a skirt.", "Pink skirt."])):
+    for split, pid, path, captions in (
+        ("val", 3701, "3701_c2_0001.jpg", ["A man on a phone.", "Phone call."]),
+        ("test", 3901, "3901_c9_0004.jpg", ["A girl in a skirt.", "Pink skirt."]),
+    ):
         eval_set = dataset.eval_set(split)
         assert (eval_set.image_pids, eval_set.image_paths) == ([pid], [imgs / path])
         assert (eval_set.caption_pids, eval_set.captions) == ([pid, pid], captions)
 
 
-@pytest.mark.parametrize("name, file_name, wrong_key, right_key", [
-    ("CUHK-PEDES", "reid_raw.json", "img_path", "file_path"),
-    ("ICFG-PEDES", "ICFG-PEDES.json", "img_path", "file_path"),
-    ("RSTPReid", "data_captions.json", "file_path", "img_path"),
-])
+@pytest.mark.parametrize(
+    "name, file_name, wrong_key, right_key",
+    [
+        ("CUHK-PEDES", "reid_raw.json", "img_path", "file_path"),
+        ("ICFG-PEDES", "ICFG-PEDES.json", "img_path", "file_path"),
+        ("RSTPReid", "data_captions.json", "file_path", "img_path"),
+    ],
+)
 def test_the_other_datasets_image_key_is_refused(tmp_path, name, file_name, wrong_key, right_key):
     """Each reader wants its own key: records keyed like another dataset name the missing key."""
     record = {"id": 1, wrong_key: "a.jpg", "captions": ["A person."], "split": "train"}
@@ -177,16 +210,19 @@ def test_malformed_json_names_file_and_position(tmp_path):
         RetrievalDataset(tmp_path, "CUHK-PEDES")
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda r: r.pop("captions"), "record 3: missing key 'captions'"),
-    (lambda r: r.update(id="7"), "record 3: key 'id' should be int, got str"),
-    (lambda r: r.update(id=True), "record 3: key 'id' should be int, got bool"),
-    (lambda r: r.update(file_path=["x.jpg"]), "record 3: key 'file_path' should be str, got list"),
-    (lambda r: r.update(captions=[]), "record 3: key 'captions' is an empty list"),
-    (lambda r: r.update(captions=["ok", "  "]), r"record 3: captions\[1\] is empty"),
-    (lambda r: r.update(captions=["ok", 5]), r"record 3: captions\[1\] should be str, got int"),
-    (lambda r: r.update(split="dev"), "record 3: key 'split' is 'dev'; expected one of train, val, test"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r.pop("captions"), "record 3: missing key 'captions'"),
+        (lambda r: r.update(id="7"), "record 3: key 'id' should be int, got str"),
+        (lambda r: r.update(id=True), "record 3: key 'id' should be int, got bool"),
+        (lambda r: r.update(file_path=["x.jpg"]), "record 3: key 'file_path' should be str, got list"),
+        (lambda r: r.update(captions=[]), "record 3: key 'captions' is an empty list"),
+        (lambda r: r.update(captions=["ok", "  "]), r"record 3: captions\[1\] is empty"),
+        (lambda r: r.update(captions=["ok", 5]), r"record 3: captions\[1\] should be str, got int"),
+        (lambda r: r.update(split="dev"), "record 3: key 'split' is 'dev'; expected one of train, val, test"),
+    ],
+)
 def test_bad_record_names_index_and_key(tmp_path, mutate, message):
     records = fixture_records("CUHK-PEDES")
     mutate(records[3])

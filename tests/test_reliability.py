@@ -1,4 +1,5 @@
 """Faults and bad input never lose a run, hang, or run foreign code (issue 7)."""
+
 from __future__ import annotations
 
 import gc
@@ -11,14 +12,14 @@ from collections import namedtuple
 
 import pytest
 import torch
+from conftest import ROOT, user_error
+from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
-from conftest import ROOT, user_error
 from processor import checkpointing as ckpt
-from utils import run_folder
 from processor import processor
 from processor.trainer import StepLog
-from train_fixtures import make_fixture, read_metrics, tiny_run_args
+from utils import run_folder
 
 
 def test_crash_inside_checkpoint_write_then_auto_resume_continues_identically(tmp_path, monkeypatch):
@@ -32,6 +33,7 @@ def test_crash_inside_checkpoint_write_then_auto_resume_continues_identically(tm
             stream.write(b"half a checkpoint")
             raise OSError(28, "No space left on device")
         return real_save(obj, stream, *args, **kwargs)
+
     monkeypatch.setattr(torch, "save", disk_full_while_writing_epoch_2)
     with pytest.raises(OSError, match=r"could not write .*last\.pth \(No space left on device\); the previous"):
         train_cli.main(tiny_run_args(root, crashed, 3))
@@ -49,8 +51,10 @@ def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path, capsys):
     root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
     assert train_cli.main(tiny_run_args(root, run, 1)) == 0
     saved = (run / "last.pth").read_bytes()
-    assert re.search(r"already holds a run .*train\.auto_resume=true",
-                     user_error(capsys, train_cli.main, tiny_run_args(root, run, 2)))
+    assert re.search(
+        r"already holds a run .*train\.auto_resume=true",
+        user_error(capsys, train_cli.main, tiny_run_args(root, run, 2)),
+    )
     assert (run / "last.pth").read_bytes() == saved
     # an automatic resume never continues a run of another config (here: more epochs) ...
     message = user_error(capsys, train_cli.main, tiny_run_args(root, run, 2, "train.auto_resume=true"))
@@ -70,16 +74,18 @@ def test_unwritable_run_folder_is_refused_before_anything_heavy(tmp_path, capsys
     blocker.write_text("not a folder")
     root = make_fixture(tmp_path / "data")
     (root / "CUHK-PEDES" / "reid_raw.json").write_text("[not json")  # the folder check comes before any read
-    assert f"run folder {blocker}/run is not writable" in \
-        user_error(capsys, train_cli.main, tiny_run_args(root, blocker / "run", 1))
+    assert f"run folder {blocker}/run is not writable" in user_error(
+        capsys, train_cli.main, tiny_run_args(root, blocker / "run", 1)
+    )
 
 
 def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch, capsys):
     root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 4096, 4096))
-    assert "0.00 GiB free, but its checkpoints need about" in user_error(capsys, train_cli.main,
-                                                                        tiny_run_args(root, run, 1))
+    assert "0.00 GiB free, but its checkpoints need about" in user_error(
+        capsys, train_cli.main, tiny_run_args(root, run, 1)
+    )
     assert not (run / "last.pth").exists() and not (run / "metrics.jsonl").exists()
 
 
@@ -94,11 +100,13 @@ def test_checkpoint_space_estimate_counts_adam_state_and_existing_files(tmp_path
 def test_resume_with_a_different_architecture_names_keys_and_config(tmp_path, capsys):
     root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
     assert train_cli.main(tiny_run_args(root, run, 1)) == 0
-    automatic = user_error(capsys, train_cli.main,
-                           tiny_run_args(root, run, 2, "train.auto_resume=true", "model.embed_dim=128"))
+    automatic = user_error(
+        capsys, train_cli.main, tiny_run_args(root, run, 2, "train.auto_resume=true", "model.embed_dim=128")
+    )
     assert "holds a run of another config" in automatic and "model.embed_dim: 64 -> 128" in automatic
-    message = user_error(capsys, train_cli.main,
-                         tiny_run_args(root, run, 2, f"train.resume={run}", "model.embed_dim=128"))
+    message = user_error(
+        capsys, train_cli.main, tiny_run_args(root, run, 2, f"train.resume={run}", "model.embed_dim=128")
+    )
     assert "last.pth: weights do not fit this model" in message
     assert "shape of base_model.text_projection: checkpoint [64, 64], model [64, 128]" in message
     assert "model.embed_dim: 64 -> 128" in message
@@ -114,17 +122,30 @@ def test_resuming_from_a_code_carrying_pickle_is_refused(tmp_path, monkeypatch, 
     monkeypatch.setenv("FMFA_PAYLOAD_PROOF", str(proof))
     evil = tmp_path / "evil.pth"
     evil.write_bytes(pickle.dumps({"model": _Payload()}))
-    assert "evil.pth: refused to load" in user_error(capsys, train_cli.main,
-                                                    tiny_run_args(root, tmp_path / "run", 1, f"train.resume={evil}"))
+    assert "evil.pth: refused to load" in user_error(
+        capsys, train_cli.main, tiny_run_args(root, tmp_path / "run", 1, f"train.resume={evil}")
+    )
     assert not proof.exists()
 
 
 def _torchrun(tmp_path, args, fault, *torchrun_options, cwd=ROOT):
     # The script runs from tests/: the project comes from PYTHONPATH, as for any program using it.
-    env = {**os.environ, "FMFA_FAULT": fault, "FMFA_FAULT_MARKER": str(tmp_path / "fault_fired"),
-           "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               *torchrun_options, str(ROOT / "tests" / "fault_injection.py"), *args]
+    env = {
+        **os.environ,
+        "FMFA_FAULT": fault,
+        "FMFA_FAULT_MARKER": str(tmp_path / "fault_fired"),
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *torchrun_options,
+        str(ROOT / "tests" / "fault_injection.py"),
+        *args,
+    ]
     # timeout: a job that does not end is caught here; nothing waits on a clock otherwise
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
@@ -171,11 +192,15 @@ def _live_tensors_per_epoch(tmp_path, monkeypatch, leak: bool) -> tuple[list, li
         steps.append(len(loader))
         counts.append(live_tensors())
         return result
+
     monkeypatch.setattr(processor, "train_one_epoch", measured)
     if leak:
         real_add = StepLog.add
-        monkeypatch.setattr(StepLog, "add", lambda self, step, terms, metrics: (
-            kept.append(sum(terms.values())), real_add(self, step, terms, metrics)))
+        monkeypatch.setattr(
+            StepLog,
+            "add",
+            lambda self, step, terms, metrics: (kept.append(sum(terms.values())), real_add(self, step, terms, metrics)),
+        )
     assert train_cli.main(tiny_run_args(root, run, 3)) == 0
     assert len(counts) == 3 and min(steps) > 0
     return counts, steps
@@ -193,20 +218,34 @@ def test_the_tensor_count_sees_a_leak(tmp_path, monkeypatch):
     """A graph kept per step adds at least one live tensor (its loss) per step of an epoch."""
     counts, steps = _live_tensors_per_epoch(tmp_path, monkeypatch, leak=True)
     growth = [after - before for before, after in zip(counts, counts[1:])]
-    assert all(grown >= step for grown, step in zip(growth, steps[1:])), \
+    assert all(grown >= step for grown, step in zip(growth, steps[1:])), (
         f"live tensors after each epoch: {counts}, steps per epoch: {steps}"
+    )
 
 
 def test_bad_config_values_stop_train_py_before_anything_is_created(tmp_path, capsys):
     run = tmp_path / "run"
-    bad = ["data.batch_size=0", "solver.lr=-1e-5", "loss.names=a-sdm+foo", "data.dataset=Market/1501",
-           "model.image_size=[36,16]"]
+    bad = [
+        "data.batch_size=0",
+        "solver.lr=-1e-5",
+        "loss.names=a-sdm+foo",
+        "data.dataset=Market/1501",
+        "model.image_size=[36,16]",
+    ]
     with pytest.raises(SystemExit) as caught:
         train_cli.main(tiny_run_args(tmp_path / "data", run, 1, *bad))
     assert caught.value.code == 2
     message = capsys.readouterr().err
-    for key in ("data.batch_size=0", "solver.lr=-1e-05", "loss.names", "foo", "data.dataset='Market/1501'",
-                "CUHK-PEDES, ICFG-PEDES, RSTPReid", "model.image_size", "multiples of model.patch_size=8"):
+    for key in (
+        "data.batch_size=0",
+        "solver.lr=-1e-05",
+        "loss.names",
+        "foo",
+        "data.dataset='Market/1501'",
+        "CUHK-PEDES, ICFG-PEDES, RSTPReid",
+        "model.image_size",
+        "multiples of model.patch_size=8",
+    ):
         assert key in message, key
     assert not run.exists()
 
@@ -220,23 +259,41 @@ def test_a_metrics_line_cut_by_a_crash_is_dropped_on_resume(tmp_path):
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("model.pretrain={tmp}/ViT-B-16.pt", ["model.pretrain=", "ViT-B-16.pt", "file not found",
-                                          "openaipublic.azureedge.net", "open_clip:ViT-B-16/openai"]),
-    ("model.pretrain=open_clip:ViT-Q-99/nowhere", ["model.pretrain=", "open_clip has no model 'ViT-Q-99'"]),
-    ("data.root={tmp}/nodata", ["dataset folder {tmp}/nodata/CUHK-PEDES not found", "set data.root",
-                                "ShuangLI59/Person-Search-with-Natural-Language-Description"]),
-    ("eval.cross_domain=[RSTPReid]", ["RSTPReid not found", "NjtechCVLab"]),
-    ("data.dataset=Market-1501", ["unknown dataset 'Market-1501'", "{tmp}/data/Market-1501/annotations.json",
-                                  "datasets.make_annotations"]),
-    ("model.init_from={tmp}/ham.pth", ["model.init_from=", "ham.pth", "not found"]),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "model.pretrain={tmp}/ViT-B-16.pt",
+            [
+                "model.pretrain=",
+                "ViT-B-16.pt",
+                "file not found",
+                "openaipublic.azureedge.net",
+                "open_clip:ViT-B-16/openai",
+            ],
+        ),
+        ("model.pretrain=open_clip:ViT-Q-99/nowhere", ["model.pretrain=", "open_clip has no model 'ViT-Q-99'"]),
+        (
+            "data.root={tmp}/nodata",
+            [
+                "dataset folder {tmp}/nodata/CUHK-PEDES not found",
+                "set data.root",
+                "ShuangLI59/Person-Search-with-Natural-Language-Description",
+            ],
+        ),
+        ("eval.cross_domain=[RSTPReid]", ["RSTPReid not found", "NjtechCVLab"]),
+        (
+            "data.dataset=Market-1501",
+            ["unknown dataset 'Market-1501'", "{tmp}/data/Market-1501/annotations.json", "datasets.make_annotations"],
+        ),
+        ("model.init_from={tmp}/ham.pth", ["model.init_from=", "ham.pth", "not found"]),
+    ],
+)
 def test_a_failed_start_names_the_key_and_leaves_no_folder(tmp_path, capsys, override, expected):
     """Missing weights or data stop train.py in one line (exit 2) before a run folder exists
     and before any annotation is read."""
     root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
-    message = user_error(capsys, train_cli.main,
-                         tiny_run_args(root, run, 1, override.format(tmp=tmp_path)))
+    message = user_error(capsys, train_cli.main, tiny_run_args(root, run, 1, override.format(tmp=tmp_path)))
     for fragment in expected:
         assert fragment.format(tmp=tmp_path) in message, (fragment, message)
     assert not run.exists()
@@ -245,8 +302,7 @@ def test_a_failed_start_names_the_key_and_leaves_no_folder(tmp_path, capsys, ove
 def test_device_auto_refuses_a_gpu_sized_config_on_the_cpu(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
-    paper_sized = ["model.image_size=[384,128]", "model.patch_size=16", "model.vision_width=768",
-                   "train.device=auto"]
+    paper_sized = ["model.image_size=[384,128]", "model.patch_size=16", "model.vision_width=768", "train.device=auto"]
     message = user_error(capsys, train_cli.main, tiny_run_args(root, run, 1, *paper_sized))
     assert "train.device=auto found no GPU" in message and "s per step of 16 samples" in message
     assert "train.device=cpu" in message and not run.exists()

@@ -1,4 +1,5 @@
 """utils.report on hand-made run folders: config.yaml + metrics.jsonl written here."""
+
 from __future__ import annotations
 
 import copy
@@ -10,9 +11,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import yaml
+from conftest import user_error
 from PIL import Image
 
-from conftest import user_error
 from utils.report import PAPER_LABEL, find_runs, main, markdown_table, read_run, report_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,10 +30,20 @@ BASE = {
 }
 
 
-def metric(epoch: int, r1: float, map_: float, split: str = "test", task: str = "t2i",
-           dataset: str = "CUHK-PEDES") -> dict:
-    return {"epoch": epoch, "dataset": dataset, "split": split, "task": task, "R1": r1, "R5": r1 + 10,
-            "R10": r1 + 15, "mAP": map_, "mINP": map_ - 20}
+def metric(
+    epoch: int, r1: float, map_: float, split: str = "test", task: str = "t2i", dataset: str = "CUHK-PEDES"
+) -> dict:
+    return {
+        "epoch": epoch,
+        "dataset": dataset,
+        "split": split,
+        "task": task,
+        "R1": r1,
+        "R5": r1 + 10,
+        "R10": r1 + 15,
+        "mAP": map_,
+        "mINP": map_ - 20,
+    }
 
 
 def write_run(folder: Path, overrides: Dict[str, object], rows: Optional[List[dict]]) -> Path:
@@ -70,11 +81,25 @@ def test_differing_keys_become_columns(tmp_path):
     write_run(tmp_path / "c", {"asdm.factor": 10.0}, curve([45, 58, 61], [33, 38, 42]))
     rows = rows_of(tmp_path)
     ours = [row for row in rows if row["run"] != PAPER_LABEL]
-    assert list(ours[0]) == ["run", "dataset", "split", "R1", "R5", "R10", "mAP", "mINP", "epoch", "state",
-                             "loss.names", "asdm.factor"]
+    assert list(ours[0]) == [
+        "run",
+        "dataset",
+        "split",
+        "R1",
+        "R5",
+        "R10",
+        "mAP",
+        "mINP",
+        "epoch",
+        "state",
+        "loss.names",
+        "asdm.factor",
+    ]
     assert [(row["run"], row["loss.names"], row["asdm.factor"], row["R1"]) for row in ours] == [
-        ("a", "a-sdm+mlm+id+efa", "0.1", "60.00"), ("b", "sdm+mlm+id", "0.1", "52.00"),
-        ("c", "a-sdm+mlm+id+efa", "10.0", "61.00")]
+        ("a", "a-sdm+mlm+id+efa", "0.1", "60.00"),
+        ("b", "sdm+mlm+id", "0.1", "52.00"),
+        ("c", "a-sdm+mlm+id+efa", "10.0", "61.00"),
+    ]
     header = markdown_table(rows).splitlines()[0]
     assert "loss.names" in header and "asdm.factor" in header and "train.name" not in header
 
@@ -121,7 +146,13 @@ def test_paper_row_only_for_datasets_present(tmp_path):
     rows = rows_of(tmp_path)
     paper = only(rows, run=PAPER_LABEL)
     assert (paper["dataset"], paper["R1"], paper["R5"], paper["R10"], paper["mAP"], paper["mINP"]) == (
-        "CUHK-PEDES", "74.16", "90.12", "94.10", "66.66", "")
+        "CUHK-PEDES",
+        "74.16",
+        "90.12",
+        "94.10",
+        "66.66",
+        "",
+    )
     assert rows[-1] is paper
 
 
@@ -153,8 +184,9 @@ def test_plot_written_as_png(tmp_path):
 
 def test_missing_dir_exits_2_with_one_line(tmp_path):
     missing = tmp_path / "no_such_runs"
-    result = subprocess.run([sys.executable, "-m", "utils.report", str(missing)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "utils.report", str(missing)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()

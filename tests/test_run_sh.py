@@ -1,5 +1,6 @@
 """run.sh: every command is a valid train.py invocation in a stable run folder; sections
 resume after a kill; bad sections, other directories, GPUs and torchrun are handled."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from configs.loader import parse_cli
-from conftest import ROOT
 from processor import checkpointing as ckpt
 
 SECTIONS = {"paper": 3, "authors_code": 3, "ablation": 10, "sweeps": 16, "finetune": 6}
@@ -22,16 +23,24 @@ SECTIONS = {"paper": 3, "authors_code": 3, "ablation": 10, "sweeps": 16, "finetu
 def recording_python(tmp_path: Path) -> tuple[Path, Path]:
     """A stand-in for $PYTHON that writes its arguments (and CUDA_VISIBLE_DEVICES), runs nothing."""
     record, recorder = tmp_path / "calls.jsonl", tmp_path / "python"
-    recorder.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                        f"open({str(record)!r}, 'a').write(json.dumps("
-                        "[os.environ.get('CUDA_VISIBLE_DEVICES')] + sys.argv[1:]) + '\\n')\n")
+    recorder.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        f"open({str(record)!r}, 'a').write(json.dumps("
+        "[os.environ.get('CUDA_VISIBLE_DEVICES')] + sys.argv[1:]) + '\\n')\n"
+    )
     recorder.chmod(0o755)
     return recorder, record
 
 
 def run_sh(*args: str, cwd: Path = ROOT, timeout: int = 120, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / "run.sh"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **env})
+    return subprocess.run(
+        ["bash", str(ROOT / "run.sh"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )
 
 
 def recorded(record: Path) -> list:
@@ -81,8 +90,9 @@ def fault_injecting_python(tmp_path: Path) -> Path:
     train.main with the faults its FMFA_FAULT* variables name) and everything else as is."""
     wrapper = tmp_path / "python_with_faults"
     python, script = shlex.quote(sys.executable), shlex.quote(str(ROOT / "tests" / "fault_injection.py"))
-    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = train.py ]; then shift; exec {python} {script} "$@"; fi\n'
-                       f'exec {python} "$@"\n')
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ "$1" = train.py ]; then shift; exec {python} {script} "$@"; fi\nexec {python} "$@"\n'
+    )
     wrapper.chmod(0o755)
     return wrapper
 
@@ -95,11 +105,21 @@ def test_a_killed_smoke_section_resumes_where_it_stopped(tmp_path):
     runs = tmp_path / "runs"
     env = {**os.environ, "SMOKE": "1", "RUNS": str(runs), "PYTHON": sys.executable}
     second = runs / "ICFG-PEDES" / "fmfa_paper"
-    faults = {"PYTHON": str(fault_injecting_python(tmp_path)), "PYTHONPATH": str(ROOT),
-              "FMFA_FAULT_KILL_AFTER_EPOCH": "1", "FMFA_FAULT_KILL_RUN": str(second)}
+    faults = {
+        "PYTHON": str(fault_injecting_python(tmp_path)),
+        "PYTHONPATH": str(ROOT),
+        "FMFA_FAULT_KILL_AFTER_EPOCH": "1",
+        "FMFA_FAULT_KILL_RUN": str(second),
+    }
     # timeout: a hang ends the test here; the kill itself waits on no clock
-    killed = subprocess.run(["bash", str(ROOT / "run.sh"), "paper"], cwd=tmp_path, env={**env, **faults},
-                            capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(
+        ["bash", str(ROOT / "run.sh"), "paper"],
+        cwd=tmp_path,
+        env={**env, **faults},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == 128 + signal.SIGKILL, killed.stderr[-3000:]  # set -e: bash stops with train.py
     first = runs / "CUHK-PEDES" / "fmfa_paper"
     assert [line for line in killed.stdout.splitlines() if line.startswith("== ")] == [f"== {first}", f"== {second}"]
@@ -107,8 +127,9 @@ def test_a_killed_smoke_section_resumes_where_it_stopped(tmp_path):
     assert json.loads((second / "progress.json").read_text())["epoch"] == 1, "not killed after the second run's epoch 1"
     assert ckpt.load_training_state(second / "last.pth")["epoch"] == 1
     assert not (runs / "RSTPReid").exists()
-    result = subprocess.run(["bash", str(ROOT / "run.sh"), "paper"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", str(ROOT / "run.sh"), "paper"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CUHK-PEDES/fmfa_paper already finished (2/2 epochs)" in result.stdout
     assert "resumed from" in (second / "train.log").read_text()
@@ -116,6 +137,6 @@ def test_a_killed_smoke_section_resumes_where_it_stopped(tmp_path):
         assert json.loads((runs / dataset / "fmfa_paper" / "progress.json").read_text())["epoch"] == 2
     epochs = [json.loads(line)["epoch"] for line in (second / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]  # epoch 1 was not trained again
-    table = result.stdout[result.stdout.index("| run"):]
+    table = result.stdout[result.stdout.index("| run") :]
     assert all(f"{dataset}/fmfa_paper" in table for dataset in ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid"))
     assert "efa.text_margin" in table and "asdm.factor" in table  # what differs between the runs

@@ -1,4 +1,5 @@
 """Optimizer parameter groups and the per-epoch lr schedule (solver/)."""
+
 from __future__ import annotations
 
 import copy
@@ -44,6 +45,7 @@ def _groups(opt):
 
 # ---------------------------------------------------------------- schedule
 
+
 def test_default_schedule_is_the_paper_recipe():
     cfg = SolverConfig()
     assert (cfg.scheduler, cfg.epochs, cfg.warmup_epochs, cfg.warmup_factor) == ("cosine", 60, 5, 0.1)
@@ -74,22 +76,21 @@ def test_scheduler_drives_the_optimizer_per_epoch():
     "overrides, expected",
     [
         # cosine, target 0: 0.5 * (1 + cos(pi * (e - 5) / 55))
-        ({}, {5: 1.0, 10: 0.5 * (1 + math.cos(math.pi * 5 / 55)),
-              59: 0.5 * (1 + math.cos(math.pi * 54 / 55))}),
+        ({}, {5: 1.0, 10: 0.5 * (1 + math.cos(math.pi * 5 / 55)), 59: 0.5 * (1 + math.cos(math.pi * 54 / 55))}),
         ({"epochs": 65}, {35: 0.5}),
         # cosine with target 1e-6 (absolute; base 5e-6 -> t = 0.2) at the middle: 0.2 + 0.8 * 0.5
         ({"target_lr": 1e-6, "epochs": 65}, {35: 0.6}),
         # step: gamma ** bisect_right(milestones, epoch), milestones absolute
         ({"scheduler": "step"}, {5: 1.0, 19: 1.0, 20: 0.1, 49: 0.1, 50: 0.01, 59: 0.01}),
         # exponential: gamma ** (epoch - warmup)
-        ({"scheduler": "exponential", "gamma": 0.9}, {5: 1.0, 6: 0.9, 10: 0.9 ** 5}),
+        ({"scheduler": "exponential", "gamma": 0.9}, {5: 1.0, 6: 0.9, 10: 0.9**5}),
         ({"scheduler": "exponential", "gamma": 0.5}, {7: 0.25}),
         # linear: 1 - (e - 5) / 55, and towards target 1e-6 (t = 0.2)
         ({"scheduler": "linear"}, {5: 1.0, 16: 1 - 11 / 55, 38: 0.4}),
         ({"scheduler": "linear", "target_lr": 1e-6}, {38: 0.2 + 0.8 * 0.4}),
         # poly: (1 - r) ** power
-        ({"scheduler": "poly", "power": 2.0}, {5: 1.0, 16: 0.8 ** 2, 49: 0.2 ** 2}),
-        ({"scheduler": "poly", "power": 0.9, "target_lr": 1e-6}, {27: 0.2 + 0.8 * 0.6 ** 0.9}),
+        ({"scheduler": "poly", "power": 2.0}, {5: 1.0, 16: 0.8**2, 49: 0.2**2}),
+        ({"scheduler": "poly", "power": 0.9, "target_lr": 1e-6}, {27: 0.2 + 0.8 * 0.6**0.9}),
         # warm-up variants
         ({"warmup_method": "constant", "warmup_factor": 0.25}, {0: 0.25, 4: 0.25, 5: 1.0}),
         ({"warmup_factor": 0.0, "warmup_epochs": 4}, {0: 0.0, 1: 0.25, 3: 0.75}),
@@ -130,8 +131,7 @@ def test_state_dict_round_trip_resumes_identically():
     sched = build_lr_scheduler(opt, cfg)
     for _ in range(7):
         epoch(model, opt, sched)
-    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(),
-                           "sched": sched.state_dict()})
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()})
     for _ in range(3):
         epoch(model, opt, sched)
     expected_lrs = [g["lr"] for g in opt.param_groups]
@@ -154,6 +154,7 @@ def test_state_dict_round_trip_resumes_identically():
 
 
 # ---------------------------------------------------------------- parameter groups
+
 
 def test_default_groups_one_lr_and_decay():
     model = _Toy()
@@ -181,8 +182,9 @@ def test_default_groups_one_lr_and_decay():
 
 
 def test_group_factors_and_bias_weight_decay():
-    cfg = replace(SolverConfig(), lr=1e-5, new_module_lr_factor=5.0, bias_lr_factor=2.0,
-                  weight_decay=4e-5, bias_weight_decay=0.0)
+    cfg = replace(
+        SolverConfig(), lr=1e-5, new_module_lr_factor=5.0, bias_lr_factor=2.0, weight_decay=4e-5, bias_weight_decay=0.0
+    )
     g = _groups(build_optimizer(_Toy(), cfg))
     assert g["backbone"]["lr"] == pytest.approx(1e-5)
     assert g["backbone_bias"]["lr"] == pytest.approx(2e-5)
@@ -218,8 +220,9 @@ def test_wrapped_model_prefix_ignored():
     assert len(g["backbone"]["params"]) == 3 and len(g["heads"]["params"]) == 4
 
 
-@pytest.mark.parametrize("name, cls", [("Adam", torch.optim.Adam), ("AdamW", torch.optim.AdamW),
-                                       ("SGD", torch.optim.SGD)])
+@pytest.mark.parametrize(
+    "name, cls", [("Adam", torch.optim.Adam), ("AdamW", torch.optim.AdamW), ("SGD", torch.optim.SGD)]
+)
 def test_optimizer_kinds(name, cls):
     cfg = replace(SolverConfig(), optimizer=name, momentum=0.8, eps=1e-8, betas=[0.8, 0.99])
     opt = build_optimizer(_Toy(), cfg)
@@ -248,6 +251,7 @@ def test_fused_kernels_on_cpu_match_the_default():
 
 
 # ---------------------------------------------------------------- errors
+
 
 def test_unknown_names_raise_with_the_key():
     with pytest.raises(ValueError, match=r"solver\.optimizer.*Adam, AdamW, SGD"):

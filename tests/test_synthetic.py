@@ -1,4 +1,5 @@
 """Synthetic-PEDES: determinism, CUHK-PEDES format, identity design, captions, skip/regenerate."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import user_error
 from PIL import Image
 
-from conftest import user_error
-from datasets.synthetic import (ANNOTATION, ATTRIBUTES, DATASET_NAME, META, generate, main, make_captions,
-                                sample_identities, tokenize_words)
+from datasets.synthetic import (
+    ANNOTATION,
+    ATTRIBUTES,
+    DATASET_NAME,
+    META,
+    generate,
+    main,
+    make_captions,
+    sample_identities,
+    tokenize_words,
+)
 
 TINY = dict(num_train_ids=4, num_val_ids=2, num_test_ids=3, images_per_id=(1, 3), image_size=(48, 16))
 
@@ -103,8 +113,11 @@ def test_captions_mention_the_discriminative_attributes():
             assert person.upper_colour in words and gender_words & words, caption
             for colour in (person.lower_colour, person.hair_colour, person.bag_colour):
                 assert colour is None or colour in words, (colour, caption)
-        mentions_shoes = [f"{person.shoes_colour} shoes" in c.replace("gray", "grey") or
-                          f"{person.shoes_colour} sneakers" in c.replace("gray", "grey") for c in captions]
+        mentions_shoes = [
+            f"{person.shoes_colour} shoes" in c.replace("gray", "grey")
+            or f"{person.shoes_colour} sneakers" in c.replace("gray", "grey")
+            for c in captions
+        ]
         assert any(mentions_shoes), captions  # at most one caption leaves the shoes out
 
 
@@ -141,8 +154,29 @@ def test_invalid_parameters_are_errors(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    assert main(["--root", str(tmp_path), "--train-ids", "2", "--val-ids", "0", "--test-ids", "1",
-                 "--images-per-id", "1", "1", "--image-size", "48", "16", "--seed", "5"]) == 0
+    assert (
+        main(
+            [
+                "--root",
+                str(tmp_path),
+                "--train-ids",
+                "2",
+                "--val-ids",
+                "0",
+                "--test-ids",
+                "1",
+                "--images-per-id",
+                "1",
+                "1",
+                "--image-size",
+                "48",
+                "16",
+                "--seed",
+                "5",
+            ]
+        )
+        == 0
+    )
     records = _records(tmp_path / DATASET_NAME)
     assert [r["split"] for r in records] == ["train", "train", "test"] and [r["id"] for r in records] == [1, 2, 3]
 

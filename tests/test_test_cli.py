@@ -16,6 +16,7 @@ are therefore copies whose token embedding grows to 49,408 rows: rows 0-999 as r
 others drawn from a seeded normal. Everything else, layout and key names included, is the
 golden file's.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -26,9 +27,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 import torch
+from conftest import COMPACT_GOLDEN, ROOT, assert_rel_close, load_golden
 from PIL import Image
 
-from conftest import COMPACT_GOLDEN, ROOT, assert_rel_close, load_golden
 from datasets.synthetic import generate
 from datasets.tokenizer import EOT_ID, SOT_ID, tokenize
 from model.build import model_from_checkpoint
@@ -50,15 +51,14 @@ COLUMNS = ("R1", "R5", "R10", "mAP", "mINP")
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("test_cli_data")
-    generate(root, num_train_ids=1, num_val_ids=0, num_test_ids=10, images_per_id=(2, 4), image_size=IMAGE_SIZE,
-             seed=3)
+    generate(root, num_train_ids=1, num_val_ids=0, num_test_ids=10, images_per_id=(2, 4), image_size=IMAGE_SIZE, seed=3)
     return root
 
 
 def _grown_embedding(table: torch.Tensor) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     grown = torch.randn(VOCAB, table.shape[1], generator=gen, dtype=table.dtype) * table.std()
-    grown[:table.shape[0]] = table
+    grown[: table.shape[0]] = table
     grown[SOT_ID], grown[EOT_ID] = table[TINY_SOT], table[TINY_EOT]
     return grown
 
@@ -90,6 +90,7 @@ def clip_weights(tmp_path_factory) -> Path:
 
 
 # ---- the independent evaluation ----------------------------------------------------------------------
+
 
 def read_test_split(root: Path) -> Tuple[List[Path], np.ndarray, List[str], np.ndarray]:
     """(gallery image paths, their ids, query captions, their ids) of Synthetic-PEDES's test
@@ -123,12 +124,17 @@ def numpy_metrics(similarity: np.ndarray, query_ids: np.ndarray, gallery_ids: np
         assert relevant.any()
         order = np.lexsort((relevant, -row))  # last key first: similarity descending, then relevant last
         ranks = np.flatnonzero(relevant[order]) + 1.0  # 1-based ranks of the relevant items
-        hits_at[int(ranks[0]) - 1:] += 1
+        hits_at[int(ranks[0]) - 1 :] += 1
         aps.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
         inps.append(len(ranks) / ranks[-1])
     n = len(similarity)
-    return {"R1": hits_at[0] * 100 / n, "R5": hits_at[4] * 100 / n, "R10": hits_at[9] * 100 / n,
-            "mAP": float(np.mean(aps)) * 100, "mINP": float(np.mean(inps)) * 100}
+    return {
+        "R1": hits_at[0] * 100 / n,
+        "R5": hits_at[4] * 100 / n,
+        "R10": hits_at[9] * 100 / n,
+        "mAP": float(np.mean(aps)) * 100,
+        "mINP": float(np.mean(inps)) * 100,
+    }
 
 
 def expected_metrics(weights: Path, root: Path) -> Tuple[Dict[str, Dict[str, float]], np.ndarray]:
@@ -141,8 +147,10 @@ def expected_metrics(weights: Path, root: Path) -> Tuple[Dict[str, Dict[str, flo
     image_feats /= np.linalg.norm(image_feats, axis=1, keepdims=True)
     text_feats /= np.linalg.norm(text_feats, axis=1, keepdims=True)
     similarity = text_feats @ image_feats.T  # rows: captions
-    return {"t2i": numpy_metrics(similarity, caption_ids, image_ids),
-            "i2t": numpy_metrics(similarity.T, image_ids, caption_ids)}, similarity
+    return {
+        "t2i": numpy_metrics(similarity, caption_ids, image_ids),
+        "i2t": numpy_metrics(similarity.T, image_ids, caption_ids),
+    }, similarity
 
 
 def printed_rows(stdout: str) -> Dict[str, Dict[str, float]]:
@@ -157,9 +165,23 @@ def printed_rows(stdout: str) -> Dict[str, Dict[str, float]]:
 
 def run_test_cli(weights: Path, root: Path, output: Path, capsys) -> Tuple[dict, Dict[str, Dict[str, float]]]:
     capsys.readouterr()
-    assert test_cli.main([str(weights), f"data.root={root}", "data.dataset=Synthetic-PEDES", "train.device=cpu",
-                          "data.num_workers=0", "eval.batch_size=7", "eval.query_chunk=5", "eval.i2t=true", "--output",
-                          str(output)]) == 0
+    assert (
+        test_cli.main(
+            [
+                str(weights),
+                f"data.root={root}",
+                "data.dataset=Synthetic-PEDES",
+                "train.device=cpu",
+                "data.num_workers=0",
+                "eval.batch_size=7",
+                "eval.query_chunk=5",
+                "eval.i2t=true",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     return json.loads(output.read_text()), printed_rows(capsys.readouterr().out)
 
 

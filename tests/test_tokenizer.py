@@ -1,8 +1,9 @@
 """The tokenizer reproduces the reference's ids and special tokens."""
+
 import pytest
 import torch
-
 from conftest import load_golden
+
 from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID, VOCAB_SIZE, get_tokenizer, tokenize, tokenize_batch
 
 

@@ -1,5 +1,6 @@
 """search.py, visualize.py, export_features.py and model.init_from on a quick-start-config
 checkpoint trained for one epoch on a small synthetic dataset."""
+
 from __future__ import annotations
 
 import logging
@@ -8,18 +9,18 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import numpy_oracles as npo
 import pytest
 import torch
+from conftest import user_error
 from PIL import Image
 
 import export_features
-import numpy_oracles as npo
 import search
 import train as train_cli
 import visualize
 from configs.errors import UserError
 from configs.loader import load_config
-from conftest import user_error
 from datasets.bases import load_image
 from datasets.build import build_eval_loaders, read_dataset
 from datasets.synthetic import generate
@@ -32,9 +33,18 @@ from processor.inference import load_model
 from utils import figures
 from utils.figures import CORRECT, WRONG
 
-SMALL = ["model.vision_width=64", "model.text_width=64", "model.embed_dim=64", "model.vision_layers=1",
-         "model.text_layers=1", "data.batch_size=16", "data.num_workers=0", "solver.epochs=1",
-         "solver.warmup_epochs=0", "train.auto_resume=false"]
+SMALL = [
+    "model.vision_width=64",
+    "model.text_width=64",
+    "model.embed_dim=64",
+    "model.vision_layers=1",
+    "model.text_layers=1",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "solver.epochs=1",
+    "solver.warmup_epochs=0",
+    "train.auto_resume=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +53,12 @@ def quick(tmp_path_factory):
     base = tmp_path_factory.mktemp("tools")
     generate(base / "data", num_train_ids=12, num_val_ids=2, num_test_ids=6, image_size=(96, 32), seed=1)
     run = base / "run"
-    assert train_cli.main(["--config", "configs/quickstart.yaml", *SMALL, f"data.root={base / 'data'}",
-                           f"train.output_dir={run}"]) == 0
+    assert (
+        train_cli.main(
+            ["--config", "configs/quickstart.yaml", *SMALL, f"data.root={base / 'data'}", f"train.output_dir={run}"]
+        )
+        == 0
+    )
     return base / "data", run, base / "data" / "Synthetic-PEDES" / "imgs" / "test"
 
 
@@ -74,13 +88,32 @@ def test_search_ranks_like_the_evaluator_and_caches(quick, tmp_path, capsys, cap
     check_top_k(hits, scores, 5)
     # Deliberately wrong rankings fail the same check: reversed, first files, shifted by one.
     by_score = sorted(first.paths, key=lambda p: -scores[p.name])
-    for broken in (hits[::-1], [(p, scores[p.name]) for p in first.paths[:5]],
-                   [(p, scores[p.name]) for p in by_score[1:6]]):
+    for broken in (
+        hits[::-1],
+        [(p, scores[p.name]) for p in first.paths[:5]],
+        [(p, scores[p.name]) for p in by_score[1:6]],
+    ):
         with pytest.raises(AssertionError):
             check_top_k(broken, scores, 5)
     output = tmp_path / "hits.png"
-    assert search.main(["--checkpoint", str(run), "--images", str(folder), "--query", query, "--top-k", "4",
-                        "--output", str(output), f"data.root={root}"]) == 0
+    assert (
+        search.main(
+            [
+                "--checkpoint",
+                str(run),
+                "--images",
+                str(folder),
+                "--query",
+                query,
+                "--top-k",
+                "4",
+                "--output",
+                str(output),
+                f"data.root={root}",
+            ]
+        )
+        == 0
+    )
     with Image.open(output) as png:
         assert png.format == "PNG" and png.width > png.height
     printed = [line for line in capsys.readouterr().out.splitlines() if str(folder) in line]
@@ -102,22 +135,38 @@ def test_search_errors(quick, tmp_path, capsys):
     root, run, images = quick
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert f"no images in {empty}" in user_error(capsys, search.main,
-                                                 ["--checkpoint", str(run), "--images", str(empty), "--query", "a man"])
+    assert f"no images in {empty}" in user_error(
+        capsys, search.main, ["--checkpoint", str(run), "--images", str(empty), "--query", "a man"]
+    )
     assert "checkpoint not found" in user_error(
-        capsys, search.main, ["--checkpoint", str(tmp_path / "nope.pth"), "--images", str(images), "--query", "x"])
+        capsys, search.main, ["--checkpoint", str(tmp_path / "nope.pth"), "--images", str(images), "--query", "x"]
+    )
     folder = _gallery_copy(images, tmp_path)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     (folder / "empty.png").write_bytes(b"")
-    assert search.main(["--checkpoint", str(run), "--images", str(folder), "--query", "a man in a black jacket",
-                        "--output", str(tmp_path / "s.png"), f"data.root={root}"]) == 0
+    assert (
+        search.main(
+            [
+                "--checkpoint",
+                str(run),
+                "--images",
+                str(folder),
+                "--query",
+                "a man in a black jacket",
+                "--output",
+                str(tmp_path / "s.png"),
+                f"data.root={root}",
+            ]
+        )
+        == 0
+    )
     log = capsys.readouterr().out
     assert "broken.jpg cannot be decoded" in log and "empty.png cannot be decoded" in log
     assert "2 unreadable skipped" in log
 
 
 def _coloured_pixels(png_path, colour: str) -> int:
-    target = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+    target = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
     pixels = np.asarray(Image.open(png_path).convert("RGB")).astype(int)
     return int((np.abs(pixels - target).sum(-1) < 30).sum())
 
@@ -125,15 +174,19 @@ def _coloured_pixels(png_path, colour: str) -> int:
 def test_retrieval_pictures(quick, tmp_path):
     root, run, _ = quick
     out = tmp_path / "figs"
-    assert visualize.main(["retrieval", str(run), "--queries", "0", "3", "--output-dir", str(out),
-                           "--root", str(root)]) == 0
+    assert (
+        visualize.main(["retrieval", str(run), "--queries", "0", "3", "--output-dir", str(out), "--root", str(root)])
+        == 0
+    )
     pictures = sorted(out.glob("retrieval_*.png"))
     assert [p.name for p in pictures] == [f"retrieval_Synthetic-PEDES_test_{q}.png" for q in (0, 3)]
     # 10 framed results per picture; the 6 test identities guarantee both kinds of frame.
     assert _coloured_pixels(pictures[0], CORRECT) + _coloured_pixels(pictures[1], CORRECT) > 100
     assert _coloured_pixels(pictures[0], WRONG) > 100
-    assert visualize.main(["retrieval", str(run), "--queries", "100000", "--output-dir", str(out),
-                           "--root", str(root)]) == 2
+    assert (
+        visualize.main(["retrieval", str(run), "--queries", "100000", "--output-dir", str(out), "--root", str(root)])
+        == 2
+    )
 
 
 def test_efa_similarity_maps(quick, tmp_path):
@@ -168,8 +221,9 @@ def _after_panel(png_path, figure, row: int, image, grid) -> np.ndarray:
     """RGB at the centre of every patch cell of word ``row``'s "after sparsification" panel."""
     pixels = np.asarray(Image.open(png_path).convert("RGB")).astype(int)
     rows, cols = grid
-    centres = [((j + 0.5) * image.size[0] / cols, (i + 0.5) * image.size[1] / rows)
-               for i in range(rows) for j in range(cols)]
+    centres = [
+        ((j + 0.5) * image.size[0] / cols, (i + 0.5) * image.size[1] / rows) for i in range(rows) for j in range(cols)
+    ]
     axis = figure.axes[3 * row + 2]  # per word: image, before, after
     fractions = figure.transFigure.inverted().transform(axis.transData.transform(centres))
     height, width = pixels.shape[:2]
@@ -186,8 +240,9 @@ def check_efa_picture(picture, figure, reference, reference_figure, image, after
         change = np.abs(ours - bare).max(-1).reshape(after[row].shape)
         pruned = after[row] == 0
         assert (change[pruned] == 0).all(), f"word {row}: pruned patches coloured: {np.argwhere(pruned & (change > 0))}"
-        assert (change[~pruned] > 2).all(), \
+        assert (change[~pruned] > 2).all(), (
             f"word {row}: kept patches uncoloured: {np.argwhere(~pruned & (change <= 2))}"
+        )
 
 
 def test_efa_picture_colours_exactly_the_patches_the_sparse_map_keeps(quick, tmp_path, monkeypatch):
@@ -198,8 +253,10 @@ def test_efa_picture_colours_exactly_the_patches_the_sparse_map_keeps(quick, tmp
     calls, real_maps = [], figures.similarity_maps
     monkeypatch.setattr(visualize, "similarity_maps", lambda *a: calls.append(a) or real_maps(*a))
     out = tmp_path / "figs"
-    status, figure = _drawing(monkeypatch, lambda: visualize.main(
-        ["efa", str(run), "--index", "1", "--output-dir", str(out), "--root", str(root)]))
+    status, figure = _drawing(
+        monkeypatch,
+        lambda: visualize.main(["efa", str(run), "--index", "1", "--output-dir", str(out), "--root", str(root)]),
+    )
     assert status == 0
     [(image, words, before, after, caption, picture)] = calls
     assert (after == 0).any() and (after > 0).any(), "the case needs pruned and kept patches"
@@ -220,18 +277,27 @@ def test_efa_picture_colours_exactly_the_patches_the_sparse_map_keeps(quick, tmp
         np.testing.assert_allclose(before[row], dense[places].mean(0).reshape(grid), atol=1e-5)
         np.testing.assert_allclose(after[row], sparse[places].mean(0).reshape(grid), atol=1e-5)
         assert np.array_equal(after[row] == 0, sparse[places].mean(0).reshape(grid) == 0)
+
     # The picture.
     def draw(shown_after, name):
         return _drawing(monkeypatch, lambda: real_maps(image, words, before, shown_after, caption, tmp_path / name))[1]
+
     bare_figure = draw(np.zeros_like(after), "bare.png")
     check_efa_picture(picture, figure, tmp_path / "bare.png", bare_figure, image, after)
     chequered = np.where(np.indices(after.shape).sum(0) % 2 == 0, 0.0, after)  # half the patches pruned
-    check_efa_picture(tmp_path / "chequered.png", draw(chequered, "chequered.png"), tmp_path / "bare.png",
-                      bare_figure, image, chequered)
+    check_efa_picture(
+        tmp_path / "chequered.png",
+        draw(chequered, "chequered.png"),
+        tmp_path / "bare.png",
+        bare_figure,
+        image,
+        chequered,
+    )
     unpruned = np.where(after == 0, after[after > 0].min() / 10, after)  # pruned patches drawn anyway
     with pytest.raises(AssertionError, match="pruned patches coloured"):
-        check_efa_picture(tmp_path / "unpruned.png", draw(unpruned, "unpruned.png"), tmp_path / "bare.png",
-                          bare_figure, image, after)
+        check_efa_picture(
+            tmp_path / "unpruned.png", draw(unpruned, "unpruned.png"), tmp_path / "bare.png", bare_figure, image, after
+        )
     with pytest.raises(AssertionError, match="kept patches uncoloured"):
         check_efa_picture(tmp_path / "bare.png", bare_figure, tmp_path / "bare.png", bare_figure, image, after)
     figures.plt.close("all")
@@ -240,8 +306,10 @@ def test_efa_picture_colours_exactly_the_patches_the_sparse_map_keeps(quick, tmp
 def test_export_features(quick, tmp_path):
     root, run, images = quick
     output = tmp_path / "test.npz"
-    assert export_features.main([str(run), "--dataset", "Synthetic-PEDES", "--root", str(root),
-                                 "--output", str(output)]) == 0
+    assert (
+        export_features.main([str(run), "--dataset", "Synthetic-PEDES", "--root", str(root), "--output", str(output)])
+        == 0
+    )
     arrays = np.load(output, allow_pickle=False)
     loaded = load_model(run, overrides=[f"data.root={root}"])
     features = extract_features(loaded.model, build_eval_loaders(loaded.cfg, root=str(root)), loaded.device)
@@ -257,9 +325,17 @@ def test_export_features(quick, tmp_path):
 
 
 def test_init_from_a_reference_layout_checkpoint(tmp_path, caplog):
-    base = ["model.pretrain=none", "model.image_size=[64,32]", "model.patch_size=16", "model.embed_dim=64",
-            "model.vision_width=64", "model.vision_layers=1", "model.text_width=64", "model.text_layers=1",
-            "model.cmt_depth=1"]
+    base = [
+        "model.pretrain=none",
+        "model.image_size=[64,32]",
+        "model.patch_size=16",
+        "model.embed_dim=64",
+        "model.vision_width=64",
+        "model.vision_layers=1",
+        "model.text_width=64",
+        "model.text_layers=1",
+        "model.cmt_depth=1",
+    ]
     torch.manual_seed(1)
     source = build_model(load_config(None, [*base, "model.image_size=[64,64]"]), num_classes=11)  # square grid
     pretrained = tmp_path / "reid_pretrained.pth"  # the reference's layout: {"model": ...} with module.

@@ -1,20 +1,21 @@
 """train.py / test.py end to end on fixture data, precision modes, the NaN guard, resume."""
+
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
-
-import importlib.util
 from dataclasses import replace
 
 import pytest
 import torch
+from conftest import ROOT, tiny_batch, tiny_config
+from train_fixtures import epoch_means, make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
-from conftest import ROOT, tiny_batch, tiny_config
 from configs.loader import load_config
 from model import objectives
 from model.build import build_criterion, build_model, model_from_checkpoint
@@ -23,7 +24,6 @@ from processor.precision import Precision
 from processor.trainer import NonFiniteLossError, StepLog, train_one_epoch
 from solver import build_optimizer
 from utils.io import save_atomic
-from train_fixtures import epoch_means, make_fixture, read_metrics, tiny_run_args
 
 # test.py by path: the name "test" is also a standard-library package.
 _spec = importlib.util.spec_from_file_location("fmfa_test_cli", ROOT / "test.py")
@@ -69,8 +69,9 @@ def test_precision_modes_train(mode):
     scaler = precision.make_scaler()
     # amp_fp16 skips its first steps while the loss scale falls from 2^16 to a finite range.
     batches = [tiny_batch(seed=s) for s in range(10)]
-    step, averages = train_one_epoch(model, build_criterion(tiny_config()), batches, optimizer, precision, scaler,
-                                     0, 0, 1, progress=False)
+    step, averages = train_one_epoch(
+        model, build_criterion(tiny_config()), batches, optimizer, precision, scaler, 0, 0, 1, progress=False
+    )
     assert step == 10 and all(torch.isfinite(torch.tensor(v)) for v in averages.values())
     weight_dtype = model.base_model.visual.conv1.weight.dtype
     assert weight_dtype == (torch.float16 if mode == "pure_fp16" else torch.float32)
@@ -100,6 +101,7 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
         calls.append(1)
         value = real_efa(*args, **kwargs)
         return value * float("nan") if len(calls) == 3 else value
+
     monkeypatch.setattr(objectives, "efa_loss", efa_nan_at_third_call)
     with pytest.raises(NonFiniteLossError, match="non-finite loss 'efa' at step 8"):  # 5 steps per epoch
         train_cli.main(tiny_run_args(root, run, 2, f"train.resume={run}", "train.log_period=50"))
@@ -114,6 +116,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypa
     def crash(obj, stream, *args, **kwargs):
         stream.write(b"partial")
         raise OSError("No space left on device")
+
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="No space left"):
         save_atomic({"epoch": 2, "w": torch.zeros(3)}, target)
@@ -131,9 +134,14 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     assert train_cli.main(tiny_run_args(root, whole, 3)) == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FMFA_FAULT_KILL_AFTER_EPOCH": "1"}
     # timeout: a hang ends the test here; the kill itself waits on no clock
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "fault_injection.py"),
-                             *tiny_run_args(root, killed, 3)], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "fault_injection.py"), *tiny_run_args(root, killed, 3)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert ckpt.load_training_state(killed / "last.pth")["epoch"] == 1, "not killed right after epoch 1"
     assert [row["epoch"] for row in read_metrics(killed)] == [1]  # evaluated, then saved, then killed
@@ -153,8 +161,9 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, monke
     aot_eager (AOTAutograd's forward/backward graphs without inductor's C++ code generation,
     which takes a minute here); the inductor path itself is measured by benchmarks.train_step."""
     real_compile, compiled = torch.compile, []
-    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or
-                        real_compile(module, backend="aot_eager"))
+    monkeypatch.setattr(
+        torch, "compile", lambda module: compiled.append(module) or real_compile(module, backend="aot_eager")
+    )
     root = make_fixture(tmp_path / "data")
     terms, weights = {}, {}
     for flag in ("false", "true"):

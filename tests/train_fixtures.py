@@ -1,4 +1,5 @@
 """Tiny training runs on fixture data: overrides for train.py / test.py."""
+
 from __future__ import annotations
 
 import json
@@ -8,17 +9,39 @@ from typing import Dict, List
 
 from data_fixtures import make_dataset
 
-TINY_MODEL = ["model.pretrain=none", "model.image_size=[32,16]", "model.patch_size=8", "model.embed_dim=64",
-              "model.vision_width=64", "model.vision_layers=1", "model.text_width=64", "model.text_layers=1",
-              "model.cmt_depth=1", "model.context_length=32", "data.text_length=32"]
+TINY_MODEL = [
+    "model.pretrain=none",
+    "model.image_size=[32,16]",
+    "model.patch_size=8",
+    "model.embed_dim=64",
+    "model.vision_width=64",
+    "model.vision_layers=1",
+    "model.text_width=64",
+    "model.text_layers=1",
+    "model.cmt_depth=1",
+    "model.context_length=32",
+    "data.text_length=32",
+]
 
 
 def tiny_run_args(root: Path, output_dir: Path, epochs: int = 2, *extra: str) -> List[str]:
     """train.py arguments: tiny CLIP, fixture CUHK-PEDES, fp32 on the CPU, no workers."""
-    return [*TINY_MODEL, f"data.root={root}", "data.dataset=CUHK-PEDES", "data.batch_size=4",
-            "data.num_workers=0", "solver.lr=1e-3", "solver.eps=1e-8", f"solver.epochs={epochs}",
-            f"solver.warmup_epochs={min(1, epochs - 1)}", "train.precision=fp32", "train.device=cpu",
-            "train.log_period=2", f"train.output_dir={output_dir}", *extra]
+    return [
+        *TINY_MODEL,
+        f"data.root={root}",
+        "data.dataset=CUHK-PEDES",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "solver.lr=1e-3",
+        "solver.eps=1e-8",
+        f"solver.epochs={epochs}",
+        f"solver.warmup_epochs={min(1, epochs - 1)}",
+        "train.precision=fp32",
+        "train.device=cpu",
+        "train.log_period=2",
+        f"train.output_dir={output_dir}",
+        *extra,
+    ]
 
 
 def make_fixture(root: Path, identities: int = 5) -> Path:
@@ -27,9 +50,17 @@ def make_fixture(root: Path, identities: int = 5) -> Path:
     for pid in range(1, identities + 7):
         split = "train" if pid <= identities else ("val" if pid <= identities + 2 else "test")
         for shot in range(2):
-            records.append({"id": pid, "file_path": f"{split}/{pid}_{shot}.jpg", "split": split,
-                            "captions": [f"person {pid} wearing colour {pid % 7} view {shot}",
-                                         f"someone numbered {pid} in shade {pid % 5}"]})
+            records.append(
+                {
+                    "id": pid,
+                    "file_path": f"{split}/{pid}_{shot}.jpg",
+                    "split": split,
+                    "captions": [
+                        f"person {pid} wearing colour {pid % 7} view {shot}",
+                        f"someone numbered {pid} in shade {pid % 5}",
+                    ],
+                }
+            )
     make_dataset(root, "CUHK-PEDES", records, image_size=(32, 16))
     return root
 

@@ -1,5 +1,6 @@
 """What the command-line programs share: the model-source arguments, and one way to answer a
 user mistake (one line on stderr, exit status 2) while a genuine bug keeps its traceback."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,12 @@ def add_model_source(parser: argparse.ArgumentParser, flag: Optional[str] = None
         parser.add_argument(flag, dest="source", required=required, default=None, help=help_text)
     else:
         parser.add_argument("source", help=help_text)
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="YAML config (default: the run folder's config.yaml, else the defaults)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="YAML config (default: the run folder's config.yaml, else the defaults)",
+    )
     parser.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     parser.epilog = parser.epilog or build_parser().epilog
@@ -34,6 +39,7 @@ def report_user_errors(main: Main) -> Main:
     """Wrap a program's ``main(argv) -> int``: a :class:`UserError` (bad config value, missing
     or unusable weights, data or run folder) becomes ``<program>: error: <message>`` on stderr
     and exit status 2; any other exception propagates with its traceback."""
+
     @functools.wraps(main)
     def wrapper(argv: Optional[Sequence[str]] = None) -> int:
         try:
@@ -42,4 +48,5 @@ def report_user_errors(main: Main) -> Main:
             program = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "fmfa"
             sys.stderr.write(f"{program}: error: {error}\n")
             return USER_ERROR_STATUS
+
     return wrapper

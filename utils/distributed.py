@@ -1,4 +1,5 @@
 """torchrun / DistributedDataParallel set-up (NCCL on GPUs, gloo on the CPU)."""
+
 from __future__ import annotations
 
 import logging
@@ -54,9 +55,13 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
         # failed attempt, and gloo would otherwise connect to the dead workers' addresses.
         store, rank, size = next(dist.rendezvous("env://"))
         attempt = restart_attempt()
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                store=dist.PrefixStore(f"fmfa_attempt_{attempt}", store), rank=rank,
-                                world_size=size, device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            store=dist.PrefixStore(f"fmfa_attempt_{attempt}", store),
+            rank=rank,
+            world_size=size,
+            device_id=device if device.type == "cuda" else None,
+        )
         if attempt:
             logger.warning("torchrun restart %s: rank %d rejoined", attempt, rank)
     return DistInfo(dist.get_rank(), world_size, local_rank, device)
@@ -103,7 +108,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         total = grad.contiguous().clone()
         dist.all_reduce(total)
-        return total[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        return total[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

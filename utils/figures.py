@@ -2,6 +2,7 @@
 
 matplotlib with the Agg backend (files only, no display needed).
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -28,8 +29,14 @@ def _frame(axis, colour: Optional[str]) -> None:
             spine.set_linewidth(4)
 
 
-def ranked_row(images: Sequence[Image.Image], labels: Sequence[str], title: str, output: Path,
-               correct: Optional[Sequence[bool]] = None, query_image: Optional[Image.Image] = None) -> Path:
+def ranked_row(
+    images: Sequence[Image.Image],
+    labels: Sequence[str],
+    title: str,
+    output: Path,
+    correct: Optional[Sequence[bool]] = None,
+    query_image: Optional[Image.Image] = None,
+) -> Path:
     """One row of ranked images with a label under each; frames green/red when ``correct`` is
     given; an optional leading ground-truth image; the (wrapped) text as the title."""
     count = len(images) + (query_image is not None)
@@ -51,8 +58,9 @@ def ranked_row(images: Sequence[Image.Image], labels: Sequence[str], title: str,
     return output
 
 
-def similarity_maps(image: Image.Image, words: List[str], before: np.ndarray, after: np.ndarray, caption: str,
-                    output: Path) -> Path:
+def similarity_maps(
+    image: Image.Image, words: List[str], before: np.ndarray, after: np.ndarray, caption: str, output: Path
+) -> Path:
     """Per word: the image, then its token-to-patch similarity over the patch grid before and
     after sparsification, overlaid on the image (``before``/``after``: [words, rows, cols];
     each panel's colours span its own range, red = most similar)."""
@@ -65,8 +73,7 @@ def similarity_maps(image: Image.Image, words: List[str], before: np.ndarray, af
         pruned = np.ma.masked_where(after[row] == 0, after[row])
         for column, (grid, name) in enumerate(((before[row], "before"), (pruned, "after sparsification")), 1):
             axes[row][column].imshow(image)
-            axes[row][column].imshow(grid, cmap="jet", alpha=0.5, extent=(0, width, height, 0),
-                                     interpolation="nearest")
+            axes[row][column].imshow(grid, cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="nearest")
             axes[row][column].set_title(name, fontsize=8)
         for axis in axes[row]:
             _frame(axis, None)

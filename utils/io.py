@@ -6,6 +6,7 @@ failure the temporary file is removed and the previous file is left as it was.
 metrics.jsonl is the exception by design: it is appended one flushed line at a time, and
 a line cut by a power loss is skipped when read.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,10 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(error, OSError):
-            raise OSError(error.errno, f"could not write {path} ({error.strerror or error}); "
-                          f"the previous {path.name}, if any, is intact") from error
+            raise OSError(
+                error.errno,
+                f"could not write {path} ({error.strerror or error}); the previous {path.name}, if any, is intact",
+            ) from error
         raise
 
 
@@ -71,6 +74,7 @@ def write_with(path: str | Path, writer: Callable[[IO], None]) -> None:
 
 
 # ---------------------------------------------------------------------------- metrics.jsonl
+
 
 def append_jsonl(path: Path, record: Dict) -> None:
     """One JSON object per line; written and flushed at once so a crash leaves whole lines."""

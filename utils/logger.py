@@ -1,4 +1,5 @@
 """Console + file logging; only rank 0 writes the run's log."""
+
 from __future__ import annotations
 
 import logging

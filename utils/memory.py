@@ -1,5 +1,6 @@
 """Memory figures logged once per epoch: resident memory of this process and its data
 workers, and the peak GPU memory allocated by PyTorch."""
+
 from __future__ import annotations
 
 from typing import Dict

@@ -10,6 +10,7 @@ relevant one with the same similarity, so degenerate scores (e.g. all equal) giv
 worst-case metrics rather than ones that depend on the gallery order. The reference's
 unstable argsort leaves such ties arbitrary; its recorded golden cases contain none.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -78,14 +79,18 @@ def _has_nan(values: Tensor) -> bool:
 def _check_inputs(similarity: Tensor, q_pids: Tensor, g_pids: Tensor, max_rank: int, chunk_size: int) -> None:
     """ValueError on mismatched shapes, empty inputs, bad sizes or queries without a match."""
     if similarity.dim() != 2 or similarity.shape != (q_pids.numel(), g_pids.numel()):
-        raise ValueError(f"similarity {tuple(similarity.shape)} must be [len(q_pids), len(g_pids)] = "
-                         f"[{q_pids.numel()}, {g_pids.numel()}]")
+        raise ValueError(
+            f"similarity {tuple(similarity.shape)} must be [len(q_pids), len(g_pids)] = "
+            f"[{q_pids.numel()}, {g_pids.numel()}]"
+        )
     if similarity.numel() == 0 or max_rank < 1 or chunk_size < 1:
         raise ValueError("need at least one query and one gallery item, max_rank >= 1, chunk_size >= 1")
     missing = int((~torch.isin(q_pids, g_pids)).sum())
     if missing:
-        raise ValueError(f"{missing} of {q_pids.numel()} queries have no relevant gallery item "
-                         "(AP and INP are undefined for them); remove them before ranking")
+        raise ValueError(
+            f"{missing} of {q_pids.numel()} queries have no relevant gallery item "
+            "(AP and INP are undefined for them); remove them before ranking"
+        )
 
 
 def _chunk_sums(positions: Tensor, num_rel: Tensor, max_rank: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -100,8 +105,9 @@ def _chunk_sums(positions: Tensor, num_rel: Tensor, max_rank: int) -> tuple[Tens
 
 
 @torch.no_grad()
-def rank(similarity: Tensor, q_pids: Tensor, g_pids: Tensor, max_rank: int = 10,
-         chunk_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+def rank(
+    similarity: Tensor, q_pids: Tensor, g_pids: Tensor, max_rank: int = 10, chunk_size: int = 256
+) -> tuple[Tensor, Tensor, Tensor]:
     """CMC, mAP and mINP (percent) of ranking the gallery by descending similarity.
 
     similarity: [Q, G] (any device, any real dtype); q_pids: [Q], g_pids: [G] identity labels.
@@ -119,7 +125,7 @@ def rank(similarity: Tensor, q_pids: Tensor, g_pids: Tensor, max_rank: int = 10,
     totals = [torch.zeros(max_rank, dtype=torch.float64, device=device), 0.0, 0.0]
     for start in range(0, q_pids.numel(), chunk_size):
         # a contiguous block of queries (cache-friendly reads), most relevant items first
-        block = rel_count[start:start + chunk_size]
+        block = rel_count[start : start + chunk_size]
         rows = torch.argsort(block, descending=True, stable=True) + start
         values = _take_rows(similarity, rows)
         if _has_nan(values):
@@ -137,8 +143,7 @@ def metrics_dict(cmc: Tensor, mAP: Tensor, mINP: Tensor) -> dict[str, float]:
     """{'R1', 'R5', 'R10', 'mAP', 'mINP'} as Python floats; cmc needs at least 10 entries."""
     if cmc.numel() < 10:
         raise ValueError(f"cmc has {cmc.numel()} entries; R10 needs max_rank >= 10")
-    return {"R1": float(cmc[0]), "R5": float(cmc[4]), "R10": float(cmc[9]),
-            "mAP": float(mAP), "mINP": float(mINP)}
+    return {"R1": float(cmc[0]), "R5": float(cmc[4]), "R10": float(cmc[9]), "mAP": float(mAP), "mINP": float(mINP)}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -162,8 +167,10 @@ def summary_table(metrics_file: Path, dataset: str, split: str) -> str:
         return "(no evaluation)"
     best = max((r for r in selection if r["epoch"] > 0), key=lambda r: r["R1"], default=selection[-1])
     picked = [("untrained", selection[0])] if selection[0]["epoch"] == 0 else []
-    picked += [(f"best (epoch {best['epoch']}, {split})", best),
-               (f"final (epoch {selection[-1]['epoch']}, {split})", selection[-1])]
+    picked += [
+        (f"best (epoch {best['epoch']}, {split})", best),
+        (f"final (epoch {selection[-1]['epoch']}, {split})", selection[-1]),
+    ]
     if split != "test":
         picked += [(f"best.pth on test (epoch {r['epoch']})", r) for r in rows if r["split"] == "test"][-1:]
     return format_table([{**row, "task": label} for label, row in picked])

@@ -5,6 +5,7 @@ dataset and ``eval.split`` among epochs > 0 (earliest on ties), plus its test ro
 was selected on val. Runs differing only in ``train.seed`` are pooled as ``mean ± std (n)``;
 differing config keys become columns; the paper's figures are added per dataset.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,6 +92,7 @@ class Run:
 
 # ---------------------------------------------------------------------------------- reading
 
+
 def find_runs(dirs: Sequence[str | Path]) -> List[Path]:
     """Every folder holding a config.yaml under ``dirs`` (a DIR may be a run itself), sorted."""
     found: Dict[Path, None] = {}
@@ -108,8 +110,11 @@ def flatten(config: Dict[str, Any]) -> Dict[str, Any]:
     """``{"loss": {"names": x}}`` -> ``{"loss.names": x}`` (one level: the config sections)."""
     flat: Dict[str, Any] = {}
     for section, values in config.items():
-        flat.update({f"{section}.{key}": value for key, value in values.items()} if isinstance(values, dict)
-                    else {str(section): values})
+        flat.update(
+            {f"{section}.{key}": value for key, value in values.items()}
+            if isinstance(values, dict)
+            else {str(section): values}
+        )
     return flat
 
 
@@ -142,6 +147,7 @@ def read_run(folder: str | Path) -> Run:
 
 
 # --------------------------------------------------------------------------------- the rows
+
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -190,9 +196,12 @@ def _group_rows(group: List[Run], labels: Dict[Path, str], keys: List[str]) -> L
     """The group's row at the selected epochs; for a val-selected group also the test row."""
     first = group[0]
     base = dict.fromkeys(COLUMNS, "") | {
-        "run": ", ".join(labels[run.folder] for run in group), "dataset": first.dataset,
-        "split": "" if first.error else first.split, "state": ", ".join(dict.fromkeys(run.state() for run in group)),
-        **{key: "" if first.error else first.value(key) for key in keys}}
+        "run": ", ".join(labels[run.folder] for run in group),
+        "dataset": first.dataset,
+        "split": "" if first.error else first.split,
+        "state": ", ".join(dict.fromkeys(run.state() for run in group)),
+        **{key: "" if first.error else first.value(key) for key in keys},
+    }
     selected = [(run, run.selected_epoch()) for run in group if run.selected_epoch() is not None]
     rows = [_metric_row(base, base["split"], [run.curve()[epoch] for run, epoch in selected])]
     tests = [run.curve("test").get(epoch) for run, epoch in selected] if first.split != "test" else []
@@ -220,6 +229,7 @@ def report_rows(runs: Sequence[Run]) -> List[Dict[str, str]]:
 
 
 # ---------------------------------------------------------------------------------- outputs
+
 
 def markdown_table(rows: Sequence[Dict[str, str]]) -> str:
     table = PrettyTable(list(rows[0]) if rows else list(COLUMNS), align="l")
@@ -261,6 +271,7 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> None:
     """Two panels, t2i R1 and mAP on each run's selection split against epoch; one line per
     run (one colour per pooled group), its selected epoch circled; the legend below."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
@@ -289,6 +300,7 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> None:
 
 
 # ------------------------------------------------------------------------------ command line
+
 
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:

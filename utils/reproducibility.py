@@ -7,6 +7,7 @@ weights from ``train.seed``. What this adds is the kernels: deterministic algori
 machine, software and GPU model give the same numbers. Across GPU models, driver/library
 versions or CPU instruction sets, floating-point results may still differ in the last bits.
 """
+
 from __future__ import annotations
 
 import os

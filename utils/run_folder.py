@@ -5,6 +5,7 @@ is built or written: a fresh run, a continuation from last.pth, a finished run r
 or a refusal (a folder of another config is never continued or overwritten by an
 automatic resume). The checkpoints' contents are built by ``processor.checkpointing``.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,16 +68,20 @@ def prepare_run_folder(path: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write_probe"):
             pass
     except OSError as error:
-        raise RunFolderError(f"run folder {path} is not writable ({error.strerror or error}); "
-                             "fix its permissions or choose another train.output_dir") from None
+        raise RunFolderError(
+            f"run folder {path} is not writable ({error.strerror or error}); "
+            "fix its permissions or choose another train.output_dir"
+        ) from None
 
 
 def check_free_space(path: Path, needed: int) -> None:
     free = shutil.disk_usage(path).free
     if free < needed:
-        raise RunFolderError(f"run folder {path}: {free / 2**30:.2f} GiB free, but its checkpoints need about "
-                             f"{needed / 2**30:.2f} GiB ({LAST}, its temporary copy while written, {BEST}); "
-                             "free some space or choose another train.output_dir")
+        raise RunFolderError(
+            f"run folder {path}: {free / 2**30:.2f} GiB free, but its checkpoints need about "
+            f"{needed / 2**30:.2f} GiB ({LAST}, its temporary copy while written, {BEST}); "
+            "free some space or choose another train.output_dir"
+        )
 
 
 def find_resume_file(path: str | Path) -> Path:
@@ -84,8 +89,9 @@ def find_resume_file(path: str | Path) -> Path:
     path = Path(path)
     candidate = path / LAST if path.is_dir() else path
     if not candidate.is_file():
-        raise RunFolderError(f"cannot resume: {candidate} not found (give a run folder holding {LAST} "
-                             "or the checkpoint file)")
+        raise RunFolderError(
+            f"cannot resume: {candidate} not found (give a run folder holding {LAST} or the checkpoint file)"
+        )
     return candidate
 
 
@@ -129,12 +135,14 @@ def plan_start(cfg: Config, output_dir: Path) -> StartPlan:
     if not (cfg.train.auto_resume or restart_attempt() > 0):
         raise RunFolderError(
             f"run folder {output_dir} already holds a run ({LAST}); continue it with train.auto_resume=true "
-            f"(or train.resume={output_dir}), or choose another train.output_dir")
+            f"(or train.resume={output_dir}), or choose another train.output_dir"
+        )
     changed = saved_config_differences(cfg, output_dir)
     if changed:
         raise RunFolderError(
             f"run folder {output_dir} holds a run of another config; it is neither continued nor overwritten. "
             f"Differences (saved -> now): {'; '.join(changed)}. Choose another train.output_dir, or continue it "
-            f"explicitly with train.resume={output_dir}")
+            f"explicitly with train.resume={output_dir}"
+        )
     done = int(read_progress(output_dir).get("epoch", 0))
     return StartPlan(str(output_dir / LAST), finished=done >= cfg.solver.epochs, epoch=done)

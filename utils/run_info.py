@@ -1,6 +1,7 @@
 """What a run's log records at its start, so a result can be traced to its code and machine:
 the git commit (and whether the tree had uncommitted changes), library versions, the device
 and the parameter counts."""
+
 from __future__ import annotations
 
 import logging
@@ -17,10 +18,13 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def git_state(folder: Path = REPOSITORY) -> Optional[str]:
-    """"<commit>" or "<commit> (uncommitted changes)"; None outside a git checkout."""
+    """ "<commit>" or "<commit> (uncommitted changes)"; None outside a git checkout."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=folder, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
     try:
         commit = git("rev-parse", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
@@ -31,8 +35,12 @@ def git_state(folder: Path = REPOSITORY) -> Optional[str]:
 
 def environment() -> Dict[str, str]:
     cuda = torch.version.cuda if torch.cuda.is_available() else "not available"
-    return {"python": platform.python_version(), "torch": torch.__version__, "open_clip": open_clip.__version__,
-            "cuda": str(cuda)}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "cuda": str(cuda),
+    }
 
 
 def device_name(device: torch.device) -> str:
@@ -43,8 +51,10 @@ def device_name(device: torch.device) -> str:
 
 def parameter_counts(model: torch.nn.Module) -> Dict[str, int]:
     """Total, trainable, and per top-level module."""
-    counts = {"total": sum(p.numel() for p in model.parameters()),
-              "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    counts = {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
     counts.update({name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()})
     return counts
 
