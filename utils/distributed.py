@@ -92,6 +92,13 @@ def broadcast_object(value, info: DistInfo):
     return holder[0]
 
 
+def _gather_into(out: torch.Tensor, tensor: torch.Tensor) -> None:
+    """Every rank's ``tensor`` concatenated into ``out``: all_gather_single where torch has it
+    (the pinned 2.14 deprecates all_gather_into_tensor), else all_gather_into_tensor."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, tensor.contiguous())
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather whose backward sums every rank's gradient of each share back to its owner
     (an all-reduce of the whole gradient, then this rank's rows: any backend, and the
@@ -101,7 +108,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
         ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
         out = tensor.new_empty((dist.get_world_size() * tensor.shape[0], *tensor.shape[1:]))
-        dist.all_gather_single(out, tensor.contiguous())
+        _gather_into(out, tensor)
         return out
 
     @staticmethod
@@ -130,7 +137,7 @@ class ProcessGroupCollective:
         if tensor.requires_grad:
             return all_gather_with_grad(tensor)
         out = tensor.new_empty((self.world_size * tensor.shape[0], *tensor.shape[1:]))
-        dist.all_gather_single(out, tensor.contiguous())  # e.g. identities: nothing to differentiate
+        _gather_into(out, tensor)  # e.g. identities: nothing to differentiate
         return out
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
