@@ -21,6 +21,7 @@ import torch
 from prettytable import PrettyTable
 from torch.nn.parallel import DistributedDataParallel
 
+from benchmarks.presets import TINY_RUN_OVERRIDES
 from configs.loader import load_config
 from datasets.build import build_train_loader
 from model.build import build_criterion, build_model
@@ -29,17 +30,7 @@ from utils.distributed import ProcessGroupCollective, cleanup, init_distributed
 
 # A tiny CLIP on 32 x 16 images, global batch 12 (2 or 3 processes split it evenly).
 TINY = [
-    "model.pretrain=none",
-    "model.image_size=[32,16]",
-    "model.patch_size=8",
-    "model.embed_dim=64",
-    "model.vision_width=64",
-    "model.vision_layers=1",
-    "model.text_width=64",
-    "model.text_layers=1",
-    "model.cmt_depth=1",
-    "model.context_length=32",
-    "data.text_length=32",
+    *TINY_RUN_OVERRIDES,
     "data.dataset=CUHK-PEDES",
     "data.batch_size=12",
     "data.num_instance=2",

@@ -15,6 +15,20 @@ from configs.defaults import Config, DataConfig, ModelConfig
 from datasets.bases import mask_tokens
 from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID
 
+# A tiny CLIP on 32 x 16 images as train.py overrides: the several-process check and the tests' runs.
+TINY_RUN_OVERRIDES = [
+    "model.pretrain=none",
+    "model.image_size=[32,16]",
+    "model.patch_size=8",
+    "model.embed_dim=64",
+    "model.vision_width=64",
+    "model.vision_layers=1",
+    "model.text_width=64",
+    "model.text_layers=1",
+    "model.cmt_depth=1",
+    "model.context_length=32",
+    "data.text_length=32",
+]
 CUHK_TRAIN_IDS, CUHK_TRAIN_PAIRS = 11003, 68126  # docs/method.md, "Data"
 CUHK_TEST_IMAGES, CUHK_TEST_CAPTIONS = 3074, 6156
 CAPTION_TOKENS = 32  # typical CUHK-PEDES caption length (words + SOT/EOT), padded to 77

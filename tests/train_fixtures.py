@@ -9,19 +9,9 @@ from typing import Dict, List
 
 from data_fixtures import make_dataset
 
-TINY_MODEL = [
-    "model.pretrain=none",
-    "model.image_size=[32,16]",
-    "model.patch_size=8",
-    "model.embed_dim=64",
-    "model.vision_width=64",
-    "model.vision_layers=1",
-    "model.text_width=64",
-    "model.text_layers=1",
-    "model.cmt_depth=1",
-    "model.context_length=32",
-    "data.text_length=32",
-]
+from benchmarks.presets import TINY_RUN_OVERRIDES
+
+TINY_MODEL = list(TINY_RUN_OVERRIDES)  # tiny CLIP, 32 x 16 images, 32 tokens
 
 
 def tiny_run_args(root: Path, output_dir: Path, epochs: int = 2, *extra: str) -> List[str]:
