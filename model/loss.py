@@ -70,7 +70,7 @@ class FMFALoss:
         group = self.collective
         if group is None or group.world_size == 1:
             return None
-        return objectives.Shard(group.gather, group.rank, group.world_size)
+        return objectives.Shard(group.gather, group.rank)
 
     def __call__(self, outputs: Tensors, batch: Tensors) -> Tuple[Tensors, Tensors]:
         """Weighted loss terms by name and detached metrics, in float32 outside autocast."""

@@ -26,8 +26,8 @@ EPSILON = 1e-8
 
 @dataclass(frozen=True)
 class Shard:
-    """This process's rows of a batch split over ``world_size`` processes in equal shares,
-    rank 0's first (the order of the one-process batch).
+    """This process's rows of a batch split over processes in equal shares, rank 0's first
+    (the order of the one-process batch); ``rank``: this process's place.
 
     ``gather``: [R, ...] -> [B, ...], the concatenation of every process's tensor in rank
     order, differentiable (its backward sums each process's gradients back to the owner).
@@ -35,7 +35,6 @@ class Shard:
 
     gather: Callable[[torch.Tensor], torch.Tensor]
     rank: int
-    world_size: int
 
     def first_row(self, rows: int) -> int:
         return self.rank * rows
@@ -253,7 +252,7 @@ def efa_loss(
         if shard is None:
             loss = loss + _ranking_cost(sims, margin)
         else:
-            first = shard.first_row(sims.shape[0])
+            first = _first_row(shard, sims.shape[0])
             per_column = _ranking_cost_per_column(shard.gather(sims), margin)
             loss = loss + per_column[first : first + sims.shape[0]].mean()
     return loss
