@@ -84,8 +84,16 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-12))
 
 
+def gradient_norm_error(actual: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor]) -> float:
+    """||actual - expected|| / ||expected|| over all parameters' gradients as one vector."""
+    squared = sum(float((actual[name].double() - value.double()).square().sum()) for name, value in expected.items())
+    norm = sum(float(value.double().square().sum()) for value in expected.values())
+    return (squared / max(norm, 1e-24)) ** 0.5
+
+
 def largest_differences(many: dict, one: dict) -> Dict[str, Dict[str, float]]:
-    """Per case: the largest relative error among the terms, the metrics and the gradients."""
+    """Per case: the largest tensor-wise relative error among the terms, the metrics and the
+    gradients ("grads"), and the relative error of the whole gradient vector ("grad_norm")."""
     out = {}
     for case, expected in one.items():
         got = many[case]
@@ -96,14 +104,15 @@ def largest_differences(many: dict, one: dict) -> Dict[str, Dict[str, float]]:
             kind: max(relative_error(got[kind][name], expected[kind][name]) for name in expected[kind])
             for kind in ("terms", "metrics", "grads")
         }
+        out[case]["grad_norm"] = gradient_norm_error(got["grads"], expected["grads"])
     return out
 
 
 def compare(one: str, many: str) -> None:
     errors = largest_differences(*(torch.load(path, weights_only=True) for path in (many, one)))
-    table = PrettyTable(["case", "loss terms", "metrics", "gradients"])
+    table = PrettyTable(["case", "loss terms", "metrics", "gradients (each tensor)", "gradients (all)"])
     for case, values in errors.items():
-        table.add_row([case, *(f"{values[kind]:.1e}" for kind in ("terms", "metrics", "grads"))])
+        table.add_row([case, *(f"{values[kind]:.1e}" for kind in ("terms", "metrics", "grads", "grad_norm"))])
     print(f"largest relative error, {many} against {one}\n{table}")
 
 

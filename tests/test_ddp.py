@@ -2,8 +2,12 @@
 
 One step per case (random and identity sampler x both caption modes, benchmarks/ddp_equality.py)
 with 1, 2 and 3 processes on the same global batch of 12: every loss term, metric and
-parameter gradient (after DDP's averaging) agree to float32 rounding. Then a whole 2-epoch
-run with torchrun ends with the one-process run's weights and metrics.
+parameter gradient (after DDP's averaging) agree to float32 rounding: terms, metrics and the
+whole gradient vector within 1e-5 relative, each parameter's gradient within 1e-4 (small
+tensors such as biases and layer-norm shifts are sums over samples and tokens that cancel,
+so their own relative rounding error is larger: up to 1.4e-5 measured on 3 processes, while
+per-rank losses are off by 0.9-4.5). Then a whole 2-epoch run with torchrun ends with the
+one-process run's weights and metrics.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def test_one_step_on_n_processes_is_the_one_process_step(steps, processes):
     results, _, _ = steps
     assert len(results[1]) == 4 and all(len(case["grads"]) > 20 for case in results[1].values())
     for case, errors in largest_differences(results[processes], results[1]).items():
-        assert max(errors.values()) <= 1e-5, f"{processes} processes, {case}: {errors}"
+        assert max(errors["terms"], errors["metrics"], errors["grad_norm"]) <= 1e-5, f"{processes}, {case}: {errors}"
+        assert errors["grads"] <= 1e-4, f"{processes} processes, {case}: {errors}"
 
 
 def test_per_rank_losses_are_a_different_training(steps):
