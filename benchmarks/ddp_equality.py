@@ -4,10 +4,13 @@
 train.py builds it (seeded model, the rank's share of the first global batch, DDP and the
 global-batch losses under torchrun, fp32 without TF32); rank 0 saves every loss term,
 metric and (after DDP's averaging) parameter gradient. ``compare``: the largest relative
-error per case between two such files. Used by tests/test_ddp.py (gloo on the CPU) and
+error per case between two such files. With ``float64`` the step runs in float64 (model and
+batch; the losses keep float64): the reference that float32 steps on 1 and on N processes
+each approximate to float32 rounding. Used by tests/test_ddp.py (gloo on the CPU) and
 benchmarks/gpu_check.sh (NCCL on two GPUs).
 
     python -m benchmarks.ddp_equality step DATA_ROOT one.pt [key=value ...]
+    python -m benchmarks.ddp_equality step DATA_ROOT exact.pt float64 [key=value ...]
     torchrun --nproc_per_node=2 -m benchmarks.ddp_equality step DATA_ROOT two.pt [key=value ...]
     python -m benchmarks.ddp_equality compare one.pt two.pt
 """
@@ -47,18 +50,19 @@ CASES = {
 }
 
 
-def one_step(root: str, overrides: list, info) -> dict:
+def one_step(root: str, overrides: list, info, dtype: torch.dtype) -> dict:
     cfg = load_config(None, [*TINY, f"data.root={root}", *overrides])
     torch.manual_seed(cfg.train.seed)
     loader, num_classes = build_train_loader(cfg, info.rank, info.world_size)
     loader.sampler.set_epoch(1)
-    model = build_model(cfg, num_classes).to(info.device)
+    model = build_model(cfg, num_classes).to(info.device, dtype)
     criterion = build_criterion(cfg)
     if info.distributed:
         if cfg.train.global_batch_losses:
             criterion.collective = ProcessGroupCollective()
         model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    batch = move_batch(next(iter(loader)), info.device)
+    batch = {key: value.to(dtype) if value.is_floating_point() else value for key, value in next(iter(loader)).items()}
+    batch = move_batch(batch, info.device)
     terms, metrics = criterion(model(batch), batch)
     sum(terms.values()).backward()
     module = model.module if info.distributed else model
@@ -70,10 +74,14 @@ def one_step(root: str, overrides: list, info) -> dict:
 
 
 def step(root: str, output: str, *extra: str) -> None:
+    """``extra``: config overrides, and ``float64`` for the exact reference (the same step
+    with the model and the batch in float64)."""
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    dtype = torch.float64 if "float64" in extra else torch.float32
+    extra = tuple(item for item in extra if item != "float64")
     device = next((item.split("=", 1)[1] for item in extra if item.startswith("train.device=")), "cpu")
     info = init_distributed(device)
-    results = {name: one_step(root, [*overrides, *extra], info) for name, overrides in CASES.items()}
+    results = {name: one_step(root, [*overrides, *extra], info, dtype) for name, overrides in CASES.items()}
     if info.is_main:
         torch.save(results, output)
     cleanup()

@@ -167,7 +167,7 @@ class FMFA(nn.Module):
     def mlm_scores(
         self, mlm_tokens: torch.Tensor, image_tokens: torch.Tensor, labels: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """MLM logits [N, vocab] (float32) and labels [N] of the N labelled positions.
+        """MLM logits [N, vocab] (the head's dtype) and labels [N] of the N labelled positions.
 
         Only labelled positions reach the vocabulary classifier: the loss ignores the
         others (label 0), so value and gradients equal those of scoring every position,
@@ -176,13 +176,13 @@ class FMFA(nn.Module):
         x = self.cross_former(mlm_tokens, image_tokens)
         labels = labels.reshape(-1)
         targets = labels > 0
-        return self.mlm_head(x.reshape(-1, x.shape[-1])[targets]).float(), labels[targets]
+        return self.mlm_head(x.reshape(-1, x.shape[-1])[targets]), labels[targets]
 
     def id_logits(self, feats: torch.Tensor) -> torch.Tensor:
-        """ID classifier logits [B, C], float32, outside autocast: the classifier runs in its
-        own dtype (half under pure fp16, as in the reference; float32 otherwise)."""
+        """ID classifier logits [B, C] outside autocast: the classifier runs in its own dtype
+        (half under pure fp16, as in the reference; float32 otherwise)."""
         with torch.autocast(feats.device.type, enabled=False):
-            return self.classifier(feats.float().to(self.classifier.weight.dtype)).float()
+            return self.classifier(feats.to(self.classifier.weight.dtype))
 
 
 def at_eot(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

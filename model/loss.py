@@ -73,12 +73,13 @@ class FMFALoss:
         return objectives.Shard(group.gather, group.rank)
 
     def __call__(self, outputs: Tensors, batch: Tensors) -> Tuple[Tensors, Tensors]:
-        """Weighted loss terms by name and detached metrics, in float32 outside autocast."""
+        """Weighted loss terms by name and detached metrics, in float32 outside autocast
+        (float64 outputs stay float64: the exact reference of benchmarks/ddp_equality.py)."""
         device = outputs["image_tokens"].device.type
         terms: Tensors = {}
         metrics: Tensors = {}
         with torch.autocast(device, enabled=False):
-            outputs = {key: value.float() if value.is_floating_point() else value for key, value in outputs.items()}
+            outputs = {key: at_least_float32(value) for key, value in outputs.items()}
             for name in self.names:
                 value, extra = LOSSES[name](self, outputs, batch)
                 terms[name] = self.weight(name) * value
@@ -103,6 +104,13 @@ class FMFALoss:
             return torch.ones((), device=device)
         local = torch.tensor(float(count), device=device)
         return local * self.collective.world_size / self.collective.sum(local)
+
+
+def at_least_float32(value: torch.Tensor) -> torch.Tensor:
+    """Half and bfloat16 -> float32; float32, float64 and integer tensors as they are."""
+    if not value.is_floating_point():
+        return value
+    return value.to(torch.promote_types(value.dtype, torch.float32))
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -3,11 +3,13 @@
 One step per case (random and identity sampler x both caption modes, benchmarks/ddp_equality.py)
 with 1, 2 and 3 processes on the same global batch of 12: every loss term, metric and
 parameter gradient (after DDP's averaging) agree to float32 rounding: terms, metrics and the
-whole gradient vector within 1e-5 relative, each parameter's gradient within 1e-4 (small
-tensors such as biases and layer-norm shifts are sums over samples and tokens that cancel,
-so their own relative rounding error is larger: up to 1.4e-5 measured on 3 processes, while
-per-rank losses are off by 0.9-4.5). Then a whole 2-epoch run with torchrun ends with the
-one-process run's weights and metrics.
+whole gradient vector within 1e-5 relative; each parameter's gradient is as close to the
+same step computed in float64 as the one-process float32 gradient is (within twice its
+largest error). Tensor-wise, two float32 steps can differ by more than 1e-5: a bias or
+layer-norm gradient is a sum over samples and tokens that cancels, and measured, the
+one-process float32 gradient is itself up to 2.3e-5 off float64 (3 processes: 2.1e-5, and
+1.4e-5 off one process; per-rank losses: 0.9-4.5). Then a whole 2-epoch run with torchrun
+ends with the one-process run's weights and metrics.
 """
 
 from __future__ import annotations
@@ -48,7 +50,13 @@ def run_steps(root: Path, output: Path, processes: int, *extra: str) -> dict:
 def steps(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
     root = make_fixture(folder / "data", identities=8)
-    return {n: run_steps(root, folder / f"{n}.pt", n) for n in (1, 2, 3)}, root, folder
+    results = {n: run_steps(root, folder / f"{n}.pt", n) for n in (1, 2, 3)}
+    results["float64"] = run_steps(root, folder / "float64.pt", 1, "float64")
+    return results, root, folder
+
+
+def _largest(errors: dict, kind: str) -> float:
+    return max(values[kind] for values in errors.values())
 
 
 @pytest.mark.parametrize("processes", [2, 3])
@@ -57,7 +65,11 @@ def test_one_step_on_n_processes_is_the_one_process_step(steps, processes):
     assert len(results[1]) == 4 and all(len(case["grads"]) > 20 for case in results[1].values())
     for case, errors in largest_differences(results[processes], results[1]).items():
         assert max(errors["terms"], errors["metrics"], errors["grad_norm"]) <= 1e-5, f"{processes}, {case}: {errors}"
-        assert errors["grads"] <= 1e-4, f"{processes} processes, {case}: {errors}"
+    # Each parameter's gradient: N processes are as close to the float64 step as one process is.
+    one_process = largest_differences(results[1], results["float64"])
+    assert 0 < _largest(one_process, "grads") <= 1e-4, one_process  # float32 rounding, not another step
+    n_processes = largest_differences(results[processes], results["float64"])
+    assert _largest(n_processes, "grads") <= 2 * _largest(one_process, "grads"), (n_processes, one_process)
 
 
 def test_per_rank_losses_are_a_different_training(steps):

@@ -173,10 +173,10 @@ def _uncast_criterion(criterion: FMFALoss) -> FMFALoss:
     """The mutant: model/loss.py's ``FMFALoss.__call__`` source, its float32 casts removed,
     compiled in model.loss's namespace; the same settings as ``criterion``."""
     source = textwrap.dedent(inspect.getsource(FMFALoss.__call__))
-    mutated, removed = re.subn(r"\.float\(\)", "", source)
-    assert removed >= 1, "FMFALoss.__call__ no longer casts with .float(); update this mutant"
+    mutated, removed = re.subn(r"at_least_float32\((\w+)\)", r"\1", source)
+    assert removed >= 1, "FMFALoss.__call__ no longer casts with at_least_float32; update this mutant"
     namespace = dict(vars(loss_module))
-    exec(compile(mutated, f"<{loss_module.__file__} without .float()>", "exec"), namespace)
+    exec(compile(mutated, f"<{loss_module.__file__} without the cast>", "exec"), namespace)
     mutant_class = type("UncastFMFALoss", (FMFALoss,), {"__call__": namespace["__call__"]})
     return mutant_class(**{f.name: getattr(criterion, f.name) for f in dataclasses.fields(criterion)})
 
