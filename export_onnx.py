@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 from configs.errors import ConfigError
 from datasets.build import build_eval_loaders, read_dataset
 from model.build import model_from_checkpoint
-from processor.inference import resolve_source
+from processor.inference import check_reads_captions, resolve_source
 from processor.onnx_export import check_output, context_length, export_folder
 from utils.cli import add_model_source, report_user_errors
 from utils.logger import setup_logging
@@ -61,6 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     captions = read_dataset(root, dataset).eval_set(split).captions  # the data is checked before the weights load
     loaders = build_eval_loaders(cfg, dataset, split, root)
     model = model_from_checkpoint(str(weights), image_size=tuple(cfg.model.image_size))
+    check_reads_captions(model, weights)
     if context_length(model) != cfg.data.text_length:
         raise ConfigError(
             f"data.text_length={cfg.data.text_length}, but {weights} takes captions of "

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from configs.defaults import Config
 from configs.errors import ConfigError
 from configs.loader import load_config
+from datasets.tokenizer import VOCAB_SIZE
 from model.build import model_from_checkpoint
-from model.checkpoint import WeightsNotFoundError
+from model.checkpoint import WeightsError, WeightsNotFoundError
 from model.fmfa import FMFA
 from processor.precision import Precision
 from utils.distributed import pick_device
@@ -97,10 +98,24 @@ class LoadedModel:
         return F.normalize(out.float(), dim=-1).cpu()
 
 
+def check_reads_captions(model: FMFA, weights: str | Path) -> None:
+    """Refuse weights whose token table is smaller than the tokenizer's vocabulary: the
+    captions' SOT/EOT ids (49406/49407) would index past it."""
+    rows = model.base_model.token_embedding.num_embeddings
+    if rows < VOCAB_SIZE:
+        raise WeightsError(
+            f"{weights}: its token embedding has {rows} rows, but captions are tokenised with the "
+            f"CLIP BPE vocabulary (datasets/tokenizer.py, ids up to {VOCAB_SIZE - 1}); "
+            f"expected weights with a {VOCAB_SIZE}-token embedding"
+        )
+
+
 def model_for(cfg: Config, weights: Path) -> LoadedModel:
     """The model of ``weights`` in eval mode on ``cfg``'s device, with its inference autocast."""
     device = pick_device(cfg.train.device)
-    model = model_from_checkpoint(str(weights), image_size=tuple(cfg.model.image_size)).to(device)
+    model = model_from_checkpoint(str(weights), image_size=tuple(cfg.model.image_size))
+    check_reads_captions(model, weights)
+    model = model.to(device)
     return LoadedModel(model, cfg, weights, device, inference_autocast(cfg, device))
 
 

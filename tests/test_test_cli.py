@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -249,3 +250,16 @@ def test_bare_clip_weights_zero_shot(clip_weights, reference_checkpoint, data_ro
     # The zero-shot figures are the CLIP's own, not the fine-tuned checkpoint's.
     fine_tuned, _ = expected_metrics(reference_checkpoint, data_root)
     assert fine_tuned["t2i"] != expected["t2i"]
+
+
+def test_weights_with_a_smaller_vocabulary_are_refused(data_root, tmp_path, capsys):
+    """The golden checkpoint as recorded (1,000 tokens): test.py names the file and the
+    vocabulary it expected instead of failing on an index deep in the text tower."""
+    output = tmp_path / "metrics.json"
+    status = test_cli.main(
+        [str(COMPACT_GOLDEN / "reference_checkpoint.pth"), f"data.root={data_root}", "data.dataset=Synthetic-PEDES"]
+        + ["train.device=cpu", "data.num_workers=0", "--output", str(output)]
+    )
+    assert status == 2
+    assert re.search(r"reference_checkpoint\.pth: its token embedding has 1000 rows.*49408", capsys.readouterr().err)
+    assert not output.exists()
