@@ -1,7 +1,9 @@
 """Reading weight files safely and recognising their layout.
 
 Every file goes through ``torch.load(weights_only=True)``: tensors and plain Python
-containers only; a pickle that would run code is refused, never executed.
+containers only; a pickle that would run code is refused, never executed. A
+``.safetensors`` file (the format the Hugging Face hub ships open_clip weights in,
+``open_clip_model.safetensors``) is read by the safetensors library: tensors only by design.
 TorchScript archives (OpenAI's CLIP release) are the one exception the caller routes
 to ``torch.jit.load``.
 """
@@ -13,6 +15,7 @@ import pickle
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
+import safetensors.torch
 import torch
 
 from configs.errors import UserError
@@ -34,13 +37,17 @@ LAYOUTS = (
     "an OpenAI CLIP TorchScript archive (ViT-B-16.pt)",
     "an OpenAI-format CLIP state dict ('visual.conv1.weight', 'token_embedding.weight', ...)",
     "an open_clip checkpoint ({'state_dict': ...})",
+    "a .safetensors file holding an FMFA or a CLIP state dict",
 )
 
 
 def load_weights_file(path: str) -> Any:
-    """``torch.load(path, weights_only=True)`` with errors that name the file."""
+    """``torch.load(path, weights_only=True)`` (``.safetensors``: safetensors' loader) with
+    errors that name the file."""
     if not os.path.isfile(path):
         raise WeightsNotFoundError(f"checkpoint not found: {path!r}")
+    if str(path).endswith(".safetensors"):
+        return _load_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -52,6 +59,15 @@ def load_weights_file(path: str) -> Any:
         raise WeightsError(
             f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'truncated or empty file'})"
+        ) from None
+
+
+def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(path, device="cpu")
+    except Exception as err:  # SafetensorError, or OSError for an unreadable file
+        raise WeightsError(
+            f"{path}: not a readable safetensors file ({type(err).__name__}: {str(err).splitlines()[0] or 'empty'})"
         ) from None
 
 

@@ -8,6 +8,7 @@ import logging
 
 import open_clip
 import pytest
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -149,3 +150,29 @@ def test_a_failed_download_is_a_one_line_error_naming_the_tag(monkeypatch):
     message = str(caught.value)
     assert message.startswith("open_clip:ViT-B-16/laion2b_s34b_b88k: open_clip could not get the weights (Failed")
     assert "model.pretrain=open_clip:ViT-B-16/PATH_TO_FILE" in message and "\n" not in message
+
+
+def test_a_safetensors_file_from_the_hub_layout_loads(tmp_path):
+    """open_clip_model.safetensors with open_clip_config.json beside it, as the hub ships them;
+    a file that is not safetensors is refused by name."""
+    reference = _save_open_clip(tmp_path / "reference.bin", quick_gelu=False, seed=2)
+    safetensors.torch.save_file(reference.state_dict(), tmp_path / "open_clip_model.safetensors")
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY}))
+    clip, arch = create_clip(str(tmp_path / "open_clip_model.safetensors"), (32, 32))
+    assert not arch.quick_gelu and _same_outputs(clip, reference)
+    torch.save(reference.state_dict(), tmp_path / "pickled.safetensors")
+    with pytest.raises(WeightsError, match=r"pickled\.safetensors: not a readable safetensors file"):
+        create_clip(str(tmp_path / "pickled.safetensors"), (32, 32))
+
+
+def test_a_trained_model_saved_as_safetensors_loads_for_test(tmp_path):
+    sizes = dict(embed_dim=64, vision_width=64, vision_layers=1, patch_size=8, text_width=64, text_layers=1)
+    cfg = Config(model=ModelConfig(pretrain="none", image_size=[32, 16], cmt_depth=1, **sizes))
+    model = build_model(cfg, num_classes=3).eval()
+    safetensors.torch.save_file(model.state_dict(), tmp_path / "best.safetensors")
+    loaded = model_from_checkpoint(str(tmp_path / "best.safetensors"), image_size=(32, 16))
+    images, ids = torch.randn(2, 3, 32, 16), torch.randint(1, 1000, (2, 77))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images))
+        torch.testing.assert_close(loaded.encode_text(ids), model.encode_text(ids))
+    assert (loaded.num_classes, loaded.cmt_depth) == (3, 1)
