@@ -5,7 +5,8 @@
 #      peak memory, MFU; then the same with model.grad_checkpointing=true;
 #   2. the evaluation at CUHK-PEDES test size (3,074 images + 6,156 captions), amp_bf16 and pure_fp16;
 #   3. with two visible GPUs: one training step with 2 processes (torchrun, NCCL) against the
-#      one-process step on the same global batch (largest relative error of losses and gradients);
+#      one-process step on the same global batch (largest relative error of losses and gradients),
+#      and both against the same step in float64;
 # and writes everything, with the GPU, driver and versions, to OUT/gpu_check.md.
 # On a machine without a GPU it runs the same scripts with their tiny preset (CI runs it so).
 #
@@ -62,8 +63,13 @@ if [ "$gpus" -ge 2 ]; then
     "$py" -m benchmarks.ddp_equality step "$data" "$out/ddp_one.pt" "${on_gpu[@]}"
     "$py" -m torch.distributed.run --standalone --nproc_per_node=2 -m benchmarks.ddp_equality step "$data" \
         "$out/ddp_two.pt" "${on_gpu[@]}"
+    "$py" -m benchmarks.ddp_equality step "$data" "$out/ddp_float64.pt" float64 "${on_gpu[@]}"
     section "2 processes (NCCL) against 1, one step, fp32 without TF32" \
         "$py" -m benchmarks.ddp_equality compare "$out/ddp_one.pt" "$out/ddp_two.pt"
+    section "1 process against the float64 step (float32 rounding of one process)" \
+        "$py" -m benchmarks.ddp_equality compare "$out/ddp_float64.pt" "$out/ddp_one.pt"
+    section "2 processes against the float64 step (as close as 1 process: the same training)" \
+        "$py" -m benchmarks.ddp_equality compare "$out/ddp_float64.pt" "$out/ddp_two.pt"
 else
     printf '\n## 2 processes (NCCL) against 1\n\nnot run: %s GPU(s) visible (tests/test_ddp.py checks gloo on the CPU)\n' \
         "$gpus" >> "$report"
