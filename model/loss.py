@@ -74,7 +74,7 @@ class FMFALoss:
 
     def __call__(self, outputs: Tensors, batch: Tensors) -> Tuple[Tensors, Tensors]:
         """Weighted loss terms by name and detached metrics, in float32 outside autocast
-        (float64 outputs stay float64: the exact reference of benchmarks/ddp_equality.py)."""
+        (float64 outputs stay float64: the float64 reference of benchmarks/ddp_equality.py)."""
         device = outputs["image_tokens"].device.type
         terms: Tensors = {}
         metrics: Tensors = {}
