@@ -7,7 +7,9 @@ present) and again on the fuller ``../shared/golden`` (or ``FMFA_GOLDEN``) where
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
+from typing import Dict, Optional, Sequence
 
 import pytest
 import torch
@@ -91,3 +93,12 @@ def user_error(capsys, main, argv) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("error: ") == 1, err
     return err
+
+
+def run_ok(
+    command: Sequence[str], cwd: Path = ROOT, env: Optional[Dict[str, str]] = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run ``command`` (output captured as text); it must exit 0, else its stderr's tail fails the test."""
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import run_ok
 
 
 def run_script(module: str, *args: str) -> str:
     """``python -m module args`` from the repository root; its standard output."""
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    return run_ok([sys.executable, "-m", module, *args]).stdout
 
 
 def test_train_step_benchmark_tiny_preset():
@@ -64,27 +59,8 @@ def test_efficiency_report_tiny_preset():
 
 
 def test_shared_caption_benchmark_tiny_preset():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.shared_caption",
-            "--preset",
-            "tiny",
-            "--batch",
-            "4",
-            "--warmup",
-            "0",
-            "--steps",
-            "1",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = re.findall(r"\| (two text passes|one shared pass).*?\| ([\d.]+)\s+\| ([\d.]+)\s+\|", out.stdout)
+    out = run_script("benchmarks.shared_caption", "--preset", "tiny", "--batch", "4", "--warmup", "0", "--steps", "1")
+    rows = re.findall(r"\| (two text passes|one shared pass).*?\| ([\d.]+)\s+\| ([\d.]+)\s+\|", out)
     assert [name for name, _, _ in rows] == ["two text passes", "one shared pass"]
     assert all(float(seconds) > 0 for _, seconds, _ in rows) and float(rows[0][2]) == 1.0
 
@@ -111,30 +87,15 @@ def test_train_step_memory_comparison_tiny_preset():
 
 
 def test_ddp_loss_benchmark_tiny_preset():
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.ddp_loss", "--preset", "tiny", "--repeats", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = re.findall(r"\|\s+(\d)\s+\|\s+(\d+)\s+\|\s+([\d.]+)\s+\|\s+([\d.]+)\s+\|", out.stdout)
+    out = run_script("benchmarks.ddp_loss", "--preset", "tiny", "--repeats", "1")
+    rows = re.findall(r"\|\s+(\d)\s+\|\s+(\d+)\s+\|\s+([\d.]+)\s+\|\s+([\d.]+)\s+\|", out)
     assert [(n, r) for n, r, _, _ in rows] == [("1", "8"), ("2", "4"), ("4", "2")]
     assert all(float(ms) > 0 for _, _, ms, _ in rows) and float(rows[0][3]) == 1.0
 
 
 def test_gpu_check_runs_its_tiny_preset_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.sh end to end without a GPU: every section in the report."""
-    result = subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ok(["bash", "benchmarks/gpu_check.sh", str(tmp_path)], env={**os.environ, "PYTHON": sys.executable})
     report = (tmp_path / "gpu_check.md").read_text()
     assert "torch " in report and "no CUDA GPU" in report
     assert len(re.findall(r"\| pure_fp16 \|\s+[\d.]+\s+\|", report)) == 2  # with and without checkpointing

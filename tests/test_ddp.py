@@ -15,34 +15,25 @@ ends with the one-process run's weights and metrics.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_ok
 from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
 from benchmarks.ddp_equality import largest_differences, relative_error
 from processor import checkpointing as ckpt
 
-ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_steps(root: Path, output: Path, processes: int, *extra: str) -> dict:
     launcher = [sys.executable] if processes == 1 else [*TORCHRUN, f"--nproc_per_node={processes}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [*launcher, "-m", "benchmarks.ddp_equality", "step", str(root), str(output), *extra],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ok([*launcher, "-m", "benchmarks.ddp_equality", "step", str(root), str(output), *extra], env=ONE_THREAD)
     return torch.load(output, weights_only=True)
 
 
@@ -91,16 +82,7 @@ def test_two_process_run_ends_with_the_one_process_weights_and_metrics(steps, tm
     args = ["data.batch_size=8", "data.augment=true", "model.id_classes=identities", "solver.eps=1e-3"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert train_cli.main(tiny_run_args(root, one, 2, *args)) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [*TORCHRUN, "--nproc_per_node=2", "train.py", *tiny_run_args(root, two, 2, *args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ok([*TORCHRUN, "--nproc_per_node=2", "train.py", *tiny_run_args(root, two, 2, *args)], env=ONE_THREAD)
     assert sorted(p.name for p in two.iterdir() if p.suffix == ".pth") == ["best.pth", "last.pth"]
     assert [r["epoch"] for r in read_metrics(two)] == [1, 2]  # rank 0 alone evaluates and writes
     weights = [ckpt.load_training_state(run / "last.pth")["model"] for run in (one, two)]

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, user_error
+from conftest import ROOT, run_ok, user_error
 from tokenizers import Tokenizer
 from train_fixtures import make_fixture, tiny_run_args
 
@@ -75,14 +74,7 @@ def tiny(tmp_path_factory):
     run = base / "run"
     assert train_cli.main(tiny_run_args(root, run, 1)) == 0
     exported = base / "exported"
-    out = subprocess.run(
-        [sys.executable, "export_onnx.py", str(run), "--output", str(exported)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_ok([sys.executable, "export_onnx.py", str(run), "--output", str(exported)], timeout=300)
     return root, run, exported, out.stdout
 
 
@@ -278,14 +270,7 @@ def test_readme_example_runs_without_the_repository(tiny, tmp_path):
         "np.save('texts.npy', embed_texts(inputs['captions']))\n"
         "np.save('images.npy', embed_images(inputs['paths']))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", _readme_example() + probe],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_ok([sys.executable, "-I", "-c", _readme_example() + probe], cwd=tmp_path, timeout=120)
     assert "photos/" in out.stdout  # the example's own printout: the top images
     loaded = _pytorch(run, root)
     texts = loaded.embed_texts(tokenize_batch(CAPTIONS, CONTEXT))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, user_error
 from data_fixtures import write_dataset
+from train_fixtures import ONE_EPOCH_QUICKSTART
 
 import export_features
 import train as train_cli
@@ -119,18 +120,7 @@ def test_missing_folder_file_or_name_say_what_was_expected(tmp_path):
     assert load_config(None, [f"data.root={tmp_path}", "data.dataset=Other"]).data.dataset == "Other"
 
 
-SMALL = [
-    "model.vision_width=64",
-    "model.text_width=64",
-    "model.embed_dim=64",
-    "model.vision_layers=1",
-    "model.text_layers=1",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "solver.epochs=1",
-    "solver.warmup_epochs=0",
-    "eval.at_start=false",
-]
+SMALL = [*ONE_EPOCH_QUICKSTART, "eval.at_start=false"]
 
 
 def test_readme_example_csv_to_trained_and_evaluated_model(tmp_path, capsys):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import user_error
 from PIL import Image
+from train_fixtures import ONE_EPOCH_QUICKSTART
 
 import export_features
 import search
@@ -33,18 +34,7 @@ from processor.inference import load_model
 from utils import figures
 from utils.figures import CORRECT, WRONG
 
-SMALL = [
-    "model.vision_width=64",
-    "model.text_width=64",
-    "model.embed_dim=64",
-    "model.vision_layers=1",
-    "model.text_layers=1",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "solver.epochs=1",
-    "solver.warmup_epochs=0",
-    "train.auto_resume=false",
-]
+SMALL = [*ONE_EPOCH_QUICKSTART, "train.auto_resume=false"]
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,18 @@ from data_fixtures import make_dataset
 from benchmarks.presets import TINY_RUN_OVERRIDES
 
 TINY_MODEL = list(TINY_RUN_OVERRIDES)  # tiny CLIP, 32 x 16 images, 32 tokens
+# configs/quickstart.yaml narrowed to width 64 and 1 layer per tower, one epoch, no workers.
+ONE_EPOCH_QUICKSTART = [
+    "model.vision_width=64",
+    "model.text_width=64",
+    "model.embed_dim=64",
+    "model.vision_layers=1",
+    "model.text_layers=1",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "solver.epochs=1",
+    "solver.warmup_epochs=0",
+]
 
 
 def tiny_run_args(root: Path, output_dir: Path, epochs: int = 2, *extra: str) -> List[str]:
