@@ -134,11 +134,7 @@ class ProcessGroupCollective:
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.requires_grad:
-            return all_gather_with_grad(tensor)
-        out = tensor.new_empty((self.world_size * tensor.shape[0], *tensor.shape[1:]))
-        _gather_into(out, tensor)  # e.g. identities: nothing to differentiate
-        return out
+        return all_gather_with_grad(tensor)  # without requires_grad (identities) autograd records nothing
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         total = tensor.detach().clone()
