@@ -22,14 +22,13 @@ from typing import Dict
 
 import torch
 from prettytable import PrettyTable
-from torch.nn.parallel import DistributedDataParallel
 
 from benchmarks.presets import TINY_RUN_OVERRIDES
 from configs.loader import load_config
 from datasets.build import build_train_loader
 from model.build import build_criterion, build_model
 from processor.trainer import move_batch
-from utils.distributed import ProcessGroupCollective, cleanup, init_distributed
+from utils.distributed import cleanup, data_parallel, init_distributed
 
 # A tiny CLIP on 32 x 16 images, global batch 12 (2 or 3 processes split it evenly).
 TINY = [
@@ -57,10 +56,7 @@ def one_step(root: str, overrides: list, info, dtype: torch.dtype) -> dict:
     loader.sampler.set_epoch(1)
     model = build_model(cfg, num_classes).to(info.device, dtype)
     criterion = build_criterion(cfg)
-    if info.distributed:
-        if cfg.train.global_batch_losses:
-            criterion.collective = ProcessGroupCollective()
-        model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    model = data_parallel(model, criterion, info, cfg.train.global_batch_losses)  # as processor.Run does
     batch = {key: value.to(dtype) if value.is_floating_point() else value for key, value in next(iter(loader)).items()}
     batch = move_batch(batch, info.device)
     terms, metrics = criterion(model(batch), batch)
@@ -74,7 +70,7 @@ def one_step(root: str, overrides: list, info, dtype: torch.dtype) -> dict:
 
 
 def step(root: str, output: str, *extra: str) -> None:
-    """``extra``: config overrides, and ``float64`` for the exact reference (the same step
+    """``extra``: config overrides, and ``float64`` for the float64 reference (the same step
     with the model and the batch in float64)."""
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     dtype = torch.float64 if "float64" in extra else torch.float32

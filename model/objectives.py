@@ -209,9 +209,11 @@ def _ranking_cost_per_column(sims: torch.Tensor, margin: float) -> torch.Tensor:
     return torch.logsumexp(by_col_anchor, dim=0) + torch.logsumexp(by_row_anchor, dim=0)
 
 
-def _ranking_cost(sims: torch.Tensor, margin: float) -> torch.Tensor:
-    """EFA step 5 on a [B, B] set-similarity matrix: the mean over columns."""
-    return _ranking_cost_per_column(sims, margin).mean()
+def _ranking_cost(sims: torch.Tensor, margin: float, first: int = 0, columns: Optional[int] = None) -> torch.Tensor:
+    """EFA step 5 on a [B, B] set-similarity matrix: the mean over columns (over
+    ``columns`` of them from ``first``: a process's share of the global batch)."""
+    per_column = _ranking_cost_per_column(sims, margin)
+    return per_column[first : first + (per_column.shape[0] if columns is None else columns)].mean()
 
 
 def _set_similarity(tokens: torch.Tensor, targets: torch.Tensor, lse_lambda: float, block_elems: int) -> torch.Tensor:
@@ -249,10 +251,6 @@ def efa_loss(
     loss = text_tokens.new_zeros(())
     for tokens, margin in ((text_tokens, text_margin), (patches, image_margin)):
         sims = _set_similarity(tokens, all_targets, lse_lambda, block_elems)
-        if shard is None:
-            loss = loss + _ranking_cost(sims, margin)
-        else:
-            first = _first_row(shard, sims.shape[0])
-            per_column = _ranking_cost_per_column(shard.gather(sims), margin)
-            loss = loss + per_column[first : first + sims.shape[0]].mean()
+        (all_sims,) = _columns(shard, sims)
+        loss = loss + _ranking_cost(all_sims, margin, _first_row(shard, sims.shape[0]), sims.shape[0])
     return loss

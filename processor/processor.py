@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from configs.defaults import Config
@@ -22,7 +21,7 @@ from processor.evaluator import eval_targets, evaluate, results_table
 from processor.precision import Precision
 from processor.trainer import train_one_epoch
 from solver import build_lr_scheduler, build_optimizer
-from utils.distributed import DistInfo, ProcessGroupCollective, barrier
+from utils.distributed import DistInfo, barrier, data_parallel
 from utils.io import append_jsonl, drop_metrics_after, save_atomic
 from utils.memory import memory_figures
 from utils.metrics import summary_table
@@ -83,13 +82,7 @@ class Run:
         if info.is_main:
             check_free_space(output_dir, ckpt.checkpoint_bytes_needed(model, output_dir))
             log_run_start(model, info.device)
-        if info.distributed and cfg.train.global_batch_losses:
-            self.criterion.collective = ProcessGroupCollective()
-        self.train_model = (
-            DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-            if info.distributed
-            else model
-        )
+        self.train_model = data_parallel(model, self.criterion, info, cfg.train.global_batch_losses)
         if cfg.train.compile:
             self.train_model = torch.compile(self.train_model)
         self.optimizer = build_optimizer(model, cfg.solver)

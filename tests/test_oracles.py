@@ -215,7 +215,9 @@ def check_set_similarity(efa_impl, monkeypatch):
     """Step 4 as seen by step 5: the [B, B] matrices efa hands to ``objectives._ranking_cost``."""
     seen = []
     real = objectives._ranking_cost
-    monkeypatch.setattr(objectives, "_ranking_cost", lambda s, m: seen.append((s.detach().numpy(), m)) or real(s, m))
+    monkeypatch.setattr(
+        objectives, "_ranking_cost", lambda s, m, *share: seen.append((s.detach().numpy(), m)) or real(s, m, *share)
+    )
     text, image = _efa_tokens(3)
     for lse_lambda, threshold in ((1.0, 1.0), (3.0, 2.0)):
         seen.clear()

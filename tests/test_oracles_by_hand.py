@@ -123,7 +123,9 @@ def check_set_similarity_lambda_2(efa_impl, monkeypatch):
     """The [B, B] matrices efa hands to ``objectives._ranking_cost``: (T, G) then (V, G)."""
     seen = []
     real = objectives._ranking_cost
-    monkeypatch.setattr(objectives, "_ranking_cost", lambda s, m: seen.append((s.detach().numpy(), m)) or real(s, m))
+    monkeypatch.setattr(
+        objectives, "_ranking_cost", lambda s, m, *share: seen.append((s.detach().numpy(), m)) or real(s, m, *share)
+    )
     efa_impl(_t(EFA_TEXT), _t(EFA_IMAGE), text_margin=0.2, image_margin=0.7, lse_lambda=2.0, threshold=1.0)
     assert [m for _, m in seen] == [0.2, 0.7], "one ranking cost per pair (T, G) then (V, G)"
     np.testing.assert_allclose(seen[0][0], _rows_l2(S_TEXT), rtol=1e-12)

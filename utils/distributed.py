@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from configs.errors import ConfigError
 
@@ -140,6 +141,17 @@ class ProcessGroupCollective:
         total = tensor.detach().clone()
         dist.all_reduce(total)
         return total
+
+
+def data_parallel(model: torch.nn.Module, criterion, info: DistInfo, global_batch_losses: bool) -> torch.nn.Module:
+    """The module to train: ``model`` itself on one process; under torchrun ``model`` in DDP,
+    with ``criterion`` (a :class:`model.loss.FMFALoss`) scoring the global batch when
+    ``global_batch_losses`` (train.global_batch_losses)."""
+    if not info.distributed:
+        return model
+    if global_batch_losses:
+        criterion.collective = ProcessGroupCollective()
+    return DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 
 
 def cleanup() -> None:
