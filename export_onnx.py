@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from configs.errors import ConfigError
-from datasets.build import build_eval_loaders, read_dataset
-from model.build import model_from_checkpoint
-from processor.inference import check_reads_captions, resolve_source
+from datasets.build import build_eval_loaders
+from processor.inference import caption_model, resolve_source
 from processor.onnx_export import check_output, context_length, export_folder
 from utils.cli import add_model_source, report_user_errors
 from utils.logger import setup_logging
@@ -58,10 +57,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg, weights = resolve_source(args.source, args.config, args.overrides, args.which)
     dataset, split = args.dataset or cfg.data.dataset, args.split or cfg.eval.split
     root = str(Path(args.root or cfg.data.root))
-    captions = read_dataset(root, dataset).eval_set(split).captions  # the data is checked before the weights load
-    loaders = build_eval_loaders(cfg, dataset, split, root)
-    model = model_from_checkpoint(str(weights), image_size=tuple(cfg.model.image_size))
-    check_reads_captions(model, weights)
+    loaders = build_eval_loaders(cfg, dataset, split, root)  # the data is checked before the weights load
+    model = caption_model(cfg, weights)
     if context_length(model) != cfg.data.text_length:
         raise ConfigError(
             f"data.text_length={cfg.data.text_length}, but {weights} takes captions of "
@@ -69,7 +66,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     logger.info("exporting %s; verifying on %s %s (%s)", weights, dataset, split, root)
     check, sizes = export_folder(
-        model, cfg.model.image_size, loaders.images, loaders.texts, captions, args.output, str(weights), args.limit
+        model,
+        cfg.model.image_size,
+        loaders.images,
+        loaders.texts,
+        loaders.eval_set.captions,
+        args.output,
+        str(weights),
+        args.limit,
     )
     print(f"verified on {dataset} {split}: {check.summary()}")
     for name, size in sizes.items():

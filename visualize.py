@@ -23,7 +23,7 @@ import torch
 
 from configs.errors import UserError
 from datasets.bases import load_image
-from datasets.build import build_eval_loaders
+from datasets.build import build_eval_loaders, read_dataset
 from datasets.tokenizer import EOT_ID, SOT_ID, tokenize
 from datasets.transforms import build_transform
 from model.objectives import text_patch_affinity
@@ -79,7 +79,7 @@ def word_positions(ids: torch.Tensor, word: str, text_length: int, caption: str)
 @torch.no_grad()
 def efa_maps(loaded: LoadedModel, args) -> List[Path]:
     cfg = loaded.cfg
-    gallery = build_eval_loaders(cfg, args.dataset, args.split, args.root).eval_set
+    gallery = read_dataset(str(Path(args.root or cfg.data.root)), args.dataset).eval_set(args.split)
     if not 0 <= args.index < len(gallery.image_paths):
         raise UserError(f"--index {args.index} out of range: the split has {len(gallery.image_paths)} images")
     captions = gallery.captions_of(args.index)

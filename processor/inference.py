@@ -44,11 +44,6 @@ def resolve_source(
     return cfg, weights
 
 
-def inference_autocast(cfg: Config, device: torch.device) -> ContextManager:
-    """The run's precision for inference (:meth:`Precision.inference_autocast`)."""
-    return Precision(cfg.train.precision, device).inference_autocast()
-
-
 class Encoders(Protocol):
     """What searching a folder needs from a model, PyTorch or exported (processor.onnx_model)."""
 
@@ -98,9 +93,11 @@ class LoadedModel:
         return F.normalize(out.float(), dim=-1).cpu()
 
 
-def check_reads_captions(model: FMFA, weights: str | Path) -> None:
-    """Refuse weights whose token table is smaller than the tokenizer's vocabulary: the
-    captions' SOT/EOT ids (49406/49407) would index past it."""
+def caption_model(cfg: Config, weights: str | Path) -> FMFA:
+    """The model of ``weights`` (eval mode, CPU) at ``cfg``'s image size, refused when its
+    token table is smaller than the tokenizer's vocabulary: the captions' SOT/EOT ids
+    (49406/49407) would index past it."""
+    model = model_from_checkpoint(str(weights), image_size=tuple(cfg.model.image_size))
     rows = model.base_model.token_embedding.num_embeddings
     if rows < VOCAB_SIZE:
         raise WeightsError(
@@ -108,15 +105,14 @@ def check_reads_captions(model: FMFA, weights: str | Path) -> None:
             f"CLIP BPE vocabulary (datasets/tokenizer.py, ids up to {VOCAB_SIZE - 1}); "
             f"expected weights with a {VOCAB_SIZE}-token embedding"
         )
+    return model
 
 
 def model_for(cfg: Config, weights: Path) -> LoadedModel:
     """The model of ``weights`` in eval mode on ``cfg``'s device, with its inference autocast."""
     device = pick_device(cfg.train.device)
-    model = model_from_checkpoint(str(weights), image_size=tuple(cfg.model.image_size))
-    check_reads_captions(model, weights)
-    model = model.to(device)
-    return LoadedModel(model, cfg, weights, device, inference_autocast(cfg, device))
+    model = caption_model(cfg, weights).to(device)
+    return LoadedModel(model, cfg, weights, device, Precision(cfg.train.precision, device).inference_autocast())
 
 
 def load_model(

@@ -30,10 +30,9 @@ class Precision:
         """Evaluation of a model trained in this mode, outside the training run: a pure_fp16
         run under fp16 autocast (its weights are loaded in float32); no fp16 autocast on a
         CPU, where it is slow and no closer to the GPU's numbers."""
-        mode = "amp_fp16" if self.mode == "pure_fp16" else self.mode
-        if self.device.type == "cpu" and mode == "amp_fp16":
+        if self.device.type == "cpu" and self.autocast_dtype == torch.float16:
             return contextlib.nullcontext()
-        return Precision(mode, self.device).autocast()
+        return self.autocast()
 
     def autocast(self) -> ContextManager:
         dtype = self.autocast_dtype
