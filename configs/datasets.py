@@ -88,6 +88,20 @@ def dataset_name_problem(name: str) -> str:
     return ""
 
 
+def dataset_problem(name: str) -> str:
+    """Why ``name`` cannot be a dataset ("" when it can): a built-in name, or your own
+    dataset's folder name under data.root. Whether that folder holds an annotation and
+    images is checked when a run starts (processor.preflight) and when the data is read,
+    not here: a saved config stays loadable where its data is not."""
+    problem = "" if name in DATASETS else dataset_name_problem(name)
+    if not problem:
+        return ""
+    return (
+        f"one of {', '.join(DATASETS)}, or your own dataset: the name of a folder under data.root holding "
+        f"{CUSTOM_ANNOTATION} and imgs/; {problem}"
+    )
+
+
 def layout_of(name: str) -> DatasetLayout:
     """A built-in set's layout, or your own dataset's (``name`` checked by the caller)."""
     return BUILT_IN.get(name) or DatasetLayout(

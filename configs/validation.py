@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, List, Tuple
 
-from configs.datasets import CUSTOM_ANNOTATION, DATASETS, NO_VAL, SPLITS, dataset_name_problem
+from configs.datasets import NO_VAL, SPLITS, dataset_problem
 from configs.defaults import Config
 from configs.errors import ConfigError
 
@@ -59,20 +59,6 @@ OPTIMIZERS = ("Adam", "AdamW", "SGD")
 SCHEDULERS = ("cosine", "step", "linear", "exponential", "poly")
 WARMUP_METHODS = ("linear", "constant")
 ASDM_MODES = ("cosine", "probability")
-
-
-def dataset_problem(name: str) -> str:
-    """Why ``name`` cannot be a dataset ("" when it can): a built-in name, or your own
-    dataset's folder name under data.root. Whether that folder holds an annotation and
-    images is checked when a run starts (processor.preflight) and when the data is read,
-    not here: a saved config stays loadable where its data is not."""
-    problem = "" if name in DATASETS else dataset_name_problem(name)
-    if not problem:
-        return ""
-    return (
-        f"one of {', '.join(DATASETS)}, or your own dataset: the name of a folder under data.root holding "
-        f"{CUSTOM_ANNOTATION} and imgs/; {problem}"
-    )
 
 
 def validate(cfg: Config) -> None:

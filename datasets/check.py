@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -37,7 +37,7 @@ from utils.cli import report_user_errors
 logger = logging.getLogger("datasets.check")
 
 
-def annotation_problems(root: Path, name: str) -> Tuple[List[str], List[Tuple[int, Path]], List[CaptionedImage]]:
+def annotation_problems(root: Path, name: str) -> Tuple[List[str], List[Tuple[str, Path]], List[CaptionedImage]]:
     """(every problem of every record, the image paths and the captions of the well-formed ones)."""
     layout = get_layout(name)
     path = find_annotation_file(root, layout)
@@ -50,38 +50,40 @@ def annotation_problems(root: Path, name: str) -> Tuple[List[str], List[Tuple[in
         problems += [f"{path}: {problem}" for problem in found]
         if not found:
             image = record[image_key_of(record, layout)]
-            images.append((index, path.parent / "imgs" / image))
+            images.append((f"record {index}", path.parent / "imgs" / image))
             captioned.append(CaptionedImage(index, record["id"], image, tuple(record["captions"])))
     return problems, images, captioned
 
 
-def image_problems(images: List[Tuple[int, Path]], show_progress: bool = True) -> List[str]:
+def image_problems(images: Sequence[Tuple[str, Path]], show_progress: bool = True) -> List[str]:
+    """Every missing or undecodable image of (where it was named, path), as "where: why"."""
     problems = []
-    for index, image in tqdm(images, desc="images", disable=not show_progress):
+    for where, image in tqdm(images, desc="images", disable=not show_progress):
         try:
             load_image(image)
         except DataError as error:
-            problems.append(f"record {index}: {error}")
+            problems.append(f"{where}: {error}")
     return problems
 
 
 def check_dataset(root: str | Path, name: str, show_progress: bool = True) -> List[str]:
     """All problems found in ``root/name`` in one pass (an empty list when the dataset is
     valid): every malformed record, and every missing or unreadable image of the others."""
-    return check_dataset_and_captions(root, name, show_progress=show_progress)[0]
+    return check_dataset_and_captions(root, name, None, show_progress)[0]
 
 
 def check_dataset_and_captions(
-    root: str | Path, name: str, text_length: int = DataConfig.text_length, show_progress: bool = True
+    root: str | Path, name: str, text_length: Optional[int] = DataConfig.text_length, show_progress: bool = True
 ) -> Tuple[List[str], List[str]]:
     """(problems as :func:`check_dataset` finds them, caption warnings of the well-formed
-    records: :func:`datasets.caption_checks.caption_warnings` at ``text_length`` tokens)."""
+    records: :func:`datasets.caption_checks.caption_warnings` at ``text_length`` tokens;
+    none when ``text_length`` is None)."""
     root = Path(root)
     try:
         problems, images, captioned = annotation_problems(root, name)
     except DataError as error:
         return [str(error)], []
-    warnings = caption_warnings(captioned, text_length)
+    warnings = caption_warnings(captioned, text_length) if text_length is not None else []
     problems += image_problems(images, show_progress)
     if problems:
         return problems, warnings
@@ -97,7 +99,6 @@ def check_dataset_and_captions(
             ", ".join(dataset.splits),
             "" if "train" in dataset.splits else " (no train split: evaluation only)",
         )
-        return problems, warnings
     for split in dataset.layout.splits:
         if not any(record.split == split for record in dataset.records):
             problems.append(f"{dataset.annotation_file}: split {split!r} has no records")

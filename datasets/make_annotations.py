@@ -31,11 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from tqdm import tqdm
-
 from configs.datasets import CUSTOM_ANNOTATION, DATASETS, SPLITS, dataset_name_problem
-from datasets.bases import load_image
-from datasets.readers import DataError, RetrievalDataset
+from datasets.check import image_problems
+from datasets.readers import DataError, RetrievalDataset, listing
 from utils.cli import report_user_errors
 from utils.io import write_text_atomic
 
@@ -43,7 +41,6 @@ logger = logging.getLogger("datasets.make_annotations")
 
 REQUIRED = ("image", "caption", "id")
 OPTIONAL = ("split",)
-MAX_SHOWN = 10
 _INTEGER = re.compile(r"[+-]?\d+")
 Identity = Union[int, str]
 
@@ -169,17 +166,6 @@ def collect_images(
     return images, problems
 
 
-def unreadable_images(images: Dict[str, ImageEntry], folder: Path, show_progress: bool = True) -> List[str]:
-    """Every image that is missing or cannot be decoded, naming the line that gave it."""
-    problems = []
-    for image, entry in tqdm(images.items(), desc="images", disable=not show_progress):
-        try:
-            load_image(folder / image)
-        except DataError as error:
-            problems.append(f"line {entry.line}: {error}")
-    return problems
-
-
 def split_identities(identities: Sequence[Identity], fractions: Sequence[float], seed: int) -> Dict[Identity, str]:
     """Each identity's split, drawn with ``seed``: about ``fractions`` (train, val, test) of the
     identities each, every split with a positive fraction non-empty; no identity in two splits."""
@@ -251,14 +237,14 @@ def make_annotations(
     if fractions and "split" in columns:
         raise DataError(f"{table}: has a split column and --split was given; use one or the other")
     images, problems = collect_images(columns, width, rows)
-    problems += unreadable_images(images, folder / "imgs", show_progress)
+    problems += image_problems(
+        [(f"line {entry.line}", folder / "imgs" / image) for image, entry in images.items()], show_progress
+    )
     if not images and not problems:
         problems.append("no data rows after the header")
     if problems:
-        shown = "\n  ".join(problems[:MAX_SHOWN])
-        more = f"\n  ... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
         raise DataError(
-            f"{table}: {len(problems)} problem(s), nothing written:\n  {shown}{more}"
+            f"{table}: {len(problems)} problem(s), nothing written:\n  {listing(problems)}"
             if len(problems) > 1
             else f"{table}: {problems[0]}; nothing written"
         )

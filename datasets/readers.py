@@ -22,7 +22,7 @@ from typing import List, Sequence, Tuple
 
 from prettytable import PrettyTable
 
-from configs.datasets import BUILT_IN, DATASETS, DEFAULT_SPLIT, DatasetLayout, dataset_name_problem, layout_of
+from configs.datasets import DATASETS, DEFAULT_SPLIT, DatasetLayout, dataset_problem, layout_of
 from configs.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -42,12 +42,9 @@ class Record:
 
 def get_layout(name: str) -> DatasetLayout:
     """A built-in dataset's layout, or that of your own dataset folder ``name``."""
-    problem = "" if name in BUILT_IN else dataset_name_problem(name)
+    problem = dataset_problem(name)
     if problem:
-        raise DataError(
-            f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}, or the name of "
-            f"your own dataset's folder ({problem})"
-        )
+        raise DataError(f"unknown dataset {name!r}; expected {problem}")
     return layout_of(name)
 
 
@@ -163,15 +160,19 @@ def record_problems(index: int, record, layout: DatasetLayout) -> List[str]:
     return problems
 
 
+def listing(problems: Sequence[str], limit: int = 10) -> str:
+    """The first ``limit`` problems, one per indented line, then how many more there are."""
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return "\n  ".join(problems[:limit]) + more
+
+
 def parse_records(raw, layout: DatasetLayout, source: Path) -> List[Record]:
     """Validated records; raises :class:`DataError` listing the first problems found."""
     if not isinstance(raw, list):
         raise DataError(f"{source}: expected a JSON list of records, got {type(raw).__name__}")
     problems = [problem for index, record in enumerate(raw) for problem in record_problems(index, record, layout)]
     if problems:
-        shown = "\n  ".join(problems[:10])
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise DataError(f"{source}: {len(problems)} invalid record field(s):\n  {shown}{more}")
+        raise DataError(f"{source}: {len(problems)} invalid record field(s):\n  {listing(problems)}")
     images = source.parent / "imgs"
     return [Record(r["id"], images / r[image_key_of(r, layout)], tuple(r["captions"]), split_of(r)) for r in raw]
 
