@@ -27,11 +27,10 @@ import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg, resize_pos_embed
 
 from .checkpoint import WeightsError, WeightsNotFoundError, load_weights_file, unwrap_state_dict
-from .open_clip_config import OpenClipSpec, size_mismatches, spec_beside, spec_for_tag
+from .open_clip_config import HEAD_WIDTH, OpenClipSpec, size_mismatches, spec_beside, spec_for_tag
 
 logger = logging.getLogger(__name__)
 
-HEAD_WIDTH = 64  # OpenAI CLIP: attention heads = width // 64 in both towers
 OPEN_CLIP_TAG_PREFIX = "open_clip:"
 NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "logit_scale", "attn_mask")
 GELU_MARKER = "plain_gelu"  # buffer (and state-dict key) of a backbone built with plain GELU

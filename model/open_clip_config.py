@@ -39,7 +39,12 @@ _DEFAULTS = {
     "vision_cfg": {f.name: f.default for f in dataclasses.fields(CLIPVisionCfg)},
     "text_cfg": {f.name: f.default for f in dataclasses.fields(CLIPTextCfg)},
 }
-HEAD_WIDTH = 64
+HEAD_WIDTH = 64  # OpenAI CLIP: attention heads = width // 64 in both towers
+
+
+def _tower(model_cfg: dict, name: str) -> dict:
+    """A tower's config with open_clip's defaults filled in."""
+    return {**_DEFAULTS[name], **model_cfg.get(name, {})}
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,11 @@ def unsupported_features(model_cfg: dict) -> List[str]:
                 continue
             if key not in defaults or value != defaults[key]:
                 found.append(f"{tower}.{key}={value!r}")
-    layers = model_cfg.get("vision_cfg", {}).get("layers", 12)
+    layers = _tower(model_cfg, "vision_cfg")["layers"]
     if not isinstance(layers, int):
         found.append(f"vision_cfg.layers={layers!r} (a ResNet image tower)")
-    text = model_cfg.get("text_cfg", {})
-    width, heads = text.get("width", 512), text.get("heads", 8)
+    text = _tower(model_cfg, "text_cfg")
+    width, heads = text["width"], text["heads"]
     if heads * HEAD_WIDTH != width:
         found.append(f"text_cfg.heads={heads} for width {width} (heads {HEAD_WIDTH} wide are built)")
     return found
@@ -142,16 +147,16 @@ def spec_beside(path: str) -> Optional[OpenClipSpec]:
 
 def size_mismatches(model_cfg: dict, sizes: Dict[str, int]) -> List[str]:
     """The sizes (``model.clip.ClipArch`` fields) where the weights differ from ``model_cfg``."""
-    vision, text = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
+    vision, text = _tower(model_cfg, "vision_cfg"), _tower(model_cfg, "text_cfg")
     expected = {
         "embed_dim": model_cfg.get("embed_dim"),
-        "vision_width": vision.get("width", 768),
-        "vision_layers": vision.get("layers", 12),
-        "patch_size": vision.get("patch_size", 16),
-        "text_width": text.get("width", 512),
-        "text_layers": text.get("layers", 12),
-        "context_length": text.get("context_length", 77),
-        "vocab_size": text.get("vocab_size", 49408),
+        "vision_width": vision["width"],
+        "vision_layers": vision["layers"],
+        "patch_size": vision["patch_size"],
+        "text_width": text["width"],
+        "text_layers": text["layers"],
+        "context_length": text["context_length"],
+        "vocab_size": text["vocab_size"],
     }
     return [
         f"{key} {sizes[key]} (config: {value})"
