@@ -11,15 +11,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from torch.distributed.elastic.multiprocessing.errors import record
-
 from configs.defaults import Config
 from configs.errors import UserError
 from configs.loader import build_parser, parse_args
 from processor.preflight import check_device, check_run_inputs
 from processor.processor import train
 from utils.cli import report_user_errors
-from utils.distributed import cleanup, init_distributed, pick_device
+from utils.distributed import cleanup, init_distributed, pick_device, record_errors
 from utils.io import save_config
 from utils.logger import setup_logging
 from utils.metrics import summary_table
@@ -42,7 +40,7 @@ def report_finished(cfg: Config, output_dir: Path, epoch: int) -> None:
     )
 
 
-@record  # under torchrun: the failing rank's traceback goes into torchrun's error report
+@record_errors  # under torchrun: the failing rank's traceback goes into torchrun's error report
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg, _ = parse_args(argv, build_parser(__doc__.splitlines()[0]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import pickle
 import re
@@ -20,6 +21,7 @@ from processor import checkpointing as ckpt
 from processor import processor
 from processor.trainer import StepLog
 from utils import run_folder
+from utils.distributed import WholeErrorFile
 
 
 def test_crash_inside_checkpoint_write_then_auto_resume_continues_identically(tmp_path, monkeypatch):
@@ -170,6 +172,50 @@ def test_torchrun_restart_continues_from_last_checkpoint(tmp_path):
     [run] = (tmp_path / "runs" / "CUHK-PEDES").iterdir()
     assert "resumed from" in (run / "train.log").read_text()
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
+
+
+def _report_killed_while_writing(handler, error_file, monkeypatch) -> None:
+    """``handler`` records an exception for torchrun, and the process is "killed" (SystemExit)
+    after torch's error handler has opened the report and before it has written anything: the
+    SIGTERM torchrun sends the other ranks when one fails can land there."""
+    import torch.distributed.elastic.multiprocessing.errors.error_handler as torch_handler
+
+    def killed(*args, **kwargs):
+        raise SystemExit(-15)
+
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    monkeypatch.setattr(torch_handler.json, "dump", killed)
+    with pytest.raises(SystemExit):
+        try:
+            raise RuntimeError("connection closed by peer")
+        except RuntimeError as error:
+            handler.record_exception(error)
+
+
+def test_a_rank_killed_while_writing_its_error_report_leaves_no_partial_report(tmp_path, monkeypatch):
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, ProcessFailure
+
+    torchs, ours = tmp_path / "torch_error.json", tmp_path / "error.json"
+    _report_killed_while_writing(ErrorHandler(), torchs, monkeypatch)
+    with pytest.raises(json.JSONDecodeError):  # what crashed torchrun's agent once in CI
+        ProcessFailure(local_rank=0, pid=1, exitcode=-15, error_file=str(torchs))
+    _report_killed_while_writing(WholeErrorFile(), ours, monkeypatch)
+    assert not ours.exists()
+    assert "Signal 15" in ProcessFailure(local_rank=0, pid=1, exitcode=-15, error_file=str(ours)).message
+
+
+def test_the_error_report_is_torchs_own(tmp_path, monkeypatch):
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    try:
+        raise RuntimeError("injected fault")
+    except RuntimeError as error:
+        WholeErrorFile().record_exception(error)
+    failure = ProcessFailure(local_rank=1, pid=1, exitcode=1, error_file=str(error_file))
+    assert failure.message["message"] == "RuntimeError: injected fault"
+    assert [p.name for p in tmp_path.iterdir()] == ["error.json"]
 
 
 def live_tensors() -> int:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, record
 from torch.nn.parallel import DistributedDataParallel
 
 from configs.errors import ConfigError
@@ -66,6 +68,36 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
         if attempt:
             logger.warning("torchrun restart %s: rank %d rejoined", attempt, rank)
     return DistInfo(dist.get_rank(), world_size, local_rank, device)
+
+
+class WholeErrorFile(ErrorHandler):
+    """torch's error report for torchrun, written to a temporary file and renamed into place,
+    so torchrun finds it whole or not at all. When one rank fails, torchrun stops the others
+    with SIGTERM; a rank killed inside torch's own ``open(file, "w")``/``json.dump`` leaves an
+    empty error.json, and torchrun's agent then crashes on it (JSONDecodeError) instead of
+    reporting the failure or restarting the job (seen once in CI with ``--max-restarts=1``)."""
+
+    _writing: Optional[str] = None
+
+    def _get_error_file_path(self) -> Optional[str]:
+        return self._writing or super()._get_error_file_path()
+
+    def record_exception(self, e: BaseException) -> None:
+        final = super()._get_error_file_path()
+        if not final:
+            return super().record_exception(e)
+        self._writing = f"{final}.{os.getpid()}.tmp"
+        try:
+            super().record_exception(e)
+            os.replace(self._writing, final)
+        finally:
+            self._writing = None
+
+
+def record_errors(main: Callable) -> Callable:
+    """``torch.distributed.elastic``'s ``@record`` (the failing rank's traceback goes into
+    torchrun's report) with the report written whole (WholeErrorFile)."""
+    return record(main, error_handler=WholeErrorFile())
 
 
 def restart_attempt() -> int:
