@@ -134,12 +134,14 @@ def record_problems(index: int, record, layout: DatasetLayout) -> List[str]:
         if key not in record:
             if key == "split" and layout.custom:
                 continue  # your own data: no split = test
-            named = f"{key!r} (or 'img_path')" if layout.custom and key == image_key else repr(key)
+            named = repr(key)
+            if key == image_key and len(layout.image_keys) > 1:  # missing: image_key is the layout's first
+                named += f" (or {', '.join(map(repr, layout.image_keys[1:]))})"
             problems.append(f"{where}: missing key {named}")
         elif not isinstance(record[key], kind) or isinstance(record[key], bool):
             problems.append(f"{where}: key {key!r} should be {kind.__name__}, got {type(record[key]).__name__}")
     if len(layout.image_keys) > 1 and all(key in record for key in layout.image_keys):
-        problems.append(f"{where}: has both 'file_path' and 'img_path'; expected one image key")
+        problems.append(f"{where}: has both {' and '.join(map(repr, layout.image_keys))}; expected one image key")
     if problems:
         return problems
     if split_of(record) not in layout.splits:
