@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.presets import synchronize
 from utils.metrics import rank
 
 Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -73,12 +74,10 @@ def median_time(fn: Callable[[], object], repeats: int, device: torch.device) ->
     result = fn()  # warm-up
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         start = time.perf_counter()
         result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
 

@@ -16,7 +16,6 @@ import logging
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,11 +24,12 @@ from benchmarks.presets import (
     CUHK_TEST_CAPTIONS,
     CUHK_TEST_IMAGES,
     cuhk_id_outputs,
+    on_synthetic_set,
     preset_config,
     random_captions,
     synchronize,
 )
-from datasets.build import EvalLoaders, build_eval_loaders, read_dataset
+from datasets.build import EvalLoaders, build_eval_loaders
 from datasets.readers import EvalSet
 from datasets.synthetic import generate
 from model.build import build_model
@@ -111,15 +111,7 @@ def main() -> None:
             height, width = cfg.model.image_size
             ids = max(images // 3, 1)
             generate(root, num_train_ids=1, num_val_ids=1, num_test_ids=ids, image_size=(height, width), seed=0)
-            read_dataset.cache_clear()
-            data = replace(
-                cfg.data,
-                root=root,
-                dataset="Synthetic-PEDES",
-                num_workers=args.workers,
-                pin_memory=device.type == "cuda",
-            )
-            jpeg_loaders = build_eval_loaders(replace(cfg, data=data))
+            jpeg_loaders = build_eval_loaders(on_synthetic_set(cfg, root, args.workers, device))
             encode, ranking = time_evaluation(model, jpeg_loaders, precision, cfg.eval.query_chunk)
             count = len(jpeg_loaders.images.dataset)
             print(

@@ -7,12 +7,14 @@ CUHK-PEDES identity count (11,003), random init (the weights do not change the c
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Dict
 
 import torch
 
 from configs.defaults import Config, DataConfig, ModelConfig
 from datasets.bases import mask_tokens
+from datasets.build import read_dataset
 from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID
 
 # A tiny CLIP on 32 x 16 images as train.py overrides: the several-process check and the tests' runs.
@@ -90,3 +92,13 @@ def random_batch(cfg: Config, num_classes: int, device: torch.device, seed: int 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def on_synthetic_set(cfg: Config, root: str, workers: int, device: torch.device, **data: object) -> Config:
+    """``cfg`` reading the Synthetic-PEDES set drawn under ``root``, with ``workers`` loader
+    processes and pinned memory on a GPU (``data``: further data.* values). The readers' cache
+    is cleared, so a set drawn again under a reused path is read afresh."""
+    read_dataset.cache_clear()
+    pin = device.type == "cuda"
+    synthetic = replace(cfg.data, root=root, dataset="Synthetic-PEDES", num_workers=workers, pin_memory=pin, **data)
+    return replace(cfg, data=synthetic)

@@ -44,9 +44,16 @@ import torch
 from prettytable import PrettyTable
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.presets import CUHK_TRAIN_PAIRS, cuhk_id_outputs, preset_config, random_batch, synchronize
+from benchmarks.presets import (
+    CUHK_TRAIN_PAIRS,
+    cuhk_id_outputs,
+    on_synthetic_set,
+    preset_config,
+    random_batch,
+    synchronize,
+)
 from configs.defaults import Config
-from datasets.build import build_train_loader, read_dataset
+from datasets.build import build_train_loader
 from datasets.synthetic import generate
 from model.build import build_criterion, build_model
 from processor.precision import PRECISIONS, Precision
@@ -144,16 +151,7 @@ def step_figures(cfg: Config, mode: str, device: torch.device, args, num_classes
 
 def pipeline_rate(cfg: Config, mode: str, device: torch.device, args, root: str) -> float:
     """Samples/s of the same step fed by the training DataLoader (after one warm-up pass)."""
-    data = replace(
-        cfg.data,
-        root=root,
-        dataset="Synthetic-PEDES",
-        num_workers=args.workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=True,
-    )
-    cfg = replace(cfg, data=data)
-    read_dataset.cache_clear()
+    cfg = on_synthetic_set(cfg, root, args.workers, device, persistent_workers=True)
     loader, num_classes = build_train_loader(cfg)
     bench = StepBench(cfg, mode, device, num_classes, args.compile)
     loader.sampler.set_epoch(0)
