@@ -18,10 +18,11 @@ from processor.preflight import check_device, check_run_inputs
 from processor.processor import train
 from utils.cli import report_user_errors
 from utils.distributed import cleanup, init_distributed, pick_device, record_errors
+from utils.gpu import keep_off_the_gpus
 from utils.io import save_config
 from utils.logger import setup_logging
 from utils.metrics import summary_table
-from utils.reproducibility import make_deterministic
+from utils.reproducibility import configure_kernels
 from utils.run_folder import CONFIG_FILE, METRICS_FILE, plan_start, prepare_run_folder, resolve_output_dir
 
 logger = logging.getLogger("train")
@@ -44,9 +45,11 @@ def report_finished(cfg: Config, output_dir: Path, epoch: int) -> None:
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg, _ = parse_args(argv, build_parser(__doc__.splitlines()[0]))
+    if cfg.train.device == "cpu":
+        keep_off_the_gpus()
     check_run_inputs(cfg)  # before any folder is made or annotation read
     check_device(cfg, pick_device(cfg.train.device))
-    info = init_distributed(cfg.train.device)
+    info = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     try:
         output_dir = resolve_output_dir(cfg, info)
         plan = plan_start(cfg, output_dir)  # every rank reads the same folder
@@ -60,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if info.is_main:
             save_config(cfg, output_dir / CONFIG_FILE)
             logger.info("run folder %s, %d process(es) on %s", output_dir, info.world_size, info.device)
-        make_deterministic(cfg.train.deterministic)
+        configure_kernels(cfg.train.deterministic, cfg.train.tf32)
         best = train(cfg, info, output_dir, plan.resume_from)
         logger.info("best t2i R1 %.3f at epoch %d", best["R1"], best["epoch"])
     except Exception as error:

@@ -29,6 +29,7 @@ from datasets.build import build_train_loader
 from model.build import build_criterion, build_model
 from processor.trainer import move_batch
 from utils.distributed import cleanup, data_parallel, init_distributed
+from utils.reproducibility import set_tf32
 
 # A tiny CLIP on 32 x 16 images, global batch 12 (2 or 3 processes split it evenly).
 TINY = [
@@ -72,7 +73,7 @@ def one_step(root: str, overrides: list, info, dtype: torch.dtype) -> dict:
 def step(root: str, output: str, *extra: str) -> None:
     """``extra``: config overrides, and ``float64`` for the float64 reference (the same step
     with the model and the batch in float64)."""
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    set_tf32(False)  # the equality is of float32 arithmetic
     dtype = torch.float64 if "float64" in extra else torch.float32
     extra = tuple(item for item in extra if item != "float64")
     device = next((item.split("=", 1)[1] for item in extra if item.startswith("train.device=")), "cpu")

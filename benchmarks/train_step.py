@@ -5,9 +5,11 @@ Step only: the trainer's own ``train_one_epoch`` over batches already on the dev
 Samples/s is the median over ``--repeats`` timed runs of ``--steps`` steps each, after
 ``--warmup`` steps, with the device synchronised around each run. FLOPs per step are
 counted once with ``torch.utils.flop_counter`` (forward + backward; the same in every
-mode); MFU = FLOPs x steps/s / ``--peak-tflops`` (default: the GPU's dense bf16 peak when
-known). Full pipeline (``--pipeline``): the same step fed by the real training DataLoader
-on synthetic JPEGs at the preset's image size.
+mode, and without grad checkpointing's recomputed forward); the optimizer is the config's
+(``solver.fused`` as set, off in the shipped configs; ``--fused`` turns it on); MFU = FLOPs
+x steps/s / ``--peak-tflops`` (default: the GPU's dense bf16 peak when known). Full
+pipeline (``--pipeline``): the same step fed by the real training DataLoader on synthetic
+JPEGs at the preset's image size.
 
 Memory comparison (``--memory``): default fp32, fp32 with ``model.grad_checkpointing``,
 amp_bf16 and fp32 + torch.compile side by side, each in its own subprocess (a clean peak):
@@ -120,6 +122,9 @@ class StepBench:
 
 
 def count_step_flops(cfg: Config, device: torch.device, num_classes: int) -> int:
+    """The model's FLOPs of one step (forward + backward), without grad checkpointing: its
+    recomputed forward is overhead, not model FLOPs, so MFU stays comparable across settings."""
+    cfg = replace(cfg, model=replace(cfg.model, grad_checkpointing=False))
     model = build_model(cfg, num_classes).to(device)
     batch = random_batch(cfg, num_classes, device)
     with FlopCounterMode(display=False) as counter:
@@ -360,6 +365,9 @@ def parse_args():
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--grad-checkpointing", action="store_true", help="model.grad_checkpointing=true")
+    parser.add_argument(
+        "--fused", action="store_true", help="solver.fused=true (default: the config's optimizer, unfused as shipped)"
+    )
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's; 16 with --memory)")
     parser.add_argument(
         "--memory",
@@ -387,7 +395,7 @@ def main() -> None:
     cfg = preset_config(preset)
     cfg = replace(
         cfg,
-        solver=replace(cfg.solver, fused=True),
+        solver=replace(cfg.solver, fused=args.fused or cfg.solver.fused),
         model=replace(cfg.model, grad_checkpointing=args.grad_checkpointing),
     )
     if args.batch or args.memory_variant:
@@ -402,8 +410,10 @@ def main() -> None:
     print(
         f"{name}, preset {preset}: batch {cfg.data.batch_size}, {cfg.model.image_size[0]} x "
         f"{cfg.model.image_size[1]}, {cfg.loss.names}"
-        f"{', grad checkpointing' if args.grad_checkpointing else ''}; {flops / 1e9:.1f} GFLOP per step (fwd + bwd, "
-        f"torch.utils.flop_counter); MFU against {f'{peak:.1f} TFLOP/s dense bf16' if peak else 'n/a'}"
+        f"{', grad checkpointing' if args.grad_checkpointing else ''}, {cfg.solver.optimizer} "
+        f"(solver.fused={cfg.solver.fused}); {flops / 1e9:.1f} GFLOP per step (fwd + bwd without the recomputed "
+        f"forward of grad checkpointing, torch.utils.flop_counter); MFU against "
+        f"{f'{peak:.1f} TFLOP/s dense bf16' if peak else 'n/a'}"
     )
     table = PrettyTable(["mode", "samples/s", "step ms", "TFLOP/s", "MFU %", "peak GiB"])
     rates = {}

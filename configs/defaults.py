@@ -136,6 +136,11 @@ class TrainConfig:
     # Repeatable runs on the same machine: deterministic algorithms (an error names any op
     # without one), no cuDNN autotuning; data order and augmentation are seeded either way.
     deterministic: bool = False
+    # TF32 tensor cores for float32 matrix products and convolutions on GPUs that have them
+    # (Ampere and newer): the default of the authors' torch (1.9: on), off since torch 1.12.
+    # Off under train.deterministic. Touches what runs in float32: the fp32/amp modes' matmuls
+    # and every mode's float32 losses. CPU: no effect.
+    tf32: bool = True
     # torch.compile the training forward (CPU, paper size: 0.92x step time and 0.68x step
     # memory, docs/memory.md; GPU not measured). Evaluation and checkpoints use the plain
     # module; the first steps are slow while it compiles.
@@ -145,6 +150,11 @@ class TrainConfig:
     # ID/MLM are global means: the same training as one process with that batch (the
     # reference). false = each rank's losses see only its own share (a deviation, IRRA's DDP).
     global_batch_losses: bool = True
+    # How long a collective waits for the slowest rank (torch.distributed's process-group
+    # timeout), e.g. the other ranks for rank 0's evaluation and checkpoint writing. NCCL's
+    # own default, 10 minutes, can be shorter than a cross-domain evaluation plus a 1.35 GB
+    # last.pth written to a slow disk.
+    dist_timeout_minutes: float = 60.0
 
 
 @dataclass

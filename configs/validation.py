@@ -6,6 +6,7 @@ each naming the dotted key, the value given and what is allowed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, List, Tuple
 
@@ -179,6 +180,8 @@ def validate(cfg: Config) -> None:
         s.eps,
         ">= 6e-8 with train.precision=pure_fp16 (fp16 Adam state; the reference uses 1e-3)",
     )
+    need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device), "train.device", t.device, "auto, cpu, cuda or cuda:N")
+    need(t.dist_timeout_minutes > 0, "train.dist_timeout_minutes", t.dist_timeout_minutes, "> 0")
     need(t.log_period >= 1, "train.log_period", t.log_period, ">= 1")
     need(t.eval_period >= 1, "train.eval_period", t.eval_period, ">= 1")
 

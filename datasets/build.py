@@ -28,10 +28,17 @@ def read_dataset(root: str, name: str) -> RetrievalDataset:
     return RetrievalDataset(root, name)
 
 
+def pins_memory(cfg: Config) -> bool:
+    """``data.pin_memory`` where the batches go to a GPU: pinning initialises CUDA, which a run
+    with ``train.device=cpu`` must not do on a machine that has a GPU."""
+    return cfg.data.pin_memory and cfg.train.device != "cpu" and torch.cuda.is_available()
+
+
 def make_loader(
     dataset: Dataset,
     data: DataConfig,
     batch_size: int,
+    pin_memory: bool,
     sampler: Optional[Sampler] = None,
     num_workers: Optional[int] = None,
 ) -> DataLoader:
@@ -42,7 +49,7 @@ def make_loader(
         sampler=sampler,
         shuffle=False,
         num_workers=workers,
-        pin_memory=data.pin_memory and torch.cuda.is_available(),
+        pin_memory=pin_memory,
         persistent_workers=data.persistent_workers and workers > 0,
         drop_last=False,
     )
@@ -76,7 +83,7 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
     else:
         raise ConfigError(f"data.sampler={data.sampler!r}; expected one of {', '.join(SAMPLERS)}")
     num_classes = len(dataset) if cfg.model.id_classes == "captions" else pairs.num_classes
-    return make_loader(dataset, data, per_rank, sampler), num_classes
+    return make_loader(dataset, data, per_rank, pins_memory(cfg), sampler), num_classes
 
 
 @dataclass
@@ -99,6 +106,7 @@ def build_eval_loaders(
     # Evaluation runs once per epoch: persistent workers would only hold memory.
     workers = min(cfg.data.num_workers, 4)
     data = DataConfig(**{**vars(cfg.data), "persistent_workers": False})
-    texts = make_loader(TextDataset(eval_set, cfg.data.text_length), data, cfg.eval.batch_size, num_workers=0)
-    images = make_loader(ImageDataset(eval_set, transform), data, cfg.eval.batch_size, num_workers=workers)
+    pin = pins_memory(cfg)
+    texts = make_loader(TextDataset(eval_set, cfg.data.text_length), data, cfg.eval.batch_size, pin, num_workers=0)
+    images = make_loader(ImageDataset(eval_set, transform), data, cfg.eval.batch_size, pin, num_workers=workers)
     return EvalLoaders(name, split, texts, images, eval_set)

@@ -27,17 +27,27 @@ def checkpoint_bytes_needed(model: torch.nn.Module, path: Path) -> int:
     return max(int(1.1 * weights * (3 + 3 + 1)) - existing, 0)
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state(device: torch.device) -> Dict[str, Any]:
+    """The CPU generator's state and, when training on a GPU, that GPU's (only: asking for every
+    visible GPU's would initialise CUDA on each, and a run on the CPU must not touch CUDA)."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: Dict[str, Any]) -> None:
+def restore_rng_state(state: Dict[str, Any], device: torch.device) -> None:
+    """The saved generators onto this process's: the GPU's onto ``device`` whatever GPU saved it,
+    so a run resumes where fewer (or other) GPUs are visible than when it was saved. A list (one
+    state per visible GPU, as torch.cuda.get_rng_state_all gives) contributes ``device``'s entry,
+    else its first."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):
+        cuda = cuda[device.index] if device.index is not None and device.index < len(cuda) else cuda[0]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def training_state(
@@ -50,8 +60,9 @@ def training_state(
     best: Dict[str, Any],
     config: Dict[str, Any],
     num_classes: int,
+    device: torch.device,
 ) -> Dict[str, Any]:
-    """The content of ``last.pth`` after ``epoch`` (1-based) completed epochs."""
+    """The content of ``last.pth`` after ``epoch`` (1-based) completed epochs on ``device``."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -60,7 +71,7 @@ def training_state(
         "epoch": epoch,
         "step": step,
         "best": best,
-        "rng": rng_state(),
+        "rng": rng_state(device),
         "config": config,
         "num_classes": num_classes,
     }
@@ -96,6 +107,7 @@ def restore_training_state(
     optimizer,
     scheduler,
     scaler: Optional[Any],
+    device: torch.device,
     source: str = "checkpoint",
     hint: str = "",
 ) -> None:
@@ -104,4 +116,4 @@ def restore_training_state(
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler") is not None:
         scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
+    restore_rng_state(state["rng"], device)

@@ -13,6 +13,7 @@ from configs.errors import ConfigError
 from datasets.readers import check_dataset_files
 from model.checkpoint import WeightsNotFoundError
 from model.clip import check_pretrain
+from utils.gpu import missing_gpu_reason
 
 # One fp32 training step of CLIP ViT-B/16 at 384 x 128 with the paper's heads, batch 16
 # (forward + backward + Adam) on a 2-core CPU: 15.4 s, from
@@ -46,7 +47,8 @@ def check_device(cfg: Config, device: torch.device) -> None:
         return
     per_step = CPU_SECONDS_PER_16_SAMPLES * cfg.data.batch_size / 16
     raise ConfigError(
-        f"train.device=auto found no GPU, and this config trains a CLIP ViT-B/16-sized model at "
+        f"train.device=auto found no GPU ({missing_gpu_reason()}), and this config trains a CLIP ViT-B/16-sized "
+        "model at "
         f"{cfg.model.image_size[0]} x {cfg.model.image_size[1]}: about {CPU_SECONDS_PER_16_SAMPLES:.0f} s per step "
         f"of 16 samples on a 2-core CPU (so ~{per_step:.0f} s per step of data.batch_size={cfg.data.batch_size}). "
         "Run it where a GPU is visible, or set train.device=cpu to train on the CPU anyway "

@@ -23,7 +23,7 @@ from processor.trainer import train_one_epoch
 from solver import build_lr_scheduler, build_optimizer
 from utils.distributed import DistInfo, barrier, data_parallel
 from utils.io import append_jsonl, drop_metrics_after, save_atomic
-from utils.memory import memory_figures
+from utils.memory import memory_figures, take_gpu_peak_mb
 from utils.metrics import summary_table
 from utils.run_folder import (
     BEST,
@@ -102,7 +102,9 @@ class Run:
                 "resuming %s with a config that differs from the saved one:\n  %s", file, "\n  ".join(changed)
             )
         hint = "; the run was saved with a different config:\n  " + "\n  ".join(changed) if changed else ""
-        ckpt.restore_training_state(state, self.model, self.optimizer, self.scheduler, self.scaler, str(file), hint)
+        ckpt.restore_training_state(
+            state, self.model, self.optimizer, self.scheduler, self.scaler, self.info.device, str(file), hint
+        )
         self.epoch, self.step, self.best = state["epoch"], state["step"], dict(state["best"])
         if self.info.is_main:
             drop_metrics_after(self.output_dir / METRICS_FILE, self.epoch)
@@ -130,6 +132,7 @@ class Run:
                 self.best,
                 config,
                 self.num_classes,
+                self.info.device,
             ),
             self.output_dir / LAST,
         )
@@ -138,21 +141,26 @@ class Run:
     def finish_epoch(self, averages: Dict[str, float]) -> None:
         """Rank 0 after each epoch: log losses and memory, evaluate when due, write checkpoints."""
         cfg, best_metrics = self.cfg, None
-        memory = memory_figures(self.info.device)
-        logger.info(
-            "epoch %d/%d: %s; memory %s",
-            self.epoch,
-            cfg.solver.epochs,
-            ", ".join(f"{k} {v:.4f}" for k, v in averages.items()),
-            ", ".join(f"{k} {v:.0f}" for k, v in memory.items()),
-        )
-        for name, value in memory.items():
-            self.writer.add_scalar(f"memory/{name}", value, self.epoch)
+        self.log_memory("train", ", ".join(f"{k} {v:.4f}" for k, v in averages.items()))
         if self.epoch % cfg.train.eval_period == 0 or self.epoch == cfg.solver.epochs:
             metrics = self.evaluate(self.epoch)
+            self.log_memory("eval")
             if metrics["R1"] > self.best["R1"]:
                 self.best, best_metrics = {"R1": metrics["R1"], "epoch": self.epoch}, metrics
         self.save(best_metrics)
+
+    def log_memory(self, phase: str, losses: str = "") -> None:
+        """The memory figures of the phase just ended (``train``: this epoch's steps; ``eval``: its
+        evaluation), in the log and TensorBoard."""
+        memory = memory_figures(self.info.device, phase)
+        figures = ", ".join(f"{k} {v:.0f}" for k, v in memory.items())
+        if phase == "train":
+            logger.info("epoch %d/%d: %s; memory %s", self.epoch, self.cfg.solver.epochs, losses, figures)
+        else:
+            logger.info("epoch %d %s memory %s", self.epoch, phase, figures)
+        for name, value in memory.items():
+            if self.writer is not None and (phase == "train" or name != "rss_mb"):
+                self.writer.add_scalar(f"memory/{name}", value, self.epoch)
 
     def train(self, evaluate_first: bool = False) -> Dict[str, float]:
         cfg = self.cfg
@@ -160,6 +168,7 @@ class Run:
             self.writer = SummaryWriter(str(self.output_dir / TENSORBOARD_DIR), purge_step=self.step or None)
         if evaluate_first and self.epoch == 0 and self.info.is_main:
             self.evaluate(0)
+            take_gpu_peak_mb(self.info.device)  # epoch 1's training peak starts here
         barrier(self.info)
         while self.epoch < cfg.solver.epochs:
             self.loader.sampler.set_epoch(self.epoch)

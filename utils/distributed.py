@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable, Optional
 
 import torch
@@ -13,6 +14,7 @@ from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, recor
 from torch.nn.parallel import DistributedDataParallel
 
 from configs.errors import ConfigError
+from utils.gpu import missing_gpu_reason
 
 logger = logging.getLogger(__name__)
 
@@ -33,36 +35,59 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` = this rank's GPU when there is one, else the CPU."""
+def pick_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The device of this process for ``train.device``. ``auto``: a GPU when one is visible,
+    else the CPU. ``cuda``: GPU ``local_rank % device_count()`` (torchrun's LOCAL_RANK; a
+    launcher that shows each rank only its own GPU gives each rank GPU 0). ``cuda:N``: that
+    GPU, for one process only (torchrun's ranks cannot share one GPU)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device='cuda' but no GPU is visible; use 'auto' or 'cpu'")
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device={name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r}, but {missing_gpu_reason()}; or set train.device=cpu")
+    count = torch.cuda.device_count()
+    if device.index is None:
+        return torch.device("cuda", local_rank % count)
+    if world_size > 1:
+        raise ConfigError(
+            f"train.device={name!r} names one GPU, but torchrun started {world_size} processes, which cannot share "
+            "it: use train.device=cuda (each rank takes GPU LOCAL_RANK) and choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    if device.index >= count:
+        raise ConfigError(f"train.device={name!r}, but {count} GPU(s) are visible (cuda:0 to cuda:{count - 1})")
+    return device
 
 
-def init_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the torchrun process group when launched by torchrun; a single process otherwise."""
+def init_distributed(device_name: str = "auto", timeout_minutes: float = 60.0) -> DistInfo:
+    """Join the torchrun process group when launched by torchrun; a single process otherwise.
+    ``timeout_minutes`` (train.dist_timeout_minutes): how long a collective waits for the
+    slowest rank, e.g. the others for rank 0's evaluation and checkpoint writing (NCCL's own
+    default, 10 minutes, is shorter than a cross-domain evaluation plus a 1.35 GB last.pth on
+    a slow disk)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name, local_rank)
+    device = pick_device(device_name, local_rank, world_size)
     if world_size == 1:
         return DistInfo(device=device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        timeout = timedelta(minutes=timeout_minutes)
         # Keys of each torchrun restart under their own prefix: the agent's store outlives a
         # failed attempt, and gloo would otherwise connect to the dead workers' addresses.
-        store, rank, size = next(dist.rendezvous("env://"))
+        store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
         attempt = restart_attempt()
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
             store=dist.PrefixStore(f"fmfa_attempt_{attempt}", store),
             rank=rank,
             world_size=size,
+            timeout=timeout,
             device_id=device if device.type == "cuda" else None,
         )
         if attempt:

@@ -1,9 +1,9 @@
 """Memory figures logged once per epoch: resident memory of this process and its data
-workers, and the peak GPU memory allocated by PyTorch."""
+workers, and the peak GPU memory allocated by PyTorch, for training and evaluation apart."""
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import psutil
 import torch
@@ -22,8 +22,20 @@ def resident_mb(include_children: bool = True) -> float:
     return total / 2**20
 
 
-def memory_figures(device: torch.device) -> Dict[str, float]:
+def take_gpu_peak_mb(device: torch.device) -> Optional[float]:
+    """The peak GPU memory allocated on ``device`` since the last call, MiB (None off the GPU);
+    the counter restarts, so each epoch's training and each evaluation report their own peak."""
+    if device.type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**20
+    torch.cuda.reset_peak_memory_stats(device)
+    return peak
+
+
+def memory_figures(device: torch.device, phase: str) -> Dict[str, float]:
+    """Resident MiB and, on a GPU, ``gpu_peak_<phase>_mb``: the peak since the last figures."""
     figures = {"rss_mb": resident_mb()}
-    if device.type == "cuda":
-        figures["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    peak = take_gpu_peak_mb(device)
+    if peak is not None:
+        figures[f"gpu_peak_{phase}_mb"] = peak
     return figures
