@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU run without a GPU: builds an environment like the lent GPU machine's (its Python
+# packages and torch release, without open_clip_torch, ftfy, wcwidth and prettytable), clones
+# this repository's HEAD, fetches those four as wheels with benchmarks/gpu_wheels.sh and runs
+# benchmarks/gpu_run.sh in the clone with its CPU preset, as `python3`, the wheels installed the
+# way the GPU machine installs them. Exits non-zero unless every section ran and passed.
+#
+#   bash benchmarks/gpu_dry_run.sh [OUT]        (default OUT: gpu_dry_run/)
+#
+# Environment: BASE_PYTHON makes the environment (default python3.12 where there is one, the GPU
+# machine's Python, else python3); GPU_LIKE_VENV where it lives (default /tmp/fmfa_gpu_like, kept
+# between runs: the first run installs about 5 GB); GPU_LIKE_TORCH the torch release (default
+# the GPU machine's, "torch==2.11.0 torchvision==0.26.0").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$(realpath -m "${1:-gpu_dry_run}")
+venv=${GPU_LIKE_VENV:-/tmp/fmfa_gpu_like}
+base=${BASE_PYTHON:-$(command -v python3.12 || command -v python3)}
+read -r -a torch_pins <<< "${GPU_LIKE_TORCH:-torch==2.11.0 torchvision==0.26.0}"
+# What the GPU machine has that this project uses (docs/performance.md, "The GPU run").
+machine=(numpy pillow pyyaml tqdm regex safetensors timm huggingface_hub tensorboard onnx onnxscript onnxruntime
+    tokenizers psutil pytest hypothesis matplotlib)
+if [ ! -x "$venv/bin/python3" ]; then
+    "$base" -m venv "$venv"
+    "$venv/bin/python3" -m pip install -q "${torch_pins[@]}" "${machine[@]}"
+fi
+for module in open_clip ftfy wcwidth prettytable; do
+    if "$venv/bin/python3" -c "import $module" 2> /dev/null; then
+        echo "$venv has $module, which the GPU machine lacks: remove it or choose another GPU_LIKE_VENV" >&2
+        exit 1
+    fi
+done
+clone=$(mktemp -d)/fmfa
+git clone -q . "$clone"
+echo "clone of $(git rev-parse --short HEAD) in $clone; environment $venv ($("$venv/bin/python3" -c \
+    'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'))"
+cd "$clone"
+PATH="$venv/bin:$PATH" bash benchmarks/gpu_wheels.sh .whl
+PATH="$venv/bin:$PATH" GPU_RUN_PRESET=cpu GPU_RUN_BUDGET=${GPU_RUN_BUDGET:-1800} bash benchmarks/gpu_run.sh "$out"
+failed=$(grep -E '^\| [a-f]\. ' "$out/gpu_run.md" | awk -F' [|] ' '$2 !~ /^0$|expected/' || true)
+if [ -n "$failed" ]; then
+    printf 'sections that did not pass:\n%s\n' "$failed" >&2
+    exit 1
+fi
+echo "every section passed: $out/gpu_run.md"
