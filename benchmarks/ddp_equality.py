@@ -7,7 +7,7 @@ metric and (after DDP's averaging) parameter gradient. ``compare``: the largest 
 error per case between two such files. With ``float64`` the step runs in float64 (model and
 batch; the losses keep float64): the reference that float32 steps on 1 and on N processes
 each approximate to float32 rounding. Used by tests/test_ddp.py (gloo on the CPU) and
-benchmarks/gpu_check.sh (NCCL on two GPUs).
+benchmarks/gpu_run.sh (NCCL on two GPUs).
 
     python -m benchmarks.ddp_equality step DATA_ROOT one.pt [key=value ...]
     python -m benchmarks.ddp_equality step DATA_ROOT exact.pt float64 [key=value ...]

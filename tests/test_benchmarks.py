@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -93,11 +94,21 @@ def test_ddp_loss_benchmark_tiny_preset():
     assert all(float(ms) > 0 for _, _, ms, _ in rows) and float(rows[0][3]) == 1.0
 
 
-def test_gpu_check_runs_its_tiny_preset_on_the_cpu(tmp_path):
-    """benchmarks/gpu_check.sh end to end without a GPU: every section in the report."""
-    run_ok(["bash", "benchmarks/gpu_check.sh", str(tmp_path)], env={**os.environ, "PYTHON": sys.executable})
-    report = (tmp_path / "gpu_check.md").read_text()
-    assert "torch " in report and "no CUDA GPU" in report
+def test_gpu_run_runs_its_cpu_preset(tmp_path):
+    """benchmarks/gpu_run.sh sections a-d end to end without a GPU (what the GPU machine runs, at
+    tiny sizes): every section passes and reports, at most 8 flat files in OUT, no checkpoint."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_RUN_SECTIONS": "abcd", "GPU_RUN_BUDGET": "1500"}
+    run_ok(["bash", "benchmarks/gpu_run.sh", str(out)], env={**env, "GPU_RUN_WORK": str(work)})
+    report = (out / "gpu_run.md").read_text()
+    rows = dict(re.findall(r"^\| ([a-f]\. [^|]+?) \| ([^|]+?) \|", report, re.M))
+    assert [name[0] for name in rows] == list("abbcddddee"), rows
+    assert all(v == "0" for k, v in rows.items() if k[0] in "abc"), rows
+    assert rows["d. run, killed after epoch 1"] == "137 (expected)" and rows["d. run, resumed to epoch 2"] == "0"
+    assert all(v.startswith("not run (GPU_RUN_SECTIONS") for k, v in rows.items() if k[0] == "e"), rows
     assert len(re.findall(r"\| pure_fp16 \|\s+[\d.]+\s+\|", report)) == 2  # with and without checkpointing
-    assert len(re.findall(r"captions encoded in [\d.]+ s", report)) == 2
-    assert "not run: 0 GPU(s) visible" in report
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["config.yaml", "gpu_run.log", "gpu_run.md", "metrics.jsonl", "test.json", "train.log"], files
+    assert [r["epoch"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+    assert "resumed from" in (out / "train.log").read_text()
+    assert not list(out.glob("*.pth")) and (work / "run" / "last.pth").is_file()
