@@ -10,9 +10,9 @@ from typing import Dict, Tuple
 
 import torch
 
-from configs.defaults import Config
+from configs.defaults import LOSS_SETTINGS, Config, loss_needs
 from configs.errors import UserError
-from configs.validation import loss_needs, validate
+from configs.validation import validate
 
 from .checkpoint import (
     FMFA_PREFIX,
@@ -52,13 +52,8 @@ def build_criterion(cfg: Config) -> FMFALoss:
     """The training losses of ``cfg``: ``criterion(model(batch), batch) -> (terms, metrics)``.
     A config that fails :func:`configs.validation.validate` is refused (ConfigError)."""
     validate(cfg)
-    return FMFALoss(
-        list(cfg.loss.names),
-        dict(cfg.loss.weights),
-        logit_scale=1.0 / cfg.model.temperature,
-        asdm=cfg.asdm,
-        efa=cfg.efa,
-    )
+    settings = {section: getattr(cfg, section) for section in LOSS_SETTINGS}
+    return FMFALoss(list(cfg.loss.names), dict(cfg.loss.weights), logit_scale=1.0 / cfg.model.temperature, **settings)
 
 
 def build_model(cfg: Config, num_classes: int) -> FMFA:
