@@ -26,17 +26,8 @@ from .checkpoint import (
     load_what_fits,
     unwrap_state_dict,
 )
-from .clip import (
-    ClipArch,
-    arch_from_state_dict,
-    build_clip,
-    clean_clip_state_dict,
-    clip_from_state_dict,
-    create_clip,
-    fit_position_embedding,
-    is_torchscript_archive,
-    read_clip_state_dict,
-)
+from .clip import ClipArch, arch_from_state_dict, build_clip, clip_from_state_dict, create_clip, fit_position_embedding
+from .clip_weights import clean_clip_state_dict, is_torchscript_archive, read_clip_state_dict
 from .fmfa import FMFA
 from .loss import FMFALoss
 
