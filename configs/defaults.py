@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Tuple
 
+# The reference tokenizer's vocabulary (datasets/tokenizer.py builds it and checks its length):
+# the text tower's token embedding and the MLM classes of random-init models.
+VOCAB_SIZE = 49408
+
 
 @dataclass
 class ModelConfig:
@@ -30,7 +34,7 @@ class ModelConfig:
     text_width: int = 512
     text_layers: int = 12
     context_length: int = 77
-    vocab_size: int = 49408  # the reference tokenizer's vocabulary; also the MLM classes
+    vocab_size: int = VOCAB_SIZE
     temperature: float = 0.02  # fixed; logit scale = 1 / temperature = 50
     cmt_depth: int = 4  # layers of the IRR cross-modal transformer
     # Outputs of the ID classifier: "captions" = the number of training captions, as the

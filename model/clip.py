@@ -21,25 +21,28 @@ import open_clip
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg, resize_pos_embed
 
+from configs.defaults import ModelConfig
+
 from .checkpoint import WeightsError
 from .clip_weights import GELU_MARKER, read_clip_state_dict, weights_activation
 from .open_clip_config import HEAD_WIDTH
 
 logger = logging.getLogger(__name__)
+VIT_B_16 = ModelConfig()  # the random-init sizes of configs/defaults.py: OpenAI's ViT-B/16
 
 
 @dataclass(frozen=True)
 class ClipArch:
-    """Sizes of a CLIP ViT dual encoder (defaults: ViT-B/16)."""
+    """Sizes of a CLIP ViT dual encoder (defaults: ViT-B/16, as ``model.*`` in configs/defaults.py)."""
 
-    embed_dim: int = 512
-    vision_width: int = 768
-    vision_layers: int = 12
-    patch_size: int = 16
-    text_width: int = 512
-    text_layers: int = 12
-    context_length: int = 77
-    vocab_size: int = 49408
+    embed_dim: int = VIT_B_16.embed_dim
+    vision_width: int = VIT_B_16.vision_width
+    vision_layers: int = VIT_B_16.vision_layers
+    patch_size: int = VIT_B_16.patch_size
+    text_width: int = VIT_B_16.text_width
+    text_layers: int = VIT_B_16.text_layers
+    context_length: int = VIT_B_16.context_length
+    vocab_size: int = VIT_B_16.vocab_size
     quick_gelu: ClassVar[bool] = True  # OpenAI's activation; GeluClipArch: plain GELU
 
 

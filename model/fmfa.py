@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 
+from configs.defaults import VOCAB_SIZE
+
 from .clip import encode_image_tokens, encode_text_tokens
 
 Tensors = Dict[str, torch.Tensor]
@@ -57,7 +59,7 @@ class FMFA(nn.Module):
         embed_dim: int,
         num_classes: int = 0,
         cmt_depth: int = 0,
-        vocab_size: int = 49408,
+        vocab_size: int = VOCAB_SIZE,
         share_masked_caption: bool = False,
     ):
         super().__init__()
