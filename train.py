@@ -20,9 +20,9 @@ from utils.cli import report_user_errors
 from utils.distributed import cleanup, init_distributed, pick_device, record_errors
 from utils.io import save_config
 from utils.logger import setup_logging
-from utils.metrics import summary_table
 from utils.reproducibility import make_deterministic
 from utils.run_folder import CONFIG_FILE, METRICS_FILE, plan_start, prepare_run_folder, resolve_output_dir
+from utils.run_summary import summary_table
 
 logger = logging.getLogger("train")
 
