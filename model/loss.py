@@ -8,7 +8,8 @@ Adding a loss: a pure function in :mod:`model.objectives`, one entry in :data:`L
 below, and its row in ``configs.defaults.LOSS_SPECS`` (its needs, and its settings
 section with defaults and allowed values; the names must agree, a mismatch fails at
 import); a settings section is a field of :class:`FMFALoss`; a new head goes in
-:mod:`model.fmfa` and ``model.build``.
+:mod:`model.fmfa`, with its arguments from a config and from weights
+(``head_arguments``, ``head_arguments_in``).
 
 Several processes (torchrun): with ``collective`` set, every batch-coupled loss (SDM/A-SDM,
 ITC, CMPM, EFA) is computed over the global batch (each process's rows against the
