@@ -21,9 +21,9 @@ from utils.distributed import cleanup, init_distributed, pick_device, record_err
 from utils.gpu import keep_off_the_gpus
 from utils.io import save_config
 from utils.logger import setup_logging
-from utils.metrics import summary_table
 from utils.reproducibility import configure_kernels
 from utils.run_folder import CONFIG_FILE, METRICS_FILE, plan_start, prepare_run_folder, resolve_output_dir
+from utils.run_summary import summary_table
 
 logger = logging.getLogger("train")
 

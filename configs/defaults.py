@@ -8,7 +8,11 @@ differ); ``*_authors_code.yaml`` variants keep these defaults.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, Iterable, List, Tuple
+
+# The reference tokenizer's vocabulary (datasets/tokenizer.py builds it and checks its length):
+# the text tower's token embedding and the MLM classes of random-init models.
+VOCAB_SIZE = 49408
 
 
 @dataclass
@@ -30,7 +34,7 @@ class ModelConfig:
     text_width: int = 512
     text_layers: int = 12
     context_length: int = 77
-    vocab_size: int = 49408  # the reference tokenizer's vocabulary; also the MLM classes
+    vocab_size: int = VOCAB_SIZE
     temperature: float = 0.02  # fixed; logit scale = 1 / temperature = 50
     cmt_depth: int = 4  # layers of the IRR cross-modal transformer
     # Outputs of the ID classifier: "captions" = the number of training captions, as the
@@ -47,26 +51,93 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    # Enabled losses, a subset of: itc, sdm, a-sdm, cmpm, id, mlm, efa, written as a list or
-    # "+"-joined (loss.names=sdm+mlm+id). Paper: a-sdm+mlm+id+efa.
+    # Enabled losses, a subset of LOSS_SPECS below (itc, sdm, a-sdm, cmpm, id, mlm, efa), written
+    # as a list or "+"-joined (loss.names=sdm+mlm+id). Paper: a-sdm+mlm+id+efa.
     names: List[str] = field(default_factory=lambda: ["a-sdm", "mlm", "id", "efa"], metadata={"plus_joined": True})
     # Weight per loss name; a name not listed gets 1.0.
     weights: Dict[str, float] = field(default_factory=dict)
 
 
+ASDM_MODES = ("cosine", "probability")
+
+
 @dataclass
 class AsdmConfig:
+    """Settings of the A-SDM loss ('a-sdm')."""
+
     factor: float = 0.1  # code at HEAD 0.1; paper alpha = 10 (1 on RSTPReid); earlier code 10
     mode: str = "cosine"  # "cosine" gap (code) or "probability" gap (paper)
+
+    def requirements(self) -> List[Tuple[bool, str, str]]:
+        """(holds, setting, what is allowed) for each checked setting."""
+        return [(self.mode in ASDM_MODES, "mode", f"one of {', '.join(ASDM_MODES)}")]
 
 
 @dataclass
 class EfaConfig:
+    """Settings of the EFA loss ('efa'): every one is a keyword of ``model.objectives.efa_loss``."""
+
     text_margin: float = 0.1  # text -> joint; paper: CUHK 0.1, ICFG 0.2, RSTPReid 0.2
     image_margin: float = 0.9  # image -> joint; paper: CUHK 0.1, ICFG 1.0, RSTPReid 0.8
     lse_lambda: float = 1.0  # LSE pooling sharpness; earlier code release: 10 (exp(max / 0.1))
     threshold: float = 1.0  # sparsification threshold sigma, in units of 1/N (N = patches)
     block_elems: int = 4194304  # memory bound of the blockwise set similarity (no effect on values)
+
+    def requirements(self) -> List[Tuple[bool, str, str]]:
+        """(holds, setting, what is allowed) for each checked setting."""
+        return [
+            (self.text_margin >= 0, "text_margin", ">= 0"),
+            (self.image_margin >= 0, "image_margin", ">= 0"),
+            (self.threshold >= 0, "threshold", ">= 0"),
+            (self.lse_lambda > 0, "lse_lambda", "> 0"),
+            (self.block_elems >= 1, "block_elems", ">= 1"),
+        ]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What a loss needs besides the two towers' tokens and global features, and where its
+    settings are: the heads ``model.build.build_model`` adds ("id_classifier", "irr"), whether
+    the batches carry MLM-masked captions (``mlm_ids``, ``mlm_labels``; ``datasets.build``)
+    and the sections of :class:`Config` holding its settings (each passed whole to
+    ``model.loss.FMFALoss`` under the section's name, a field there without a default)."""
+
+    heads: Tuple[str, ...] = ()
+    masked_captions: bool = False
+    settings: Tuple[str, ...] = ()
+
+    def __or__(self, other: "LossSpec") -> "LossSpec":
+        return LossSpec(
+            tuple(dict.fromkeys(self.heads + other.heads)),
+            self.masked_captions or other.masked_captions,
+            tuple(dict.fromkeys(self.settings + other.settings)),
+        )
+
+
+# The losses that loss.names may enable: the one table of their needs and settings; their
+# functions are model/loss.py's LOSSES under the same names (a mismatch fails at import).
+LOSS_SPECS = {
+    "itc": LossSpec(),
+    "sdm": LossSpec(),
+    "a-sdm": LossSpec(settings=("asdm",)),
+    "cmpm": LossSpec(),
+    "efa": LossSpec(settings=("efa",)),
+    "id": LossSpec(heads=("id_classifier",)),
+    "mlm": LossSpec(heads=("irr",), masked_captions=True),
+}
+LOSS_NAMES = tuple(LOSS_SPECS)
+
+
+def loss_needs(names: Iterable[str]) -> LossSpec:
+    """Everything the enabled losses ``names`` need together."""
+    needs = LossSpec()
+    for name in names:
+        needs = needs | LOSS_SPECS[name]
+    return needs
+
+
+# Every settings section of the table, in table order (each one checked and passed on, enabled or not).
+LOSS_SETTINGS = loss_needs(LOSS_NAMES).settings
 
 
 @dataclass

@@ -7,51 +7,15 @@ each naming the dotted key, the value given and what is allowed.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Iterable, List, Tuple
+from typing import Any, Iterable, List
 
 from configs.datasets import NO_VAL, SPLITS, dataset_problem
-from configs.defaults import Config
+from configs.defaults import LOSS_NAMES, LOSS_SETTINGS, Config
 from configs.errors import ConfigError
 
 # Every set of allowed values, declared once; the packages that act on a value import its set.
-# The datasets' table is configs/datasets.py.
-
-
-@dataclass(frozen=True)
-class LossNeeds:
-    """What a loss needs besides the two towers' tokens and global features: the heads
-    ``model.build.build_model`` adds ("id_classifier", "irr") and whether the batches carry
-    MLM-masked captions (``mlm_ids``, ``mlm_labels``; ``datasets.build``). Declared here,
-    beside its name, because both the model and the data loader read it."""
-
-    heads: Tuple[str, ...] = ()
-    masked_captions: bool = False
-
-    def __or__(self, other: "LossNeeds") -> "LossNeeds":
-        return LossNeeds(tuple(dict.fromkeys(self.heads + other.heads)), self.masked_captions or other.masked_captions)
-
-
-# The losses, each with its needs; model/loss.py maps exactly these names to their functions.
-LOSS_NEEDS = {
-    "itc": LossNeeds(),
-    "sdm": LossNeeds(),
-    "a-sdm": LossNeeds(),
-    "cmpm": LossNeeds(),
-    "efa": LossNeeds(),
-    "id": LossNeeds(heads=("id_classifier",)),
-    "mlm": LossNeeds(heads=("irr",), masked_captions=True),
-}
-LOSS_NAMES = tuple(LOSS_NEEDS)
-
-
-def loss_needs(names: Iterable[str]) -> LossNeeds:
-    """Everything the enabled losses need together."""
-    needs = LossNeeds()
-    for name in names:
-        needs = needs | LOSS_NEEDS[name]
-    return needs
-
+# The datasets' table is configs/datasets.py; the losses' table (names, needs, settings and
+# their allowed values) is LOSS_SPECS in configs/defaults.py.
 
 ID_CLASSES = ("captions", "identities")
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_fp16")
@@ -59,7 +23,6 @@ SAMPLERS = ("random", "identity")
 OPTIMIZERS = ("Adam", "AdamW", "SGD")
 SCHEDULERS = ("cosine", "step", "linear", "exponential", "poly")
 WARMUP_METHODS = ("linear", "constant")
-ASDM_MODES = ("cosine", "probability")
 
 
 def validate(cfg: Config) -> None:
@@ -121,11 +84,10 @@ def validate(cfg: Config) -> None:
         cfg.loss.weights,
         f"keyed by enabled losses ({', '.join(names)}); not enabled: {', '.join(extra)}",
     )
-    choice("asdm.mode", cfg.asdm.mode, ASDM_MODES)
-    for key in ("text_margin", "image_margin", "threshold"):
-        need(getattr(cfg.efa, key) >= 0, f"efa.{key}", getattr(cfg.efa, key), ">= 0")
-    need(cfg.efa.lse_lambda > 0, "efa.lse_lambda", cfg.efa.lse_lambda, "> 0")
-    need(cfg.efa.block_elems >= 1, "efa.block_elems", cfg.efa.block_elems, ">= 1")
+    for section in LOSS_SETTINGS:
+        settings = getattr(cfg, section)
+        for holds, key, allowed in settings.requirements():
+            need(holds, f"{section}.{key}", getattr(settings, key), allowed)
 
     # data
     problem = dataset_problem(d.dataset)

@@ -11,9 +11,9 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from configs.defaults import Config, DataConfig
+from configs.defaults import Config, DataConfig, loss_needs
 from configs.errors import ConfigError
-from configs.validation import SAMPLERS, loss_needs
+from configs.validation import SAMPLERS
 from datasets.bases import ImageDataset, ImageTextMLMDataset, TextDataset
 from datasets.readers import EvalSet, RetrievalDataset
 from datasets.samplers import IdentitySampler, RandomSampler

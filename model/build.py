@@ -10,9 +10,8 @@ from typing import Dict, Tuple
 
 import torch
 
-from configs.defaults import Config
-from configs.errors import UserError
-from configs.validation import loss_needs, validate
+from configs.defaults import LOSS_SETTINGS, Config
+from configs.validation import validate
 
 from .checkpoint import (
     FMFA_PREFIX,
@@ -26,18 +25,9 @@ from .checkpoint import (
     load_what_fits,
     unwrap_state_dict,
 )
-from .clip import (
-    ClipArch,
-    arch_from_state_dict,
-    build_clip,
-    clean_clip_state_dict,
-    clip_from_state_dict,
-    create_clip,
-    fit_position_embedding,
-    is_torchscript_archive,
-    read_clip_state_dict,
-)
-from .fmfa import FMFA
+from .clip import ClipArch, arch_from_state_dict, build_clip, clip_from_state_dict, create_clip, fit_position_embedding
+from .clip_weights import clean_clip_state_dict, is_torchscript_archive, read_clip_state_dict
+from .fmfa import FMFA, head_arguments, head_arguments_in
 from .loss import FMFALoss
 
 logger = logging.getLogger(__name__)
@@ -52,13 +42,8 @@ def build_criterion(cfg: Config) -> FMFALoss:
     """The training losses of ``cfg``: ``criterion(model(batch), batch) -> (terms, metrics)``.
     A config that fails :func:`configs.validation.validate` is refused (ConfigError)."""
     validate(cfg)
-    return FMFALoss(
-        list(cfg.loss.names),
-        dict(cfg.loss.weights),
-        logit_scale=1.0 / cfg.model.temperature,
-        asdm=cfg.asdm,
-        efa=cfg.efa,
-    )
+    settings = {section: getattr(cfg, section) for section in LOSS_SETTINGS}
+    return FMFALoss(list(cfg.loss.names), dict(cfg.loss.weights), logit_scale=1.0 / cfg.model.temperature, **settings)
 
 
 def build_model(cfg: Config, num_classes: int) -> FMFA:
@@ -68,19 +53,10 @@ def build_model(cfg: Config, num_classes: int) -> FMFA:
     trainer. ``cfg.model.grad_checkpointing``: activation checkpointing of every
     transformer block (both towers and the IRR transformer).
     """
-    heads = loss_needs(cfg.loss.names).heads
-    if "id_classifier" in heads and num_classes < 1:
-        raise UserError(f"loss.names={'+'.join(cfg.loss.names)} needs the ID classifier: num_classes > 0")
-    if "irr" in heads and cfg.model.cmt_depth < 1:
-        raise UserError(f"loss.names={'+'.join(cfg.loss.names)} needs the IRR head: model.cmt_depth > 0")
+    heads = head_arguments(cfg, num_classes)
     clip, arch = create_clip(cfg.model.pretrain, tuple(cfg.model.image_size), arch_from_config(cfg))
     model = FMFA(
-        clip,
-        arch.embed_dim,
-        num_classes=num_classes if "id_classifier" in heads else 0,
-        cmt_depth=cfg.model.cmt_depth if "irr" in heads else 0,
-        vocab_size=arch.vocab_size,
-        share_masked_caption=cfg.data.share_masked_caption,
+        clip, arch.embed_dim, vocab_size=arch.vocab_size, share_masked_caption=cfg.data.share_masked_caption, **heads
     )
     if cfg.model.init_from:
         initialise_from(model, cfg.model.init_from)
@@ -112,26 +88,12 @@ def initialise_from(model: FMFA, path: str) -> PartialLoad:
     return report
 
 
-def _heads_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, int, int]:
-    """(num_classes, cmt_depth, vocab_size) of the heads present in an FMFA state dict."""
-    num_classes = state_dict["classifier.weight"].shape[0] if "classifier.weight" in state_dict else 0
-    depth = len({k.split(".")[2] for k in state_dict if k.startswith("cross_modal_transformer.resblocks.")})
-    vocab = state_dict["mlm_head.fc.weight"].shape[0] if depth else 0
-    return num_classes, depth, vocab
-
-
 def _fmfa_from_state_dict(state_dict: Dict[str, torch.Tensor], image_size, source: str) -> FMFA:
     clip_sd = {k[len(FMFA_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(FMFA_PREFIX)}
     clip_sd = clean_clip_state_dict(clip_sd, source)
     arch = arch_from_state_dict(clip_sd)
-    num_classes, depth, vocab = _heads_from_state_dict(state_dict)
-    model = FMFA(
-        build_clip(arch, image_size),
-        arch.embed_dim,
-        num_classes=num_classes,
-        cmt_depth=depth,
-        vocab_size=vocab or arch.vocab_size,
-    )
+    heads = {"vocab_size": arch.vocab_size, **head_arguments_in(state_dict)}
+    model = FMFA(build_clip(arch, image_size), arch.embed_dim, **heads)
     clip_sd = fit_position_embedding(clip_sd, model.base_model, source)
     full = {FMFA_PREFIX + k: v for k, v in clip_sd.items()}
     full.update({k: v.float() for k, v in state_dict.items() if not k.startswith(FMFA_PREFIX)})
@@ -141,7 +103,13 @@ def _fmfa_from_state_dict(state_dict: Dict[str, torch.Tensor], image_size, sourc
             f"{source}: weights do not fit the FMFA architecture read from them; "
             f"missing {missing[:8]}, unexpected {unexpected[:8]}"
         )
-    logger.info("Loaded FMFA weights from %s: %s, %d identities, IRR depth %d", source, arch, num_classes, depth)
+    logger.info(
+        "Loaded FMFA weights from %s: %s, %d identities, IRR depth %d",
+        source,
+        arch,
+        heads["num_classes"],
+        heads["cmt_depth"],
+    )
     return model
 
 

@@ -1,4 +1,6 @@
 """The FMFA model: a CLIP backbone and the heads its losses need; it encodes and predicts.
+Which heads, of which sizes, a config or a state dict asks for: :func:`head_arguments`,
+:func:`head_arguments_in`.
 
 The losses live beside it, in :mod:`model.loss`: ``criterion(model(batch), batch)``.
 
@@ -16,6 +18,9 @@ from typing import Dict, Tuple
 import torch
 import torch.nn as nn
 from open_clip.transformer import LayerNorm, QuickGELU, Transformer
+
+from configs.defaults import VOCAB_SIZE, Config, loss_needs
+from configs.errors import UserError
 
 from .clip import encode_image_tokens, encode_text_tokens
 
@@ -57,7 +62,7 @@ class FMFA(nn.Module):
         embed_dim: int,
         num_classes: int = 0,
         cmt_depth: int = 0,
-        vocab_size: int = 49408,
+        vocab_size: int = VOCAB_SIZE,
         share_masked_caption: bool = False,
     ):
         super().__init__()
@@ -183,6 +188,34 @@ class FMFA(nn.Module):
         (half under pure fp16, as in the reference; float32 otherwise)."""
         with torch.autocast(feats.device.type, enabled=False):
             return self.classifier(feats.to(self.classifier.weight.dtype))
+
+
+def head_arguments(cfg: Config, num_classes: int) -> Dict[str, int]:
+    """:class:`FMFA`'s head arguments for the heads the enabled losses need
+    (``configs.defaults.LOSS_SPECS``): the ID classifier with ``num_classes`` outputs, IRR
+    with ``cfg.model.cmt_depth`` layers; 0 = no such head. UserError when a size is 0."""
+    heads, names = loss_needs(cfg.loss.names).heads, "+".join(cfg.loss.names)
+    if "id_classifier" in heads and num_classes < 1:
+        raise UserError(f"loss.names={names} needs the ID classifier: num_classes > 0")
+    if "irr" in heads and cfg.model.cmt_depth < 1:
+        raise UserError(f"loss.names={names} needs the IRR head: model.cmt_depth > 0")
+    return {
+        "num_classes": num_classes if "id_classifier" in heads else 0,
+        "cmt_depth": cfg.model.cmt_depth if "irr" in heads else 0,
+    }
+
+
+def head_arguments_in(state_dict: Tensors) -> Dict[str, int]:
+    """:class:`FMFA`'s head arguments for the heads present in an FMFA state dict (with the
+    MLM head's vocabulary where there is one)."""
+    depth = len({k.split(".")[2] for k in state_dict if k.startswith("cross_modal_transformer.resblocks.")})
+    heads = {
+        "num_classes": state_dict["classifier.weight"].shape[0] if "classifier.weight" in state_dict else 0,
+        "cmt_depth": depth,
+    }
+    if depth:
+        heads["vocab_size"] = state_dict["mlm_head.fc.weight"].shape[0]
+    return heads
 
 
 def at_eot(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

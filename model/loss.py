@@ -5,8 +5,11 @@ name to its weighted scalar (their sum is the training loss), ``metrics`` holds 
 accuracies for the log. Built from a config by ``model.build.build_criterion``.
 
 Adding a loss: a pure function in :mod:`model.objectives`, one entry in :data:`LOSSES`
-below and its needs (heads, masked captions) in ``configs.validation.LOSS_NEEDS`` (the
-names must agree; a mismatch fails at import); a new head goes in :mod:`model.fmfa`.
+below, and its row in ``configs.defaults.LOSS_SPECS`` (its needs, and its settings
+section with defaults and allowed values; the names must agree, a mismatch fails at
+import); a settings section is a field of :class:`FMFALoss`; a new head goes in
+:mod:`model.fmfa`, with its arguments from a config and from weights
+(``head_arguments``, ``head_arguments_in``).
 
 Several processes (torchrun): with ``collective`` set, every batch-coupled loss (SDM/A-SDM,
 ITC, CMPM, EFA) is computed over the global batch (each process's rows against the
@@ -18,13 +21,12 @@ on the same global batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass
 from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 
-from configs.defaults import AsdmConfig, EfaConfig
-from configs.validation import LOSS_NAMES
+from configs.defaults import LOSS_NAMES, AsdmConfig, EfaConfig
 
 from . import objectives
 
@@ -49,16 +51,21 @@ class Collective(Protocol):
 class FMFALoss:
     """Loss names, weights and settings (A-SDM, EFA, temperature) of a training run.
 
+    Every setting is given (no defaults here: one left out is a TypeError when the
+    criterion is built, never a silent value); the settings sections are those of
+    ``configs.defaults.LOSS_SPECS``, under the same names.
+
     ``collective``: under torchrun, the process group; the losses are then those of the
     global batch (module docstring). None = this process's batch alone (one process, or
     ``train.global_batch_losses=false``).
     """
 
     names: List[str]
-    weights: Dict[str, float] = field(default_factory=dict)
-    logit_scale: float = 50.0
-    asdm: AsdmConfig = field(default_factory=AsdmConfig)
-    efa: EfaConfig = field(default_factory=EfaConfig)
+    weights: Dict[str, float]
+    _: KW_ONLY
+    logit_scale: float
+    asdm: AsdmConfig
+    efa: EfaConfig
     collective: Optional[Collective] = None
 
     def weight(self, name: str) -> float:
@@ -157,17 +164,8 @@ def _mlm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
 
 
 def _efa(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
-    efa = loss.efa
-    return objectives.efa_loss(
-        out["text_tokens"],
-        out["image_tokens"],
-        text_margin=efa.text_margin,
-        image_margin=efa.image_margin,
-        lse_lambda=efa.lse_lambda,
-        threshold=efa.threshold,
-        block_elems=efa.block_elems,
-        shard=loss.shard,
-    ), {}
+    # every EFA setting, by its name: none can be left to efa_loss's default
+    return objectives.efa_loss(out["text_tokens"], out["image_tokens"], **asdict(loss.efa), shard=loss.shard), {}
 
 
 LOSSES: Dict[str, Callable[[FMFALoss, Tensors, Tensors], Term]] = {
@@ -181,6 +179,6 @@ LOSSES: Dict[str, Callable[[FMFALoss, Tensors, Tensors], Term]] = {
 }
 if set(LOSSES) != set(LOSS_NAMES):
     raise ImportError(
-        f"model.loss.LOSSES {sorted(LOSSES)} and configs.validation.LOSS_NAMES "
+        f"model.loss.LOSSES {sorted(LOSSES)} and configs.defaults.LOSS_NAMES "
         f"{sorted(LOSS_NAMES)} must name the same losses"
     )

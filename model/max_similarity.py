@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from configs.defaults import EfaConfig
+
 
 def _block_rows(num_rows: int, row_cost: int, budget_elems: int) -> int:
     """How many leading-dim rows fit in one block of at most ``budget_elems`` elements."""
@@ -74,7 +76,7 @@ class _MaxDotProduct(torch.autograd.Function):
         return grad_x, grad_c, None
 
 
-def max_dot_product(x: torch.Tensor, c: torch.Tensor, block_elems: int = 1 << 22) -> torch.Tensor:
+def max_dot_product(x: torch.Tensor, c: torch.Tensor, block_elems: int = EfaConfig().block_elems) -> torch.Tensor:
     """``M[a, x, b] = max_y <x[a, x], c[b, y]>`` for every sample pair, differentiable.
 
     Args:

@@ -17,11 +17,13 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from configs.validation import ASDM_MODES
+from configs.defaults import ASDM_MODES, AsdmConfig, EfaConfig
 
 from .max_similarity import max_dot_product
 
 EPSILON = 1e-8
+# The settings' defaults are the config's (configs/defaults.py), written there once.
+ASDM_DEFAULTS, EFA_DEFAULTS = AsdmConfig(), EfaConfig()
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,8 @@ def sdm_loss(
     pids: torch.Tensor,
     logit_scale: float | torch.Tensor,
     adaptive: bool = False,
-    adaptive_factor: float = 0.1,
-    adaptive_mode: str = "cosine",
+    adaptive_factor: float = ASDM_DEFAULTS.factor,
+    adaptive_mode: str = ASDM_DEFAULTS.mode,
     shard: Optional[Shard] = None,
 ) -> torch.Tensor:
     """Similarity distribution matching (IRRA); with ``adaptive=True``, FMFA's A-SDM.
@@ -171,7 +173,7 @@ def mlm_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def text_patch_affinity(
-    text_tokens: torch.Tensor, patch_tokens: torch.Tensor, threshold: float = 1.0
+    text_tokens: torch.Tensor, patch_tokens: torch.Tensor, threshold: float = EFA_DEFAULTS.threshold
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """EFA steps 1-2: each text token's affinity to the patches, min-max normalised per
     token ([B, L, P], before sparsification), and its sparsified, row-normalised version
@@ -185,7 +187,7 @@ def text_patch_affinity(
 
 
 def language_grouped_vision(
-    text_tokens: torch.Tensor, patch_tokens: torch.Tensor, threshold: float = 1.0
+    text_tokens: torch.Tensor, patch_tokens: torch.Tensor, threshold: float = EFA_DEFAULTS.threshold
 ) -> torch.Tensor:
     """EFA steps 1-3: G_b = A_b V_b with A_b the sparsified text-to-patch affinity.
 
@@ -226,11 +228,11 @@ def efa_loss(
     text_tokens: torch.Tensor,
     image_tokens: torch.Tensor,
     *,
-    text_margin: float = 0.1,
-    image_margin: float = 0.9,
-    lse_lambda: float = 1.0,
-    threshold: float = 1.0,
-    block_elems: int = 1 << 22,
+    text_margin: float = EFA_DEFAULTS.text_margin,
+    image_margin: float = EFA_DEFAULTS.image_margin,
+    lse_lambda: float = EFA_DEFAULTS.lse_lambda,
+    threshold: float = EFA_DEFAULTS.threshold,
+    block_elems: int = EFA_DEFAULTS.block_elems,
     shard: Optional[Shard] = None,
 ) -> torch.Tensor:
     """Explicit fine-grained alignment (docs/method.md, "Losses", EFA steps 1-6).

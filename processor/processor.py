@@ -24,7 +24,6 @@ from solver import build_lr_scheduler, build_optimizer
 from utils.distributed import DistInfo, barrier, data_parallel
 from utils.io import append_jsonl, drop_metrics_after, save_atomic
 from utils.memory import memory_figures, take_gpu_peak_mb
-from utils.metrics import summary_table
 from utils.run_folder import (
     BEST,
     LAST,
@@ -36,6 +35,7 @@ from utils.run_folder import (
     write_progress,
 )
 from utils.run_info import log_run_start
+from utils.run_summary import summary_table
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,8 @@ unstable argsort leaves such ties arbitrary; its recorded golden cases contain n
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from prettytable import PrettyTable
-
-from utils.io import read_metrics_rows
 
 Tensor = torch.Tensor
 COLUMNS = ("R1", "R5", "R10", "mAP", "mINP")
@@ -156,21 +152,3 @@ def format_table(rows: list[dict]) -> str:
     for name in COLUMNS:
         table.custom_format[name] = lambda _field, value: f"{value:.3f}"
     return table.get_string()
-
-
-def summary_table(metrics_file: Path, dataset: str, split: str) -> str:
-    """Untrained (epoch 0, when evaluated), best and final t2i rows of a metrics.jsonl on
-    (dataset, split); with selection on val, best.pth's test rows too."""
-    rows = [r for r in read_metrics_rows(metrics_file) if (r["dataset"], r["task"]) == (dataset, "t2i")]
-    selection = [r for r in rows if r["split"] == split]
-    if not selection:
-        return "(no evaluation)"
-    best = max((r for r in selection if r["epoch"] > 0), key=lambda r: r["R1"], default=selection[-1])
-    picked = [("untrained", selection[0])] if selection[0]["epoch"] == 0 else []
-    picked += [
-        (f"best (epoch {best['epoch']}, {split})", best),
-        (f"final (epoch {selection[-1]['epoch']}, {split})", selection[-1]),
-    ]
-    if split != "test":
-        picked += [(f"best.pth on test (epoch {r['epoch']})", r) for r in rows if r["split"] == "test"][-1:]
-    return format_table([{**row, "task": label} for label, row in picked])
