@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.presets import cuhk_id_outputs, preset_config, random_batch, synchronize
 from model.build import build_model
 from model.fmfa import FMFA
+from utils.cli import describe
 
 TRAINING_ONLY = ("classifier", "cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head")
 
@@ -73,7 +74,7 @@ def seconds_per_item(function: Callable, inputs: torch.Tensor, repeats: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--preset", choices=["paper", "tiny"], default="paper")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)

@@ -24,7 +24,7 @@ import yaml
 from prettytable import PrettyTable, TableStyle
 
 from configs.errors import UserError
-from utils.cli import report_user_errors
+from utils.cli import describe, report_user_errors
 from utils.io import read_metrics_rows, write_text_atomic, write_with
 from utils.run_folder import CONFIG_FILE, METRICS_FILE
 
@@ -304,7 +304,7 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> None:
 
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m utils.report", description=describe(__doc__))
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="run folders or folders holding them")
     parser.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
     parser.add_argument("--plot", metavar="FILE", help="also write a PNG of R1 and mAP against epoch")
