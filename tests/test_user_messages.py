@@ -14,6 +14,7 @@ import sys
 import pytest
 from conftest import ROOT, user_error
 
+import export_onnx
 import search
 import test as test_cli
 import train as train_cli
@@ -41,6 +42,15 @@ def test_missing_weights_name_the_argument_and_the_download(tmp_path, capsys):
     assert f"dataset folder {tmp_path / 'nodata' / 'CUHK-PEDES'} not found" in message  # in the same report
     message = user_error(capsys, search.main, ["--checkpoint", str(weights), "--images", str(tmp_path), "--query", "a"])
     assert "(given as --checkpoint)" in message and f"no images in {tmp_path}" in message
+
+
+def test_export_onnx_says_why_it_needs_its_verification_split(tmp_path, capsys):
+    nodata = tmp_path / "nodata"
+    argv = [str(tmp_path / "best.pth"), "--output", str(tmp_path / "out"), "--root", str(nodata), "--split", "val"]
+    message = user_error(capsys, export_onnx.main, argv)
+    assert "checkpoint not found" in message and "2 problems" in message
+    assert "the export is verified on CUHK-PEDES val before it is written" in message
+    assert "--dataset, --split and --root choose another" in message and not (tmp_path / "out").exists()
 
 
 def test_a_run_folder_without_best_pth_offers_the_last_checkpoint(run_folder, tmp_path, capsys):
