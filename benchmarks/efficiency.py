@@ -78,10 +78,17 @@ def main() -> None:
     parser.add_argument("--preset", choices=["paper", "tiny"], default="paper")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--id-classes",
+        choices=["captions", "identities"],
+        default="captions",
+        help="ID head sized as the authors' code does (CUHK-PEDES training captions) or by identities",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = preset_config(args.preset)
+    cfg.model.id_classes = args.id_classes
     model = build_model(cfg, num_classes=cuhk_id_outputs(cfg)).to(device).eval()
     parts = parameters_per_part(model)
     table = PrettyTable(["part", "parameters (M)"], align="l")
