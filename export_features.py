@@ -23,7 +23,7 @@ from datasets.build import build_eval_loaders
 from processor.evaluator import extract_features
 from processor.gallery import encode_folder
 from processor.inference import LoadedModel, load_model
-from utils.cli import add_model_source, report_user_errors
+from utils.cli import add_model_source, describe, report_user_errors
 from utils.io import write_with
 from utils.logger import setup_logging
 
@@ -60,7 +60,7 @@ def write_npz(arrays: Dict[str, np.ndarray], output: Path) -> None:
 
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--dataset", help="dataset name (with --split)")
     target.add_argument("--images", type=Path, help="an image folder")

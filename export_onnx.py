@@ -20,18 +20,19 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from configs.errors import ConfigError
+from configs.errors import ConfigError, raise_all
 from datasets.build import build_eval_loaders
-from processor.inference import caption_model, resolve_source
+from datasets.readers import DataError, check_dataset_files
+from processor.inference import caption_model, check_weights, source_config
 from processor.onnx_export import check_output, context_length, export_folder
-from utils.cli import add_model_source, report_user_errors
+from utils.cli import add_model_source, describe, report_user_errors
 from utils.logger import setup_logging
 
 logger = logging.getLogger("export_onnx")
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--output", type=Path, required=True, help="folder to write the export to")
     parser.add_argument("--dataset", default=None, help="verification dataset (default: the run's data.dataset)")
     parser.add_argument("--split", default=None, help="verification split (default: the run's eval.split)")
@@ -49,14 +50,26 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
+def check_verification_data(root: str, dataset: str, split: str) -> None:
+    """The split the export is verified on is on disk; the error says why it is needed."""
+    try:
+        check_dataset_files(root, dataset)
+    except DataError as error:
+        raise DataError(
+            f"the export is verified on {dataset} {split} before it is written, so that dataset must be on disk "
+            f"(--dataset, --split and --root choose another): {error}"
+        ) from None
+
+
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging()
     check_output(args.output)
-    cfg, weights = resolve_source(args.source, args.config, args.overrides, args.which)
+    cfg, weights = source_config(args.source, args.config, args.overrides, args.which)
     dataset, split = args.dataset or cfg.data.dataset, args.split or cfg.eval.split
     root = str(Path(args.root or cfg.data.root))
+    raise_all([lambda: check_weights(args.source, weights), lambda: check_verification_data(root, dataset, split)])
     loaders = build_eval_loaders(cfg, dataset, split, root)  # the data is checked before the weights load
     model = caption_model(cfg, weights)
     if context_length(model) != cfg.data.text_length:

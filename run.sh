@@ -2,7 +2,7 @@
 # The paper's runs and ablations, one section at a time:
 #   bash run.sh paper           # FMFA on the three datasets (paper's settings)
 #   bash run.sh authors_code    # the same with the authors' code-at-HEAD values
-#   bash run.sh ablation        # CUHK-PEDES loss ablation (paper table 3)
+#   bash run.sh ablation        # CUHK-PEDES loss ablation: the paper's table (4 runs) and 6 extra runs
 #   bash run.sh sweeps          # A-SDM factor, EFA margins and threshold
 #   bash run.sh finetune        # from Re-ID-domain pre-training (HAM, MLLM4Text-ReID)
 # Every run has a stable folder, $RUNS/<dataset>/<run name>: rerunning a section skips the
@@ -12,12 +12,14 @@
 # Environment (paths are relative to where you run this from):
 #   DATA_ROOT    datasets folder (CUHK-PEDES/ ICFG-PEDES/ RSTPReid/)      default data
 #   CLIP_WEIGHTS OpenAI CLIP ViT-B/16                                      default data/ViT-B-16.pt
-#   PRETRAINED   Re-ID pre-trained checkpoints (reference key layout)     default pretrained
+#   PRETRAINED   Re-ID pre-trained checkpoints (ham.pth, mllm4text_reid.pth)  default pretrained
 #   RUNS         run folders                                               default runs (runs_smoke with SMOKE=1)
 #   GPU          sets CUDA_VISIBLE_DEVICES (an existing value is kept when GPU is unset)
 #   NPROC=N      each run on N processes with torchrun (data.batch_size stays the global batch)
-#   SMOKE=1      every run shrunk to a tiny model on a small synthetic set (CPU, ~30 s a run)
-#   PYTHON       the interpreter                                            default python
+#   SMOKE=1      every run shrunk to a tiny model on a small synthetic set (CPU, about a minute of
+#                CPU time a run: minutes for a section; ablation has 10 runs, sweeps 16)
+#   PYTHON       the interpreter (after the quick start: .venv/bin/python,     default python
+#                or `source .venv/bin/activate` first)
 set -euo pipefail
 
 SECTIONS="paper authors_code ablation sweeps finetune"
@@ -76,17 +78,19 @@ authors_code() {
   train rstpreid_authors_code.yaml fmfa_authors_code
 }
 
-ablation() {  # paper table 3 on CUHK-PEDES; ID and IRR (mlm) stay on except for the baselines
+ablation() {  # the losses on CUHK-PEDES; its report adds the paper's R1 beside each run (--paper-ablation)
+  # Extra rows, not in the paper's table: baselines without ID and IRR, and one loss added at a time.
   train cuhk_pedes.yaml clip_itc loss.names=itc
   train cuhk_pedes.yaml sdm loss.names=sdm
   train cuhk_pedes.yaml asdm loss.names=a-sdm
   train cuhk_pedes.yaml asdm_efa loss.names=a-sdm+efa
   train cuhk_pedes.yaml asdm_irr loss.names=a-sdm+mlm
   train cuhk_pedes.yaml asdm_id loss.names=a-sdm+id
-  train cuhk_pedes.yaml sdm_id_irr loss.names=sdm+mlm+id
-  train cuhk_pedes.yaml asdm_id_irr loss.names=a-sdm+mlm+id
-  train cuhk_pedes.yaml sdm_efa_id_irr loss.names=sdm+mlm+id+efa
-  train cuhk_pedes.yaml full loss.names=a-sdm+mlm+id+efa
+  # The paper's ablation table (ID and IRR on in every row), its CUHK-PEDES R1:
+  train cuhk_pedes.yaml sdm_id_irr loss.names=sdm+mlm+id            # SDM        73.45
+  train cuhk_pedes.yaml asdm_id_irr loss.names=a-sdm+mlm+id         # A-SDM      74.04
+  train cuhk_pedes.yaml sdm_efa_id_irr loss.names=sdm+mlm+id+efa    # SDM + EFA  73.73
+  train cuhk_pedes.yaml full loss.names=a-sdm+mlm+id+efa            # A-SDM + EFA (FMFA) 74.16
 }
 
 sweeps() {  # one knob at a time around the CUHK-PEDES paper setting
@@ -96,7 +100,24 @@ sweeps() {  # one knob at a time around the CUHK-PEDES paper setting
   for threshold in 0 0.5 1 2; do train cuhk_pedes.yaml efa_threshold_$threshold efa.threshold=$threshold; done
 }
 
+# The fine-tune section's checkpoints, in $PRETRAINED: model.init_from takes them in the authors'
+# key layout ({"model": state_dict} with 'base_model.*' keys, as IRRA-based code saves best.pth).
+# Where each comes from: docs/training.md, "Fine-tuning from Re-ID pre-training".
+FINETUNE_FROM="ham.pth mllm4text_reid.pth"
+
+check_pretrained() {  # every checkpoint the fine-tune section needs, all named at once, before any run
+  local missing=() file
+  for file in $FINETUNE_FROM; do [[ -f "$PRETRAINED/$file" ]] || missing+=("$PRETRAINED/$file"); done
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "run.sh finetune: not found: ${missing[*]}. These are Re-ID-domain pre-trained checkpoints" \
+      "(ham.pth: HAM; mllm4text_reid.pth: MLLM4Text-ReID) in the authors' key layout; where each comes from:" \
+      "docs/training.md, 'Fine-tuning from Re-ID pre-training'. Set PRETRAINED to the folder holding them." >&2
+    exit 2
+  fi
+}
+
 finetune() {  # the paper's "with pre-training" rows: batch 128 from Re-ID-domain checkpoints
+  if [[ "$SMOKE" != 1 ]]; then check_pretrained; fi  # SMOKE=1 starts from no checkpoint (model.init_from=)
   for dataset in cuhk_pedes icfg_pedes rstpreid; do
     train $dataset.yaml ham_ft model.init_from="$PRETRAINED/ham.pth" data.batch_size=128
     train $dataset.yaml mllm4text_ft model.init_from="$PRETRAINED/mllm4text_reid.pth" data.batch_size=128
@@ -113,4 +134,6 @@ if [[ "$SMOKE" == 1 ]]; then
     --image-size 96 32 > /dev/null
 fi
 "$section"
-"$PYTHON" -m utils.report "${SECTION_RUNS[@]}"
+report_options=()
+if [[ "$section" == ablation ]]; then report_options+=(--paper-ablation); fi
+"$PYTHON" -m utils.report "${report_options[@]}" "${SECTION_RUNS[@]}"

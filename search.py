@@ -21,12 +21,13 @@ from typing import List, Optional, Sequence, Tuple
 
 from prettytable import PrettyTable
 
+from configs.errors import raise_all
 from datasets.bases import load_image
 from datasets.tokenizer import tokenize
-from processor.gallery import Gallery, encode_folder
-from processor.inference import Encoders, load_model
+from processor.gallery import Gallery, encode_folder, list_images
+from processor.inference import Encoders, load_model, resolve_source
 from processor.onnx_model import OnnxEncoders
-from utils.cli import add_model_source, report_user_errors
+from utils.cli import add_model_source, describe, report_user_errors
 from utils.figures import ranked_row
 from utils.logger import setup_logging
 
@@ -47,7 +48,7 @@ def default_output(query: str) -> Path:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     add_model_source(parser, flag="--checkpoint", required=False)  # or --onnx, checked below
     parser.add_argument(
         "--onnx",
@@ -56,13 +57,24 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         default=None,
         help="search with export_onnx.py's folder on onnxruntime instead of --checkpoint",
     )
-    parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    parser.add_argument("--query", required=True, help="the description to search for")
+    parser.add_argument("--images", metavar="FOLDER", help="folder of images (searched recursively); required")
+    parser.add_argument("--query", metavar="TEXT", help="the description to search for; required")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--output", default=None, help="PNG of the top K (default: search_<query>.png)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-cache", action="store_true", help="encode every image again, write no cache")
     args = parser.parse_intermixed_args(argv)
+    missing = [
+        needed
+        for needed, given in (
+            ("--checkpoint RUN_OR_WEIGHTS or --onnx DIR", args.source or args.onnx),
+            ("--images FOLDER", args.images),
+            ("--query TEXT", args.query is not None),
+        )
+        if not given
+    ]
+    if missing:  # all of them in one line, the model source included
+        parser.error(f"missing {', '.join(missing)} (e.g. --checkpoint runs/quickstart --images FOLDER --query TEXT)")
     if args.top_k < 1 or args.batch_size < 1:
         parser.error(f"--top-k and --batch-size must be >= 1 (got {args.top_k}, {args.batch_size})")
     if not args.query.strip():
@@ -74,10 +86,19 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """The weights (``--checkpoint``) and the image folder exist: every problem reported at once."""
+    checks = [lambda: list_images(Path(args.images))]
+    if args.onnx is None:
+        checks.insert(0, lambda: resolve_source(args.source, args.config, args.overrides, args.which, "--checkpoint"))
+    raise_all(checks)
+
+
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    check_inputs(args)
     loaded = OnnxEncoders(args.onnx) if args.onnx else load_model(args.source, args.config, args.overrides, args.which)
     gallery = encode_folder(Path(args.images), loaded, args.batch_size, use_cache=not args.no_cache)
     logger.info(

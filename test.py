@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from configs.defaults import Config
+from configs.errors import raise_all
+from configs.irra_flags import refuse_foreign_flags
+from datasets.readers import check_dataset_files
 from processor.evaluator import eval_targets, evaluate, results_table
-from processor.inference import model_for, resolve_source
-from utils.cli import add_model_source, report_user_errors
+from processor.inference import check_weights, model_for, source_config
+from processor.preflight import eval_datasets
+from utils.cli import add_model_source, describe, report_user_errors
 from utils.io import write_text_atomic
 from utils.logger import setup_logging
 
@@ -29,7 +33,7 @@ logger = logging.getLogger("test")
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    result = argparse.ArgumentParser(description=describe(__doc__))
     add_model_source(result)
     result.add_argument(
         "--output", default=None, help="metrics JSON (default: beside the weights, named by weights, dataset and split)"
@@ -49,9 +53,13 @@ def default_output(source: Path, weights: Path, which: str, cfg: Config) -> Path
 
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parser().parse_intermixed_args(argv)
+    programs_parser = parser()
+    refuse_foreign_flags(programs_parser, sys.argv[1:] if argv is None else argv)  # IRRA's --config_file: say what
+    args = programs_parser.parse_intermixed_args(argv)
     setup_logging()
-    cfg, weights = resolve_source(args.source, args.config, args.overrides, args.which)
+    cfg, weights = source_config(args.source, args.config, args.overrides, args.which)
+    data_checks = [lambda name=name: check_dataset_files(cfg.data.root, name) for name in eval_datasets(cfg)]
+    raise_all([lambda: check_weights(args.source, weights), *data_checks])  # every missing input at once
     output = Path(args.output) if args.output else default_output(Path(args.source), weights, args.which, cfg)
     targets = eval_targets(cfg)  # the annotations are read (and checked) before the weights load
     loaded = model_for(cfg, weights)

@@ -16,7 +16,7 @@ from configs.errors import UserError
 from configs.loader import build_parser, parse_args
 from processor.preflight import check_device, check_run_inputs
 from processor.processor import train
-from utils.cli import report_user_errors
+from utils.cli import describe, report_user_errors
 from utils.distributed import cleanup, init_distributed, pick_device, record_errors
 from utils.gpu import keep_off_the_gpus
 from utils.io import save_config
@@ -44,7 +44,7 @@ def report_finished(cfg: Config, output_dir: Path, epoch: int) -> None:
 @record_errors  # under torchrun: the failing rank's traceback goes into torchrun's error report
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg, _ = parse_args(argv, build_parser(__doc__.splitlines()[0]))
+    cfg, _ = parse_args(argv, build_parser(describe(__doc__)))
     if cfg.train.device == "cpu":
         keep_off_the_gpus()
     check_run_inputs(cfg)  # before any folder is made or annotation read

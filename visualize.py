@@ -29,7 +29,7 @@ from datasets.transforms import build_transform
 from model.objectives import text_patch_affinity
 from processor.evaluator import extract_features
 from processor.inference import LoadedModel, load_model
-from utils.cli import add_model_source, report_user_errors
+from utils.cli import add_model_source, describe, report_user_errors
 from utils.figures import ranked_row, similarity_maps
 from utils.logger import setup_logging
 
@@ -102,7 +102,7 @@ def efa_maps(loaded: LoadedModel, args) -> List[Path]:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("tool", choices=("retrieval", "efa"))
     add_model_source(parser)
     parser.add_argument("--dataset", default=None, help="default: the run's dataset")

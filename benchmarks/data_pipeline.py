@@ -15,6 +15,7 @@ import time
 from configs.defaults import Config, DataConfig, ModelConfig
 from datasets.build import build_train_loader, read_dataset
 from datasets.synthetic import generate
+from utils.cli import describe
 
 
 def measure(cfg: Config, batches: int) -> float:
@@ -31,7 +32,7 @@ def measure(cfg: Config, batches: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batches", type=int, default=30, help="timed batches of 64 per setting")
     parser.add_argument("--root", default=None, help="dataset root (default: a temporary synthetic set)")

@@ -17,8 +17,8 @@ benchmarks/gpu_run.sh (NCCL on two GPUs).
 
 from __future__ import annotations
 
-import sys
-from typing import Dict
+import argparse
+from typing import Dict, Optional, Sequence
 
 import torch
 from prettytable import PrettyTable
@@ -28,6 +28,7 @@ from configs.loader import load_config
 from datasets.build import build_train_loader
 from model.build import build_criterion, build_model
 from processor.trainer import move_batch
+from utils.cli import describe
 from utils.distributed import cleanup, data_parallel, init_distributed
 from utils.reproducibility import set_tf32
 
@@ -121,5 +122,25 @@ def compare(one: str, many: str) -> None:
     print(f"largest relative error, {many} against {one}\n{table}")
 
 
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.ddp_equality", description=describe(__doc__), epilog=__doc__.rsplit("\n\n", 1)[1]
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    commands = parser.add_subparsers(dest="command", required=True)
+    step_parser = commands.add_parser("step", help="one training step per case, saved to OUTPUT (rank 0)")
+    step_parser.add_argument("root", metavar="DATA_ROOT", help="root holding CUHK-PEDES/ (a synthetic one will do)")
+    step_parser.add_argument("output", metavar="OUTPUT", help="file the step's losses, metrics and gradients go to")
+    step_parser.add_argument("extra", nargs="*", metavar="float64|key=value", help="float64, config overrides")
+    compare_parser = commands.add_parser("compare", help="largest relative errors of MANY against ONE")
+    compare_parser.add_argument("one", metavar="ONE", help="step file of one process")
+    compare_parser.add_argument("many", metavar="MANY", help="step file of several processes")
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    {"step": step, "compare": compare}[sys.argv[1]](*sys.argv[2:])
+    args = parse_args()
+    if args.command == "step":
+        step(args.root, args.output, *args.extra)
+    else:
+        compare(args.one, args.many)

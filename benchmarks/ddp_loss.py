@@ -22,6 +22,7 @@ from prettytable import PrettyTable
 
 from benchmarks.presets import CUHK_TRAIN_IDS, preset_config
 from model.build import build_criterion
+from utils.cli import describe
 
 SHAPES = {
     "paper": dict(batch=64, dim=512, tokens=77, patches=192, classes=CUHK_TRAIN_IDS, vocab=49408, masked=5),
@@ -91,7 +92,7 @@ def median_seconds(steps: Dict[int, Callable[[], None]], repeats: int) -> Dict[i
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--preset", choices=sorted(SHAPES), default="paper")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])

@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.presets import cuhk_id_outputs, preset_config, random_batch, synchronize
 from model.build import build_model
 from model.fmfa import FMFA
+from utils.cli import describe
 
 TRAINING_ONLY = ("classifier", "cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head")
 
@@ -73,14 +74,21 @@ def seconds_per_item(function: Callable, inputs: torch.Tensor, repeats: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--preset", choices=["paper", "tiny"], default="paper")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--id-classes",
+        choices=["captions", "identities"],
+        default="captions",
+        help="ID head sized as the authors' code does (CUHK-PEDES training captions) or by identities",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = preset_config(args.preset)
+    cfg.model.id_classes = args.id_classes
     model = build_model(cfg, num_classes=cuhk_id_outputs(cfg)).to(device).eval()
     parts = parameters_per_part(model)
     table = PrettyTable(["part", "parameters (M)"], align="l")

@@ -35,6 +35,7 @@ from datasets.synthetic import generate
 from model.build import build_model
 from processor.evaluator import extract_features, retrieval_metrics
 from processor.precision import PRECISIONS, Precision
+from utils.cli import describe
 
 
 def tensor_loaders(cfg, images: int, captions: int, device: torch.device) -> EvalLoaders:
@@ -79,7 +80,7 @@ def time_evaluation(model, loaders: EvalLoaders, precision: Precision, chunk: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--preset", choices=["paper", "tiny"], default=None)
     parser.add_argument("--mode", choices=PRECISIONS, default=None, help="default: amp_bf16 on a GPU, fp32 on a CPU")
     parser.add_argument("--images", type=int, default=None)

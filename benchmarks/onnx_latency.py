@@ -32,6 +32,7 @@ from model.build import build_model
 from processor.onnx_export import ImageEmbedder, TextEmbedder, export_encoders
 from processor.onnx_model import IMAGE_INPUT, TEXT_INPUT, make_session, run_session
 from processor.onnx_tokenizer import build_hf_tokenizer
+from utils.cli import describe
 from utils.io import write_text_atomic
 
 logger = logging.getLogger("onnx_latency")
@@ -143,7 +144,7 @@ def report(result: Dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--preset", choices=("paper", "tiny"), default="paper")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())

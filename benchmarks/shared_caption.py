@@ -23,6 +23,7 @@ from prettytable import PrettyTable
 from benchmarks.presets import cuhk_id_outputs, preset_config, random_batch
 from configs.defaults import Config
 from model.build import build_criterion, build_model
+from utils.cli import describe
 
 
 def step_seconds(cfg: Config, shared: bool, warmup: int, steps: int) -> float:
@@ -43,7 +44,7 @@ def step_seconds(cfg: Config, shared: bool, warmup: int, steps: int) -> float:
 
 
 def main() -> Dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--preset", choices=["paper", "tiny"], default="paper")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=1)

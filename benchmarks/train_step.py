@@ -61,6 +61,7 @@ from model.build import build_criterion, build_model
 from processor.precision import PRECISIONS, Precision
 from processor.trainer import train_one_epoch
 from solver import build_optimizer
+from utils.cli import describe
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 DENSE_BF16_PEAK_TFLOPS = {
@@ -351,7 +352,7 @@ def memory_comparison(preset: str, device: torch.device, args) -> None:
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument(
         "--preset", choices=["paper", "tiny"], default=None, help="default: paper on a GPU, tiny on a CPU"
     )

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import difflib
 import re
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -25,6 +26,7 @@ import yaml
 
 from configs.defaults import Config
 from configs.errors import ConfigError
+from configs.irra_flags import refuse_foreign_flags
 from configs.validation import validate
 
 PathLike = Union[str, Path]
@@ -267,6 +269,7 @@ def parse_args(
     """Parse ``--config FILE key=value ...`` (``parser`` may add its own options) into a Config,
     validated when ``check``. A configuration error exits with the usage and the message."""
     parser = parser or build_parser()
+    refuse_foreign_flags(parser, sys.argv[1:] if argv is None else argv)  # IRRA's --batch_size 64: name the key
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides, check)

@@ -32,7 +32,7 @@ from datasets.readers import (
     load_json,
     record_problems,
 )
-from utils.cli import report_user_errors
+from utils.cli import describe, report_user_errors
 
 logger = logging.getLogger("datasets.check")
 
@@ -107,7 +107,7 @@ def check_dataset_and_captions(
 
 @report_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("root", help="dataset root holding the dataset folders")
     parser.add_argument(
         "name", help=f"dataset: {', '.join(DATASETS)}, or your own folder ROOT/NAME/ holding annotations.json and imgs/"

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from configs.datasets import CUSTOM_ANNOTATION, DATASETS, SPLITS, dataset_name_problem
 from datasets.check import image_problems
 from datasets.readers import DataError, RetrievalDataset, listing
-from utils.cli import report_user_errors
+from utils.cli import describe, report_user_errors
 from utils.io import write_text_atomic
 
 logger = logging.getLogger("datasets.make_annotations")
@@ -265,7 +265,7 @@ def _fractions(values: Optional[List[float]], parser: argparse.ArgumentParser) -
 
 @report_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("table", type=Path, metavar="CSV", help="CSV or TSV with the header image,caption,id[,split]")
     parser.add_argument("--root", type=Path, required=True, help="data root (data.root); images in ROOT/NAME/imgs/")
     parser.add_argument("--name", required=True, help="dataset name (data.dataset): the folder ROOT/NAME/")

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 import numpy as np
 
 from datasets.readers import DataError
-from utils.cli import report_user_errors
+from utils.cli import describe, report_user_errors
 from utils.io import write_text_atomic
 
 from .synthetic_draw import PALETTE, SKIN_RGB, Identity, render
@@ -363,7 +363,7 @@ def generate(
 
 def parse_and_generate(argv: Optional[Sequence[str]] = None) -> Path:
     """The command line's dataset: generated (or found complete) under --root."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--root", default="data", help="the dataset goes to ROOT/Synthetic-PEDES")
     parser.add_argument("--train-ids", type=int, default=500)
     parser.add_argument("--val-ids", type=int, default=100)

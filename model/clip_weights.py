@@ -38,10 +38,13 @@ def is_torchscript_archive(path: str) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
-CLIP_WEIGHTS_HELP = (
-    "Set model.pretrain to OpenAI's CLIP ViT-B/16 file, e.g. data/ViT-B-16.pt, downloaded from "
+CLIP_WEIGHTS_URL = (
     "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/"
-    "ViT-B-16.pt (an OpenAI-format state dict or an open_clip checkpoint works too); or to "
+    "ViT-B-16.pt"
+)
+CLIP_WEIGHTS_HELP = (
+    f"Set model.pretrain to OpenAI's CLIP ViT-B/16 file, e.g. data/ViT-B-16.pt, downloaded from {CLIP_WEIGHTS_URL} "
+    "(an OpenAI-format state dict or an open_clip checkpoint works too); or to "
     f"'{OPEN_CLIP_TAG_PREFIX}ViT-B-16/openai' where open_clip can download; or 'none' for random initialisation"
 )
 

@@ -21,26 +21,67 @@ from configs.loader import load_config
 from datasets.tokenizer import VOCAB_SIZE
 from model.build import model_from_checkpoint
 from model.checkpoint import WeightsError, WeightsNotFoundError
+from model.clip_weights import CLIP_WEIGHTS_URL
 from model.fmfa import FMFA
 from processor.precision import Precision
 from utils.distributed import pick_device
 from utils.run_folder import BEST, CONFIG_FILE, LAST
 
 
-def resolve_source(
+def source_config(
     source: str | Path, config: Optional[str] = None, overrides: Sequence[str] = (), which: str = "best"
 ) -> Tuple[Config, Path]:
-    """(validated config, weights file) of a run folder or a weights file."""
+    """(validated config, weights file) of a run folder or a weights file; the weights file
+    may be missing (:func:`check_weights` says so)."""
     source = Path(source)
     if source.is_dir():
         saved = source / CONFIG_FILE
         if not saved.is_file():
             raise ConfigError(f"{source} is a folder without {CONFIG_FILE}; give a run folder or a weights file")
-        cfg, weights = load_config(config or saved, overrides), source / (BEST if which == "best" else LAST)
+        return load_config(config or saved, overrides), source / (BEST if which == "best" else LAST)
+    return load_config(config, overrides), source
+
+
+def check_weights(source: str | Path, weights: Path, argument: str = "SOURCE") -> None:
+    """``weights`` exists; else a :class:`WeightsNotFoundError` saying why it is missing and
+    what to give instead (``argument``: how the program's usage names the source)."""
+    if weights.is_file():
+        return
+    if Path(source).is_dir():
+        raise WeightsNotFoundError(f"checkpoint not found: {weights}. {_missing_in_run(Path(source), weights.name)}")
+    raise WeightsNotFoundError(
+        f"checkpoint not found: {weights} (given as {argument}). {argument} is a run folder of train.py "
+        f"(runs/<dataset>/<run>), a checkpoint file (this project's or the authors'), or CLIP weights: "
+        f"OpenAI's CLIP ViT-B/16 for zero-shot evaluation: `wget -O data/ViT-B-16.pt {CLIP_WEIGHTS_URL}`"
+    )
+
+
+def _missing_in_run(run: Path, name: str) -> str:
+    """Why a run folder lacks ``name`` (best.pth or last.pth), and the other choice if it has one."""
+    if name == BEST:
+        why = (
+            f"{run} holds no {BEST} yet: it is written at the first evaluation (every train.eval_period "
+            "epochs, and after the last one) that improves R1"
+        )
+        other, flag = run / LAST, "--which last"
     else:
-        cfg, weights = load_config(config, overrides), source
-    if not weights.is_file():
-        raise WeightsNotFoundError(f"checkpoint not found: {weights}")
+        why = f"{run} holds no {LAST}: it is written when the run's first epoch ends"
+        other, flag = run / BEST, "--which best"
+    if other.is_file():
+        return f"{why}; {flag} evaluates its {other.name}"
+    return f"{why}, and it holds no {other.name} either: no epoch has finished, so there are no weights to use yet"
+
+
+def resolve_source(
+    source: str | Path,
+    config: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    which: str = "best",
+    argument: str = "SOURCE",
+) -> Tuple[Config, Path]:
+    """(validated config, weights file) of a run folder or a weights file that exists."""
+    cfg, weights = source_config(source, config, overrides, which)
+    check_weights(source, weights, argument)
     return cfg, weights
 
 
@@ -116,7 +157,11 @@ def model_for(cfg: Config, weights: Path) -> LoadedModel:
 
 
 def load_model(
-    source: str | Path, config: Optional[str] = None, overrides: Sequence[str] = (), which: str = "best"
+    source: str | Path,
+    config: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    which: str = "best",
+    argument: str = "SOURCE",
 ) -> LoadedModel:
     """The model of a run folder or weights file (see :func:`resolve_source`)."""
-    return model_for(*resolve_source(source, config, overrides, which))
+    return model_for(*resolve_source(source, config, overrides, which, argument))

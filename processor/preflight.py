@@ -5,11 +5,12 @@ Each failure is a :class:`configs.errors.UserError` naming the key to set."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List
 
 import torch
 
 from configs.defaults import Config
-from configs.errors import ConfigError
+from configs.errors import ConfigError, raise_all
 from datasets.readers import check_dataset_files
 from model.checkpoint import WeightsNotFoundError
 from model.clip_weights import check_pretrain
@@ -20,17 +21,32 @@ from utils.gpu import missing_gpu_reason
 # `python -m benchmarks.train_step --memory --preset paper --batch 16` (docs/memory.md).
 CPU_SECONDS_PER_16_SAMPLES = 15.0
 PAPER_IMAGE_AREA = 384 * 128
+INIT_FROM_HELP = (
+    "a checkpoint in the authors' key layout ({'model': state_dict}, 'base_model.*' keys), e.g. the HAM or "
+    "MLLM4Text-ReID pre-training (docs/training.md, 'Fine-tuning from Re-ID pre-training'), or '' for none"
+)
+RESUME_HELP = "a run folder holding last.pth, or a last.pth file, or '' to start a fresh run"
 
 
 def check_run_inputs(cfg: Config) -> None:
     """Weights (``model.pretrain``, ``model.init_from``, ``train.resume``) and datasets
     (``data.root`` / ``data.dataset`` and ``eval.cross_domain``) exist."""
-    check_pretrain(cfg.model.pretrain)
-    for key, path in (("model.init_from", cfg.model.init_from), ("train.resume", cfg.train.resume)):
-        if path and not Path(path).exists():
-            raise WeightsNotFoundError(f"{key}={path!r}: not found")
-    for name in [cfg.data.dataset, *cfg.eval.cross_domain]:
-        check_dataset_files(cfg.data.root, name)
+    checks = [lambda: check_pretrain(cfg.model.pretrain)]
+    checks += [lambda: check_exists("model.init_from", cfg.model.init_from, INIT_FROM_HELP)]
+    checks += [lambda: check_exists("train.resume", cfg.train.resume, RESUME_HELP)]
+    checks += [lambda name=name: check_dataset_files(cfg.data.root, name) for name in eval_datasets(cfg)]
+    raise_all(checks)  # every missing input in one report, not one per attempt
+
+
+def eval_datasets(cfg: Config) -> List[str]:
+    """``data.dataset`` then ``eval.cross_domain``, each once."""
+    return list(dict.fromkeys([cfg.data.dataset, *cfg.eval.cross_domain]))
+
+
+def check_exists(key: str, path: str, help_text: str) -> None:
+    """``path`` ("" = unset) exists; else a :class:`WeightsNotFoundError` naming ``key``."""
+    if path and not Path(path).exists():
+        raise WeightsNotFoundError(f"{key}={path!r}: not found; {help_text}")
 
 
 def is_gpu_sized(cfg: Config) -> bool:

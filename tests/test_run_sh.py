@@ -50,10 +50,16 @@ def recorded(record: Path) -> list:
 @pytest.mark.parametrize("section, count", SECTIONS.items())
 def test_run_sh_commands_parse_and_validate(section, count, tmp_path):
     recorder, record = recording_python(tmp_path)
-    result = run_sh(section, PYTHON=str(recorder))
+    pretrained = tmp_path / "pretrained"  # the fine-tune section refuses to start without its checkpoints
+    pretrained.mkdir()
+    for name in ("ham.pth", "mllm4text_reid.pth"):
+        (pretrained / name).write_bytes(b"")
+    result = run_sh(section, PYTHON=str(recorder), PRETRAINED=str(pretrained))
     assert result.returncode == 0, result.stderr
     calls = [argv[1:] for argv in recorded(record)]
-    assert calls[-1][:2] == ["-m", "utils.report"] and len(calls[-1]) == 2 + count  # the section's table
+    report = [arg for arg in calls[-1] if arg != "--paper-ablation"]  # the ablation's table adds the paper's R1
+    assert report[:2] == ["-m", "utils.report"] and len(report) == 2 + count  # the section's table
+    assert ("--paper-ablation" in calls[-1]) == (section == "ablation")
     calls = [argv for argv in calls if argv[0] == "train.py"]
     assert len(calls) == count
     names = set()

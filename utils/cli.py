@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -15,6 +16,13 @@ USER_ERROR_STATUS = 2
 Main = Callable[[Optional[Sequence[str]]], int]
 
 
+def describe(doc: Optional[str]) -> str:
+    """A program's ``--help`` description: its docstring's first paragraph, whole (not cut at
+    the first line break), with the reST double backticks dropped."""
+    first = (doc or "").strip().split("\n\n", 1)[0]
+    return re.sub(r"``([^`]*)``", r"\1", " ".join(first.split()))
+
+
 def add_model_source(parser: argparse.ArgumentParser, flag: Optional[str] = None, required: bool = True) -> None:
     """The weights to use (a run folder, a checkpoint or CLIP weights; positional ``source``
     unless ``flag`` names an option, ``required`` unless the program has another source),
@@ -23,7 +31,7 @@ def add_model_source(parser: argparse.ArgumentParser, flag: Optional[str] = None
     if flag:
         parser.add_argument(flag, dest="source", required=required, default=None, help=help_text)
     else:
-        parser.add_argument("source", help=help_text)
+        parser.add_argument("source", metavar="SOURCE", help=help_text)
     parser.add_argument(
         "--config",
         metavar="FILE",

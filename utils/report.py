@@ -24,7 +24,7 @@ import yaml
 from prettytable import PrettyTable, TableStyle
 
 from configs.errors import UserError
-from utils.cli import report_user_errors
+from utils.cli import describe, report_user_errors
 from utils.io import read_metrics_rows, write_text_atomic, write_with
 from utils.run_folder import CONFIG_FILE, METRICS_FILE
 
@@ -40,6 +40,18 @@ PAPER = {  # the paper's text-to-image results (test split; mINP not reported)
     "ICFG-PEDES": {"R1": 64.29, "R5": 80.48, "R10": 85.93, "mAP": 39.43},
     "RSTPReid": {"R1": 61.05, "R5": 83.85, "R10": 89.80, "mAP": 48.22},
 }
+
+# The paper's loss ablation on CUHK-PEDES: t2i R1 (test split) by the set of losses; ID and
+# IRR (mlm) are on in every row of that table (README "Train", "The paper's ablation").
+PAPER_ABLATION = {
+    frozenset({"sdm", "mlm", "id"}): 73.45,  # SDM
+    frozenset({"a-sdm", "mlm", "id"}): 74.04,  # A-SDM
+    frozenset({"sdm", "mlm", "id", "efa"}): 73.73,  # SDM + EFA
+    frozenset({"a-sdm", "mlm", "id", "efa"}): 74.16,  # A-SDM + EFA (FMFA)
+}
+PAPER_ABLATION_DATASET = "CUHK-PEDES"
+ABLATION_COLUMN = "paper R1 (ablation)"
+NOT_IN_PAPER = "extra (not in the paper)"
 
 
 class ReportError(UserError):
@@ -192,16 +204,34 @@ def _metric_row(base: Dict[str, str], split: str, picked: List[dict]) -> Dict[st
     return {**base, "split": split, **values, "epoch": epochs[0] if len(set(epochs)) == 1 else ", ".join(epochs)}
 
 
-def _group_rows(group: List[Run], labels: Dict[Path, str], keys: List[str]) -> List[Dict[str, str]]:
-    """The group's row at the selected epochs; for a val-selected group also the test row."""
+def paper_ablation_r1(run: Run) -> str:
+    """The paper's ablation R1 of the run's set of losses on CUHK-PEDES, else why there is none."""
+    names = run.config.get("loss.names", [])
+    names = names.split("+") if isinstance(names, str) else names
+    value = PAPER_ABLATION.get(frozenset(str(name).strip() for name in names))
+    if run.dataset != PAPER_ABLATION_DATASET or value is None:
+        return NOT_IN_PAPER
+    return f"{value:.2f}"
+
+
+def _group_rows(
+    group: List[Run], labels: Dict[Path, str], keys: List[str], ablation: bool = False
+) -> List[Dict[str, str]]:
+    """The group's row at the selected epochs; for a val-selected group also the test row;
+    with ``ablation`` the paper's ablation R1 beside it."""
     first = group[0]
-    base = dict.fromkeys(COLUMNS, "") | {
-        "run": ", ".join(labels[run.folder] for run in group),
-        "dataset": first.dataset,
-        "split": "" if first.error else first.split,
-        "state": ", ".join(dict.fromkeys(run.state() for run in group)),
-        **{key: "" if first.error else first.value(key) for key in keys},
-    }
+    paper = {ABLATION_COLUMN: "" if first.error else paper_ablation_r1(first)} if ablation else {}
+    base = (
+        dict.fromkeys(COLUMNS, "")
+        | paper
+        | {
+            "run": ", ".join(labels[run.folder] for run in group),
+            "dataset": first.dataset,
+            "split": "" if first.error else first.split,
+            "state": ", ".join(dict.fromkeys(run.state() for run in group)),
+            **{key: "" if first.error else first.value(key) for key in keys},
+        }
+    )
     selected = [(run, run.selected_epoch()) for run in group if run.selected_epoch() is not None]
     rows = [_metric_row(base, base["split"], [run.curve()[epoch] for run, epoch in selected])]
     tests = [run.curve("test").get(epoch) for run, epoch in selected] if first.split != "test" else []
@@ -215,17 +245,20 @@ def paper_row(dataset: str, keys: Sequence[str] = ()) -> Dict[str, str]:
     return dict.fromkeys((*COLUMNS, *keys), "") | {"run": PAPER_LABEL, "dataset": dataset, "split": "test", **figures}
 
 
-def report_rows(runs: Sequence[Run]) -> List[Dict[str, str]]:
+def report_rows(runs: Sequence[Run], ablation: bool = False) -> List[Dict[str, str]]:
     """The table's rows (column -> text): per dataset its groups, then the paper's figures;
-    runs that cannot be read last."""
+    runs that cannot be read last. ``ablation``: a column with the paper's ablation R1 of
+    each run's set of losses (run.sh's ablation section)."""
     keys, labels = differing_keys(runs), run_labels(runs)
     by_dataset: Dict[str, List[Dict[str, str]]] = {}
     for group in group_runs(runs):
-        by_dataset.setdefault(group[0].dataset, []).extend(_group_rows(group, labels, keys))
+        by_dataset.setdefault(group[0].dataset, []).extend(_group_rows(group, labels, keys, ablation))
+    extra = (ABLATION_COLUMN,) if ablation else ()
     rows: List[Dict[str, str]] = []
     for dataset in sorted(by_dataset, key=lambda name: name == ""):
-        rows += by_dataset[dataset] + ([paper_row(dataset, keys)] if dataset in PAPER else [])
-    return rows
+        paper = [paper_row(dataset, (*extra, *keys))] if dataset in PAPER else []
+        rows += by_dataset[dataset] + paper
+    return [dict.fromkeys((*COLUMNS[:4], *extra), "") | row for row in rows] if ablation else rows
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -304,14 +337,19 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> None:
 
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m utils.report", description=describe(__doc__))
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="run folders or folders holding them")
     parser.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
     parser.add_argument("--plot", metavar="FILE", help="also write a PNG of R1 and mAP against epoch")
+    parser.add_argument(
+        "--paper-ablation",
+        action="store_true",
+        help="a column with the paper's CUHK-PEDES ablation R1 of each run's loss set (or 'extra')",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     runs = [read_run(folder) for folder in find_runs(args.dirs)]
-    rows = report_rows(runs)
+    rows = report_rows(runs, args.paper_ablation)
     print(markdown_table(rows))
     outputs = ((args.csv, lambda: write_csv(rows, args.csv)), (args.plot, lambda: plot_curves(runs, args.plot)))
     for target, write in outputs:
