@@ -75,6 +75,7 @@ def doc_commands(paths: Sequence[Path] = DOCS) -> List[Command]:
         for block in FENCE.finditer(text):
             first_line = text.count("\n", 0, block.start(3)) + 1
             for offset, line in shell_lines(block.group(3)):
+                line = re.sub(r"\$\([^()]*\)", "SUBSTITUTED", line)  # a command substitution is a value here
                 for part in re.split(r"&&|;|\|", line):
                     words = shlex.split(part, comments=True)
                     if words:
@@ -85,9 +86,14 @@ def doc_commands(paths: Sequence[Path] = DOCS) -> List[Command]:
 
 
 def strip_environment(words: List[str]) -> List[str]:
-    """Drop leading ``NAME=value`` assignments (``SMOKE=1 bash run.sh ablation``)."""
-    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+    """Drop leading ``NAME=value`` assignments (``SMOKE=1 bash run.sh ablation``, a script's
+    ``head=...``) and a launcher that runs the rest as given (SLURM's ``srun`` and its options)."""
+    while words and re.fullmatch(r"[A-Za-z_]\w*=\S*", words[0]):
         words = words[1:]
+    if words[:1] == ["srun"]:
+        words = words[1:]
+        while words and words[0].startswith("-"):
+            words = words[1:]
     return words
 
 
@@ -162,6 +168,8 @@ def check_pip(words: List[str]) -> None:
 
 def check_command(command: Command, monkeypatch) -> None:
     words = strip_environment(command.words)
+    if not words:  # only assignments
+        return
     if words[:1] == ["source"]:
         assert words[1].endswith("bin/activate"), words
         return
