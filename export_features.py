@@ -21,8 +21,8 @@ import numpy as np
 
 from datasets.build import build_eval_loaders
 from processor.evaluator import extract_features
-from processor.gallery import encode_folder
-from processor.inference import LoadedModel, load_model
+from serving.gallery import encode_folder
+from serving.inference import LoadedModel, load_model
 from utils.cli import add_model_source, describe, report_user_errors
 from utils.io import write_with
 from utils.logger import setup_logging

@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 from configs.errors import ConfigError, raise_all
 from datasets.build import build_eval_loaders
 from datasets.readers import DataError, check_dataset_files
-from processor.inference import caption_model, check_weights, source_config
-from processor.onnx_export import check_output, context_length, export_folder
+from serving.inference import caption_model, check_weights, source_config
+from serving.onnx_export import check_output, context_length, export_folder
 from utils.cli import add_model_source, describe, report_user_errors
 from utils.logger import setup_logging
 

@@ -24,9 +24,9 @@ from prettytable import PrettyTable
 from configs.errors import raise_all
 from datasets.bases import load_image
 from datasets.tokenizer import tokenize
-from processor.gallery import Gallery, encode_folder, list_images
-from processor.inference import Encoders, load_model, resolve_source
-from processor.onnx_model import OnnxEncoders
+from serving.gallery import Gallery, encode_folder, list_images
+from serving.inference import Encoders, load_model, resolve_source
+from serving.onnx_model import OnnxEncoders
 from utils.cli import add_model_source, describe, report_user_errors
 from utils.figures import ranked_row
 from utils.logger import setup_logging

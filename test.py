@@ -23,8 +23,8 @@ from configs.errors import raise_all
 from configs.irra_flags import refuse_foreign_flags
 from datasets.readers import check_dataset_files
 from processor.evaluator import eval_targets, evaluate, results_table
-from processor.inference import check_weights, model_for, source_config
 from processor.preflight import eval_datasets
+from serving.inference import check_weights, model_for, source_config
 from utils.cli import add_model_source, describe, report_user_errors
 from utils.io import write_text_atomic
 from utils.logger import setup_logging

@@ -28,7 +28,7 @@ from datasets.tokenizer import EOT_ID, SOT_ID, tokenize
 from datasets.transforms import build_transform
 from model.objectives import text_patch_affinity
 from processor.evaluator import extract_features
-from processor.inference import LoadedModel, load_model
+from serving.inference import LoadedModel, load_model
 from utils.cli import add_model_source, describe, report_user_errors
 from utils.figures import ranked_row, similarity_maps
 from utils.logger import setup_logging

@@ -29,9 +29,9 @@ from prettytable import PrettyTable, TableStyle
 
 from benchmarks.presets import CAPTION_TOKENS, cuhk_id_outputs, preset_config, random_captions
 from model.build import build_model
-from processor.onnx_export import ImageEmbedder, TextEmbedder, export_encoders
-from processor.onnx_model import IMAGE_INPUT, TEXT_INPUT, make_session, run_session
-from processor.onnx_tokenizer import build_hf_tokenizer
+from serving.onnx_export import ImageEmbedder, TextEmbedder, export_encoders
+from serving.onnx_model import IMAGE_INPUT, TEXT_INPUT, make_session, run_session
+from serving.onnx_tokenizer import build_hf_tokenizer
 from utils.cli import describe
 from utils.io import write_text_atomic
 

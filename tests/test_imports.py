@@ -9,7 +9,7 @@ from typing import Dict, List, Set
 import pytest
 from conftest import ROOT
 
-PACKAGES = ("configs", "utils", "datasets", "model", "solver", "processor")
+PACKAGES = ("configs", "utils", "datasets", "model", "solver", "processor", "serving")
 # What each package may import besides itself: configs at the bottom, the run loop at the top.
 ALLOWED = {
     "configs": set(),
@@ -18,6 +18,7 @@ ALLOWED = {
     "model": {"configs", "utils", "datasets"},
     "solver": {"configs", "utils"},
     "processor": {"configs", "utils", "datasets", "model", "solver"},
+    "serving": {"configs", "utils", "datasets", "model", "processor"},  # inference beside training, not inside it
 }
 
 

@@ -29,12 +29,12 @@ from datasets.bases import load_image
 from datasets.build import read_dataset
 from datasets.tokenizer import EOT_ID, SOT_ID, tokenize, tokenize_batch
 from datasets.transforms import build_transform
-from processor import onnx_export
-from processor.gallery import encode_folder
-from processor.inference import load_model
-from processor.onnx_export import TOLERANCE, compare_top_k
-from processor.onnx_model import OnnxEncoders
-from processor.onnx_tokenizer import build_hf_tokenizer, clean_caption
+from serving import onnx_export
+from serving.gallery import encode_folder
+from serving.inference import load_model
+from serving.onnx_export import TOLERANCE, compare_top_k
+from serving.onnx_model import OnnxEncoders
+from serving.onnx_tokenizer import build_hf_tokenizer, clean_caption
 
 CONTEXT = 32  # the tiny run's model.context_length / data.text_length
 # Captions of every kind the tokenizer meets: punctuation, numbers, contractions, accents and

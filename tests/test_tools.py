@@ -29,8 +29,8 @@ from datasets.transforms import build_transform
 from model.build import build_model, initialise_from
 from model.objectives import text_patch_affinity
 from processor.evaluator import extract_features
-from processor.gallery import encode_folder
-from processor.inference import load_model
+from serving.gallery import encode_folder
+from serving.inference import load_model
 from utils import figures
 from utils.figures import CORRECT, WRONG
 

@@ -86,7 +86,7 @@ def resolve_source(
 
 
 class Encoders(Protocol):
-    """What searching a folder needs from a model, PyTorch or exported (processor.onnx_model)."""
+    """What searching a folder needs from a model, PyTorch or exported (serving.onnx_model)."""
 
     weights: Path  # the file whose name and stamp key the gallery's embedding cache
 

@@ -1,6 +1,6 @@
 """An image folder as a gallery: its images' embeddings, cached beside it and reused while
 the folder and the weights are unchanged; unreadable images are named and skipped. The
-encoders are a PyTorch model (processor.inference) or an ONNX export (processor.onnx_model)."""
+encoders are a PyTorch model (serving.inference) or an ONNX export (serving.onnx_model)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from datasets.bases import load_image
 from datasets.readers import DataError
 from datasets.transforms import build_transform
-from processor.inference import Encoders
+from serving.inference import Encoders
 from utils.io import save_atomic
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import torch
 from configs.errors import UserError
 from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID, VOCAB_SIZE
 from datasets.transforms import CLIP_MEAN, CLIP_STD
-from processor.onnx_tokenizer import PAD_ID
+from serving.onnx_tokenizer import PAD_ID
 from utils.io import atomic_write, write_text_atomic
 
 FORMAT = "fmfa-onnx-encoders"
@@ -162,7 +162,7 @@ def read_spec(folder: Path) -> Dict[str, Any]:
 
 class OnnxEncoders:
     """The two exported encoders on onnxruntime, with the interface search.py and the gallery
-    use (:class:`processor.inference.Encoders`); embeddings come back as CPU tensors."""
+    use (:class:`serving.inference.Encoders`); embeddings come back as CPU tensors."""
 
     def __init__(self, folder: Path, threads: Optional[int] = None):
         self.folder = Path(folder)

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from configs.errors import UserError
 from datasets.tokenizer import tokenize_batch
 from model.fmfa import FMFA
-from processor.onnx_model import IMAGE_INPUT, OUTPUT, TEXT_INPUT, folder_spec, make_session, run_session, write_folder
-from processor.onnx_tokenizer import build_hf_tokenizer, tokenizer_mismatches
+from serving.onnx_model import IMAGE_INPUT, OUTPUT, TEXT_INPUT, folder_spec, make_session, run_session, write_folder
+from serving.onnx_tokenizer import build_hf_tokenizer, tokenizer_mismatches
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,4 @@
+"""Using a trained model, apart from training: loading a run folder or weights for inference
+(``inference``), the cached gallery of ``search.py`` (``gallery``) and the ONNX encoders
+(``onnx_export``, ``onnx_model``, ``onnx_tokenizer``). The public commands (test.py,
+search.py, export_onnx.py, export_features.py, visualize.py) are built on it."""
