@@ -48,6 +48,7 @@ fi
 
 gpus=$("$py" -c "import torch; print(torch.cuda.device_count())" 2>> "$log" || echo 0)
 preset=${GPU_RUN_PRESET:-$([ "${gpus:-0}" -gt 0 ] && echo gpu || echo cpu)}
+scale=1  # section time limits are the GPU's; the CPU preset gets 3x (tiny sizes, but a CPU)
 if [ "$preset" = gpu ]; then
     step_args=(--preset paper --steps 10 --repeats 3 --warmup 5)
     eval_args=(--preset paper --repeats 2)
@@ -57,6 +58,7 @@ else
     step_args=(--preset tiny --steps 2 --repeats 1 --warmup 1)
     eval_args=(--preset tiny --repeats 1 --images 60 --captions 120)
     draw_args=(--train-ids 12 --val-ids 2 --test-ids 4 --image-size 96 32 --workers 2)
+    scale=3
     run_args=(model.pretrain=none model.image_size=[96,32] model.patch_size=16 model.embed_dim=64
         model.vision_width=64 model.vision_layers=1 model.text_width=64 model.text_layers=1
         model.cmt_depth=1 model.context_length=77 data.batch_size=16 data.num_workers=2)
@@ -84,6 +86,7 @@ section() {
         printf '| %s | not run (GPU_RUN_SECTIONS=%s) | 0 |\n' "$name" "$sections" >> "$report"
         return 0
     fi
+    limit=$((limit * scale))
     left=$((budget - SECONDS))
     [ "$limit" -gt "$left" ] && limit=$left
     if [ "$limit" -lt 20 ]; then
@@ -121,7 +124,7 @@ section "d. test.py on the run" 0 60 "$py" test.py "$run" --output "$out/test.js
 for file in config.yaml train.log metrics.jsonl; do
     [ -f "$run/$file" ] && cp "$run/$file" "$out/$file"
 done
-section "e. run with train.compile=true" 0 150 "$py" train.py "${run_args[@]}" solver.epochs=1 \
+section "e. run with train.compile=true" 0 200 "$py" train.py "${run_args[@]}" solver.epochs=1 \
     solver.warmup_epochs=0 train.compile=true train.output_dir="$work/run_compile"
 section "e. run with train.deterministic=true" 0 90 "$py" train.py "${run_args[@]}" solver.epochs=1 \
     solver.warmup_epochs=0 train.deterministic=true train.output_dir="$work/run_deterministic"
