@@ -20,6 +20,14 @@ from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# One CPU thread for torch here and in every process a test starts, unless the caller sets
+# OMP_NUM_THREADS: the tests' tensors are tiny, and on a shared machine two threads per process
+# spin against each other (measured under load: test_precision_modes_train 38 s on one thread,
+# 179 s on two).
+if "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 COMPACT_GOLDEN = ROOT / "tests" / "golden"
 FULL_GOLDEN = Path(os.environ.get("FMFA_GOLDEN", ROOT.parent / "shared" / "golden"))
 
