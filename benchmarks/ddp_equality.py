@@ -12,13 +12,17 @@ benchmarks/gpu_run.sh (NCCL on two GPUs).
     python -m benchmarks.ddp_equality step DATA_ROOT one.pt [key=value ...]
     python -m benchmarks.ddp_equality step DATA_ROOT exact.pt float64 [key=value ...]
     torchrun --nproc_per_node=2 -m benchmarks.ddp_equality step DATA_ROOT two.pt [key=value ...]
+    torchrun ... step DATA_ROOT two.pt [key=value ...] --and per_rank.pt train.global_batch_losses=false
     python -m benchmarks.ddp_equality compare one.pt two.pt
+
+Each ``--and OUTPUT [float64] [key=value ...]`` adds one more variant of the step to the same
+launch (one process group, one import of torch), saved to its own file.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from prettytable import PrettyTable
@@ -73,16 +77,34 @@ def one_step(root: str, overrides: list, info, dtype: torch.dtype) -> dict:
 
 def step(root: str, output: str, *extra: str) -> None:
     """``extra``: config overrides, and ``float64`` for the float64 reference (the same step
-    with the model and the batch in float64)."""
+    with the model and the batch in float64); ``--and OUTPUT ...`` starts another variant."""
     set_tf32(False)  # the equality is of float32 arithmetic
-    dtype = torch.float64 if "float64" in extra else torch.float32
-    extra = tuple(item for item in extra if item != "float64")
-    device = next((item.split("=", 1)[1] for item in extra if item.startswith("train.device=")), "cpu")
+    variants = _variants([output, *extra])
+    device = next(
+        (item.split("=", 1)[1] for _, _, items in variants for item in items if item.startswith("train.device=")), "cpu"
+    )
     info = init_distributed(device)
-    results = {name: one_step(root, [*overrides, *extra], info, dtype) for name, overrides in CASES.items()}
-    if info.is_main:
-        torch.save(results, output)
+    for path, dtype, overrides in variants:
+        results = {name: one_step(root, [*case, *overrides], info, dtype) for name, case in CASES.items()}
+        if info.is_main:
+            torch.save(results, path)
     cleanup()
+
+
+def _variants(words: List[str]) -> List[Tuple[str, torch.dtype, List[str]]]:
+    """``OUTPUT [float64] [key=value ...] [--and OUTPUT ...]`` as (output, dtype, overrides) each."""
+    groups, current = [], []
+    for word in words + ["--and"]:
+        if word != "--and":
+            current.append(word)
+            continue
+        if not current:
+            raise SystemExit("ddp_equality step: --and must be followed by an output file")
+        output, *items = current
+        dtype = torch.float64 if "float64" in items else torch.float32
+        groups.append((output, dtype, [item for item in items if item != "float64"]))
+        current = []
+    return groups
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -124,14 +146,21 @@ def compare(one: str, many: str) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.ddp_equality", description=describe(__doc__), epilog=__doc__.rsplit("\n\n", 1)[1]
+        prog="python -m benchmarks.ddp_equality",
+        description=describe(__doc__),
+        epilog="\n\n".join(__doc__.split("\n\n")[-2:]),
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     commands = parser.add_subparsers(dest="command", required=True)
     step_parser = commands.add_parser("step", help="one training step per case, saved to OUTPUT (rank 0)")
     step_parser.add_argument("root", metavar="DATA_ROOT", help="root holding CUHK-PEDES/ (a synthetic one will do)")
     step_parser.add_argument("output", metavar="OUTPUT", help="file the step's losses, metrics and gradients go to")
-    step_parser.add_argument("extra", nargs="*", metavar="float64|key=value", help="float64, config overrides")
+    step_parser.add_argument(
+        "extra",
+        nargs=argparse.REMAINDER,
+        metavar="float64|key=value|--and OUTPUT ...",
+        help="float64, config overrides; --and OUTPUT [...] adds another variant to the same launch",
+    )
     compare_parser = commands.add_parser("compare", help="largest relative errors of MANY against ONE")
     compare_parser.add_argument("one", metavar="ONE", help="step file of one process")
     compare_parser.add_argument("many", metavar="MANY", help="step file of several processes")

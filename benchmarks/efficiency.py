@@ -15,7 +15,7 @@ import argparse
 import logging
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from prettytable import PrettyTable
@@ -73,7 +73,7 @@ def seconds_per_item(function: Callable, inputs: torch.Tensor, repeats: int) -> 
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--preset", choices=["paper", "tiny"], default="paper")
     parser.add_argument("--batch", type=int, default=64)
@@ -84,7 +84,7 @@ def main() -> None:
         default="captions",
         help="ID head sized as the authors' code does (CUHK-PEDES training captions) or by identities",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = preset_config(args.preset)

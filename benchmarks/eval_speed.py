@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
@@ -79,7 +80,7 @@ def time_evaluation(model, loaders: EvalLoaders, precision: Precision, chunk: in
     return encoded - started, time.perf_counter() - encoded
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--preset", choices=["paper", "tiny"], default=None)
     parser.add_argument("--mode", choices=PRECISIONS, default=None, help="default: amp_bf16 on a GPU, fp32 on a CPU")
@@ -88,7 +89,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jpeg", action="store_true", help="also time the real loaders on synthetic JPEGs")
     parser.add_argument("--workers", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset = args.preset or ("paper" if device.type == "cuda" else "tiny")

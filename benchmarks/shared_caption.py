@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import statistics
 import time
-from typing import Dict
+from typing import Dict, Optional, Sequence
 
 import torch
 from prettytable import PrettyTable
@@ -43,13 +43,13 @@ def step_seconds(cfg: Config, shared: bool, warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def main() -> Dict[str, float]:
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--preset", choices=["paper", "tiny"], default="paper")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg = preset_config(args.preset)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=args.batch))
     seconds = {

@@ -40,7 +40,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Sequence
 
 import torch
 from prettytable import PrettyTable
@@ -351,7 +351,7 @@ def memory_comparison(preset: str, device: torch.device, args) -> None:
     )
 
 
-def parse_args():
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument(
         "--preset", choices=["paper", "tiny"], default=None, help="default: paper on a GPU, tiny on a CPU"
@@ -383,11 +383,11 @@ def parse_args():
         help="the --memory variants",
     )
     parser.add_argument("--memory-variant", choices=list(MEMORY_VARIANTS), default=None, help=argparse.SUPPRESS)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset = args.preset or ("paper" if device.type == "cuda" else "tiny")

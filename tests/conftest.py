@@ -7,9 +7,10 @@ present) and again on the fuller ``../shared/golden`` (or ``FMFA_GOLDEN``) where
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import pytest
 import torch
@@ -18,6 +19,14 @@ from configs.defaults import Config, ModelConfig
 from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One CPU thread for torch here and in every process a test starts, unless the caller sets
+# OMP_NUM_THREADS: the tests' tensors are tiny, and on a shared machine two threads per process
+# spin against each other (measured under load: test_precision_modes_train 38 s on one thread,
+# 179 s on two).
+if "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 COMPACT_GOLDEN = ROOT / "tests" / "golden"
 FULL_GOLDEN = Path(os.environ.get("FMFA_GOLDEN", ROOT.parent / "shared" / "golden"))
@@ -102,3 +111,39 @@ def run_ok(
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+@pytest.fixture(scope="session")
+def one_epoch_run(tmp_path_factory) -> Tuple[Path, Path]:
+    """(data root, run folder) of ``train.py`` on ``train_fixtures.tiny_run_args(root, run, 1)``
+    over the default CUHK-PEDES fixture, trained once per session for the tests that only need a
+    trained run. Read-only: a test that writes to the run works on ``copy_run``'s copy."""
+    from train_fixtures import make_fixture, tiny_run_args
+
+    import train as train_cli
+
+    base = tmp_path_factory.mktemp("one_epoch_run")
+    root, run = make_fixture(base / "data"), base / "run"
+    assert train_cli.main(tiny_run_args(root, run, 1)) == 0
+    return root, run
+
+
+@pytest.fixture(scope="session")
+def three_epoch_run(tmp_path_factory) -> Tuple[Path, Path]:
+    """(data root, run folder) of ``tiny_run_args(root, run, 3)`` on the default fixture, trained
+    once per session: the uninterrupted run the resume tests must end identical to. Read-only."""
+    from train_fixtures import make_fixture, tiny_run_args
+
+    import train as train_cli
+
+    base = tmp_path_factory.mktemp("three_epoch_run")
+    root, run = make_fixture(base / "data"), base / "run"
+    assert train_cli.main(tiny_run_args(root, run, 3)) == 0
+    return root, run
+
+
+def copy_run(run: Path, destination: Path) -> Path:
+    """A copy of the run folder ``run`` at ``destination`` (the saved config's output_dir still
+    names the original: run folders compare configs without where they live)."""
+    shutil.copytree(run, destination)
+    return destination

@@ -1,4 +1,7 @@
-"""The benchmark scripts run on the CPU with their tiny preset and print positive figures."""
+"""The benchmark scripts run on the CPU with their tiny preset and print positive figures.
+
+Each script's ``main(argv)`` runs in this process (the argv of ``python -m benchmarks.X``):
+a subprocess would only import torch again. The GPU check runs as the bash script it is."""
 
 from __future__ import annotations
 
@@ -6,19 +9,25 @@ import json
 import os
 import re
 import sys
+from typing import Callable
 
 import pytest
 from conftest import run_ok
 
-
-def run_script(module: str, *args: str) -> str:
-    """``python -m module args`` from the repository root; its standard output."""
-    return run_ok([sys.executable, "-m", module, *args]).stdout
+from benchmarks import ddp_loss, efficiency, eval_speed, shared_caption, train_step
 
 
-def test_train_step_benchmark_tiny_preset():
+def run_script(capsys, main: Callable, *args: str) -> str:
+    """``main(args)``, the benchmark's command line run in process; what it printed."""
+    capsys.readouterr()
+    main(list(args))
+    return capsys.readouterr().out
+
+
+def test_train_step_benchmark_tiny_preset(capsys):
     out = run_script(
-        "benchmarks.train_step",
+        capsys,
+        train_step.main,
         "--modes",
         "fp32",
         "amp_fp16",
@@ -41,17 +50,17 @@ def test_train_step_benchmark_tiny_preset():
     assert pipeline and float(pipeline.group(1)) > 0
 
 
-def test_eval_speed_benchmark_tiny_preset():
+def test_eval_speed_benchmark_tiny_preset(capsys):
     out = run_script(
-        "benchmarks.eval_speed", "--repeats", "1", "--images", "60", "--captions", "120", "--jpeg", "--workers", "0"
+        capsys, eval_speed.main, "--repeats", "1", "--images", "60", "--captions", "120", "--jpeg", "--workers", "0"
     )
     match = re.search(r"60 images \+ 120 captions encoded in ([\d.]+) s .* ranked in ([\d.]+) s", out)
     assert match and float(match.group(1)) > 0
     assert re.search(r"from JPEGs \(0 workers\): \d+ images \+ \d+ captions in [\d.]+ s", out)
 
 
-def test_efficiency_report_tiny_preset():
-    out = run_script("benchmarks.efficiency", "--preset", "tiny", "--batch", "4", "--repeats", "1")
+def test_efficiency_report_tiny_preset(capsys):
+    out = run_script(capsys, efficiency.main, "--preset", "tiny", "--batch", "4", "--repeats", "1")
     counts = dict(re.findall(r"\| (.+?)\s+\| ([\d.]+)\s+\|", out))
     parts = [key for key in counts if "(used at test)" in key or "(training only)" in key]
     assert len(parts) == 4 and float(counts["total"]) == pytest.approx(sum(float(counts[k]) for k in parts), abs=0.02)
@@ -59,16 +68,17 @@ def test_efficiency_report_tiny_preset():
     assert re.search(r"gallery image \(96 x 32\)\s+\| [\d.e+-]+\s+\| [\d.]+", out)
 
 
-def test_shared_caption_benchmark_tiny_preset():
-    out = run_script("benchmarks.shared_caption", "--preset", "tiny", "--batch", "4", "--warmup", "0", "--steps", "1")
+def test_shared_caption_benchmark_tiny_preset(capsys):
+    out = run_script(capsys, shared_caption.main, "--preset", "tiny", "--batch", "4", "--warmup", "0", "--steps", "1")
     rows = re.findall(r"\| (two text passes|one shared pass).*?\| ([\d.]+)\s+\| ([\d.]+)\s+\|", out)
     assert [name for name, _, _ in rows] == ["two text passes", "one shared pass"]
     assert all(float(seconds) > 0 for _, seconds, _ in rows) and float(rows[0][2]) == 1.0
 
 
-def test_train_step_memory_comparison_tiny_preset():
+def test_train_step_memory_comparison_tiny_preset(capsys):
     out = run_script(
-        "benchmarks.train_step",
+        capsys,
+        train_step.main,
         "--memory",
         "--preset",
         "tiny",
@@ -87,8 +97,8 @@ def test_train_step_memory_comparison_tiny_preset():
     assert all(float(seconds) > 0 for _, seconds, _ in rows) and float(rows[0][2]) == 1.0
 
 
-def test_ddp_loss_benchmark_tiny_preset():
-    out = run_script("benchmarks.ddp_loss", "--preset", "tiny", "--repeats", "1")
+def test_ddp_loss_benchmark_tiny_preset(capsys):
+    out = run_script(capsys, ddp_loss.main, "--preset", "tiny", "--repeats", "1")
     rows = re.findall(r"\|\s+(\d)\s+\|\s+(\d+)\s+\|\s+([\d.]+)\s+\|\s+([\d.]+)\s+\|", out)
     assert [(n, r) for n, r, _, _ in rows] == [("1", "8"), ("2", "4"), ("4", "2")]
     assert all(float(ms) > 0 for _, _, ms, _ in rows) and float(rows[0][3]) == 1.0

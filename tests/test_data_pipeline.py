@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import pytest
@@ -154,16 +155,17 @@ def test_identity_sampler_pads_small_identities():
         check_padding(SamplerDroppingSmallIdentities)
 
 
-def test_distributed_identity_sampler_disjoint_and_structured():
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_distributed_identity_sampler_disjoint_and_structured(world_size):
     pids = identity_pids(40)
-    samplers = [IdentitySampler(pids, 8, 2, seed=5, rank=r, world_size=2) for r in range(2)]
+    samplers = [IdentitySampler(pids, 8, 2, seed=5, rank=r, world_size=world_size) for r in range(world_size)]
     shares = [[i for _, i in s] for s in samplers]
-    assert len(shares[0]) == len(shares[1]) > 0
-    assert not set(shares[0]) & set(shares[1])
+    assert len({len(share) for share in shares}) == 1 and len(shares[0]) > 0
+    assert all(not set(a) & set(b) for a, b in itertools.combinations(shares, 2))  # disjoint
     for share in shares:
         for start in range(0, len(share), 8):
             assert set(Counter(pids[i] for i in share[start : start + 8]).values()) == {2}
-    one = [i for _, i in IdentitySampler(pids, 16, 2, seed=5)]  # the same global batch on one process
+    one = [i for _, i in IdentitySampler(pids, 8 * world_size, 2, seed=5)]  # the same global batch on one process
     assert one == [i for start in range(0, len(shares[0]), 8) for share in shares for i in share[start : start + 8]]
 
 

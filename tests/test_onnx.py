@@ -3,8 +3,10 @@ on a tiny model trained for one epoch on the CUHK-PEDES fixture; the latency ben
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import io
 import json
 import os
 import re
@@ -19,11 +21,9 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT, run_ok, user_error
 from tokenizers import Tokenizer
-from train_fixtures import make_fixture, tiny_run_args
 
 import export_onnx
 import search
-import train as train_cli
 from benchmarks import onnx_latency
 from datasets.bases import load_image
 from datasets.build import read_dataset
@@ -67,15 +67,15 @@ CAPTIONS = [
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(data root, run folder, export folder, export_onnx.py's printout) of a one-epoch tiny run."""
-    base = tmp_path_factory.mktemp("onnx")
-    root = make_fixture(base / "data")
-    run = base / "run"
-    assert train_cli.main(tiny_run_args(root, run, 1)) == 0
-    exported = base / "exported"
-    out = run_ok([sys.executable, "export_onnx.py", str(run), "--output", str(exported)], timeout=300)
-    return root, run, exported, out.stdout
+def tiny(one_epoch_run, tmp_path_factory):
+    """(data root, run folder, export folder, export_onnx.py's printout) of the session's
+    one-epoch tiny run (conftest.one_epoch_run), exported by export_onnx's main in process."""
+    root, run = one_epoch_run
+    exported = tmp_path_factory.mktemp("onnx") / "exported"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert export_onnx.main([str(run), "--output", str(exported)]) == 0
+    return root, run, exported, printed.getvalue()
 
 
 def _pytorch(run: Path, root: Path):

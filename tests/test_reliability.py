@@ -13,7 +13,7 @@ from collections import namedtuple
 
 import pytest
 import torch
-from conftest import ROOT, user_error
+from conftest import ROOT, copy_run, user_error
 from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
@@ -24,10 +24,9 @@ from utils import run_folder
 from utils.distributed import WholeErrorFile
 
 
-def test_crash_inside_checkpoint_write_then_auto_resume_continues_identically(tmp_path, monkeypatch):
-    root = make_fixture(tmp_path / "data")
-    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
-    assert train_cli.main(tiny_run_args(root, whole, 3)) == 0
+def test_crash_inside_checkpoint_write_then_auto_resume_continues_identically(three_epoch_run, tmp_path, monkeypatch):
+    root, whole = three_epoch_run  # the same 3 epochs, uninterrupted
+    crashed = tmp_path / "crashed"
     real_save = torch.save
 
     def disk_full_while_writing_epoch_2(obj, stream, *args, **kwargs):
@@ -49,9 +48,9 @@ def test_crash_inside_checkpoint_write_then_auto_resume_continues_identically(tm
     assert all(torch.equal(v, final[k]) for k, v in ckpt.load_training_state(whole / "last.pth")["model"].items())
 
 
-def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path, capsys):
-    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
-    assert train_cli.main(tiny_run_args(root, run, 1)) == 0
+def test_a_fresh_run_never_overwrites_an_existing_one(one_epoch_run, tmp_path, capsys):
+    root, trained = one_epoch_run  # tiny_run_args(root, run, 1)
+    run = copy_run(trained, tmp_path / "run")
     saved = (run / "last.pth").read_bytes()
     assert re.search(
         r"already holds a run .*train\.auto_resume=true",
@@ -99,9 +98,9 @@ def test_checkpoint_space_estimate_counts_adam_state_and_existing_files(tmp_path
     assert ckpt.checkpoint_bytes_needed(model, tmp_path) == int(1.1 * weights * 7) - weights
 
 
-def test_resume_with_a_different_architecture_names_keys_and_config(tmp_path, capsys):
-    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
-    assert train_cli.main(tiny_run_args(root, run, 1)) == 0
+def test_resume_with_a_different_architecture_names_keys_and_config(one_epoch_run, tmp_path, capsys):
+    root, trained = one_epoch_run  # tiny_run_args(root, run, 1)
+    run = copy_run(trained, tmp_path / "run")
     automatic = user_error(
         capsys, train_cli.main, tiny_run_args(root, run, 2, "train.auto_resume=true", "model.embed_dim=128")
     )
@@ -296,9 +295,9 @@ def test_bad_config_values_stop_train_py_before_anything_is_created(tmp_path, ca
     assert not run.exists()
 
 
-def test_a_metrics_line_cut_by_a_crash_is_dropped_on_resume(tmp_path):
-    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
-    assert train_cli.main(tiny_run_args(root, run, 1)) == 0
+def test_a_metrics_line_cut_by_a_crash_is_dropped_on_resume(one_epoch_run, tmp_path):
+    root, trained = one_epoch_run  # tiny_run_args(root, run, 1)
+    run = copy_run(trained, tmp_path / "run")
     with open(run / "metrics.jsonl", "a") as handle:
         handle.write('{"epoch": 2, "dataset": "CUHK-PE')  # power loss mid-write
     assert train_cli.main(tiny_run_args(root, run, 2, f"train.resume={run}")) == 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -182,15 +180,14 @@ def test_plot_written_as_png(tmp_path):
         assert image.format == "PNG" and image.width > image.height  # two panels side by side
 
 
-def test_missing_dir_exits_2_with_one_line(tmp_path):
+def test_missing_dir_exits_2_with_one_line(tmp_path, capsys):
     missing = tmp_path / "no_such_runs"
-    result = subprocess.run(
-        [sys.executable, "-m", "utils.report", str(missing)], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 2
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(missing) in lines[0], result.stderr
+    capsys.readouterr()
+    assert main([str(missing)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(missing) in lines[0], err
 
 
 def test_folder_without_runs_exits_2(tmp_path, capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -91,58 +90,73 @@ def test_from_another_folder_with_torchrun_and_the_callers_gpus(tmp_path):
     assert recorded(record)[-2][0] == "1"  # GPU=1 sets it
 
 
-def fault_injecting_python(tmp_path: Path) -> Path:
-    """A stand-in for $PYTHON that runs train.py as tests/fault_injection.py (the same
-    train.main with the faults its FMFA_FAULT* variables name) and everything else as is."""
-    wrapper = tmp_path / "python_with_faults"
-    python, script = shlex.quote(sys.executable), shlex.quote(str(ROOT / "tests" / "fault_injection.py"))
-    wrapper.write_text(
-        f'#!/bin/sh\nif [ "$1" = train.py ]; then shift; exec {python} {script} "$@"; fi\nexec {python} "$@"\n'
+def killing_python(tmp_path: Path) -> tuple[Path, Path]:
+    """recording_python, and the train.py call whose train.output_dir is $KILL_RUN SIGKILLs
+    itself once (a marker file remembers it): a stand-in for a run killed mid-way, for
+    run.sh's own behaviour (what a real train.py does when rerun is the train tests')."""
+    recorder, record = recording_python(tmp_path)
+    marker = tmp_path / "killed_once"
+    marked = f"os.path.exists({str(marker)!r})"
+    recorder.write_text(
+        recorder.read_text()
+        + "import signal\n"
+        + f"if 'train.output_dir=' + os.environ.get('KILL_RUN', '') in sys.argv and not {marked}:\n"
+        + f"    open({str(marker)!r}, 'w').close()\n"
+        + "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    wrapper.chmod(0o755)
-    return wrapper
+    return recorder, record
 
 
-def test_a_killed_smoke_section_resumes_where_it_stopped(tmp_path):
-    """SMOKE=1 bash run.sh paper, its second run SIGKILLed right after that run's epoch 1
-    checkpoint (tests/fault_injection.py's FMFA_FAULT_KILL_AFTER_EPOCH, a point, not a time),
-    then rerun: the first run is reported finished, the second continues from its last.pth,
-    the third runs; the section's table lists all three with their differences."""
+def test_a_killed_run_stops_the_section_and_a_rerun_repeats_its_commands(tmp_path):
+    """SMOKE=1 bash run.sh paper with its second run SIGKILLed: set -e stops the section there
+    (no third run, no table); the rerun issues the same commands (the same folders, with
+    train.auto_resume=true), so each run is reported finished, continued from its last.pth or
+    started by train.py itself (tests/test_reliability.py, tests/test_train.py), then tabulates
+    all three. Every SMOKE command is a valid tiny CPU run on the drawn synthetic set."""
     runs = tmp_path / "runs"
-    env = {**os.environ, "SMOKE": "1", "RUNS": str(runs), "PYTHON": sys.executable}
     second = runs / "ICFG-PEDES" / "fmfa_paper"
-    faults = {
-        "PYTHON": str(fault_injecting_python(tmp_path)),
-        "PYTHONPATH": str(ROOT),
-        "FMFA_FAULT_KILL_AFTER_EPOCH": "1",
-        "FMFA_FAULT_KILL_RUN": str(second),
-    }
-    # timeout: a hang ends the test here; the kill itself waits on no clock
-    killed = subprocess.run(
-        ["bash", str(ROOT / "run.sh"), "paper"],
-        cwd=tmp_path,
-        env={**env, **faults},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    recorder, record = killing_python(tmp_path)
+    env = {"SMOKE": "1", "RUNS": str(runs), "PYTHON": str(recorder), "KILL_RUN": str(second)}
+    killed = run_sh("paper", cwd=tmp_path, **env)
     assert killed.returncode == 128 + signal.SIGKILL, killed.stderr[-3000:]  # set -e: bash stops with train.py
     first = runs / "CUHK-PEDES" / "fmfa_paper"
     assert [line for line in killed.stdout.splitlines() if line.startswith("== ")] == [f"== {first}", f"== {second}"]
-    assert json.loads((first / "progress.json").read_text())["epoch"] == 2
-    assert json.loads((second / "progress.json").read_text())["epoch"] == 1, "not killed after the second run's epoch 1"
-    assert ckpt.load_training_state(second / "last.pth")["epoch"] == 1
-    assert not (runs / "RSTPReid").exists()
-    result = subprocess.run(
-        ["bash", str(ROOT / "run.sh"), "paper"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
+    before = [argv[1:] for argv in recorded(record)]
+    assert [argv[:2] for argv in before] == [
+        ["-m", "datasets.synthetic"],
+        ["train.py", "--config"],
+        ["train.py", "--config"],
+    ]
+    result = run_sh("paper", cwd=tmp_path, **env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "CUHK-PEDES/fmfa_paper already finished (2/2 epochs)" in result.stdout
-    assert "resumed from" in (second / "train.log").read_text()
+    after = [argv[1:] for argv in recorded(record)][len(before) :]
+    assert after[:3] == before  # the same data drawn, the same two runs in the same folders
+    assert after[-1] == [
+        "-m",
+        "utils.report",
+        *(str(runs / d / "fmfa_paper") for d in ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid")),
+    ]
+    smoke_data = ["--root", str(runs / "smoke_data")]
+    assert after[0][2:4] == smoke_data
+    for argv in after[1:4]:
+        cfg = parse_cli(argv[1:])
+        assert cfg.train.auto_resume and cfg.train.output_dir.startswith(f"{runs}/")
+        assert (cfg.data.root, cfg.data.dataset, cfg.train.device) == (smoke_data[1], "Synthetic-PEDES", "cpu")
+        assert (cfg.model.pretrain, cfg.model.vision_layers, cfg.solver.epochs) == ("none", 1, 2)
+
+
+def test_smoke_section_trains_every_run_and_tabulates_them(tmp_path):
+    """SMOKE=1 bash run.sh paper (the README's CPU try of a section), with the real Python: the
+    three runs train both epochs and the section's table lists them with their differences."""
+    runs = tmp_path / "runs"
+    env = {"SMOKE": "1", "RUNS": str(runs), "PYTHON": sys.executable}
+    result = run_sh("paper", cwd=tmp_path, timeout=600, **env)
+    assert result.returncode == 0, result.stderr[-3000:]
     for dataset in ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid"):
-        assert json.loads((runs / dataset / "fmfa_paper" / "progress.json").read_text())["epoch"] == 2
-    epochs = [json.loads(line)["epoch"] for line in (second / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2]  # epoch 1 was not trained again
+        run = runs / dataset / "fmfa_paper"
+        assert json.loads((run / "progress.json").read_text())["epoch"] == 2
+        assert ckpt.load_training_state(run / "last.pth")["epoch"] == 2
+        assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     table = result.stdout[result.stdout.index("| run") :]
     assert all(f"{dataset}/fmfa_paper" in table for dataset in ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid"))
     assert "efa.text_margin" in table and "asdm.factor" in table  # what differs between the runs

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import ROOT, tiny_batch, tiny_config
+from conftest import ROOT, copy_run, tiny_batch, tiny_config
 from train_fixtures import epoch_means, make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
@@ -91,9 +91,9 @@ def test_step_log_reports_the_first_non_finite_term():
         log.flush()
 
 
-def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
-    assert train_cli.main(tiny_run_args(root, run, 1)) == 0
+def test_nan_guard_stops_and_keeps_the_last_checkpoint(one_epoch_run, tmp_path, monkeypatch):
+    root, trained = one_epoch_run  # tiny_run_args(root, run, 1)
+    run = copy_run(trained, tmp_path / "run")
     saved = (run / "last.pth").read_bytes()
     real_efa, calls = objectives.efa_loss, []
 
@@ -124,14 +124,13 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left
 
 
-def test_killed_run_resumes_to_identical_results(tmp_path):
+def test_killed_run_resumes_to_identical_results(three_epoch_run, tmp_path):
     """train.py SIGKILLs itself right after epoch 1's checkpoints are written (the
     FMFA_FAULT_KILL_AFTER_EPOCH point of tests/fault_injection.py: the same point on every
     run, however slow the machine); resumed, it ends with the metrics and the weights of an
-    uninterrupted run."""
-    root = make_fixture(tmp_path / "data", identities=12)
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert train_cli.main(tiny_run_args(root, whole, 3)) == 0
+    uninterrupted run (conftest.three_epoch_run: the same 3 epochs, 5 steps each)."""
+    root, whole = three_epoch_run
+    killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FMFA_FAULT_KILL_AFTER_EPOCH": "1"}
     # timeout: a hang ends the test here; the kill itself waits on no clock
     result = subprocess.run(
