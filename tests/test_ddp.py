@@ -8,8 +8,9 @@ same step computed in float64 as the one-process float32 gradient is (within twi
 largest error). Tensor-wise, two float32 steps can differ by more than 1e-5: a bias or
 layer-norm gradient is a sum over samples and tokens that cancels, and measured, the
 one-process float32 gradient is itself up to 2.3e-5 off float64 (3 processes: 2.1e-5, and
-1.4e-5 off one process; per-rank losses: 0.9-4.5). Then a whole 2-epoch run with torchrun
-ends with the one-process run's weights and metrics.
+1.4e-5 off one process; per-rank losses: 0.9-4.5). Then a whole 2-epoch run on two torchrun
+agents (two "machines" of one process, c10d rendezvous) ends with the one-process run's
+weights and metrics.
 
 Process launches are what costs here, so: the one-process and float64 steps run in this
 process (one thread, as a torchrun worker here runs); one torchrun launch computes the
@@ -20,12 +21,14 @@ batch-coupled losses is checked in process, against true shards, by the sharded-
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_ok
+from conftest import ROOT, run_ok
 from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
@@ -89,17 +92,46 @@ def test_per_rank_losses_are_a_different_training(steps):
         assert errors["grads"] > 1e-2, f"{case}: {errors}"
 
 
-def test_two_process_run_ends_with_the_one_process_weights_and_metrics(steps, tmp_path):
-    """2 epochs, global batch 8 over 32 training captions, A-SDM + MLM + ID + EFA with
-    augmentation and the shared masked caption, the recipe's Adam epsilon (1e-3). With
-    epsilon 1e-8 the key biases of the attention layers, whose true gradient is 0 (softmax
-    ignores a shift shared by all keys), move by +-lr on the sign of float32 rounding
-    noise, differently in each process count; that is Adam, not the data parallelism."""
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_node_launch(args: list) -> None:
+    """docs/several_gpus.md's multi-node torchrun line, both "nodes" (agents of one process each)
+    on this machine, meeting through the c10d rendezvous on localhost."""
+    command = [
+        *TORCHRUN[:3],
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+        "--rdzv_id=fmfa_two_nodes",
+        "train.py",
+        *args,
+    ]
+    nodes = [
+        subprocess.Popen(command, cwd=ROOT, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+
+
+def test_two_node_run_ends_with_the_one_process_weights_and_metrics(steps, tmp_path):
+    """2 epochs on 2 machines' worth of torchrun (2 agents x 1 process, c10d rendezvous), global
+    batch 8 over 32 training captions, A-SDM + MLM + ID + EFA with augmentation and the shared
+    masked caption, the recipe's Adam epsilon (1e-3). With epsilon 1e-8 the key biases of the
+    attention layers, whose true gradient is 0 (softmax ignores a shift shared by all keys),
+    move by +-lr on the sign of float32 rounding noise, differently in each process count; that
+    is Adam, not the data parallelism. (torchrun --standalone on one machine: test_reliability.)"""
     _, root = steps
     args = ["data.batch_size=8", "data.augment=true", "model.id_classes=identities", "solver.eps=1e-3"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert train_cli.main(tiny_run_args(root, one, 2, *args)) == 0
-    run_ok([*TORCHRUN, "--nproc_per_node=2", "train.py", *tiny_run_args(root, two, 2, *args)], env=ONE_THREAD)
+    two_node_launch(tiny_run_args(root, two, 2, *args))
+    assert "2 process(es)" in (two / "train.log").read_text()
     assert sorted(p.name for p in two.iterdir() if p.suffix == ".pth") == ["best.pth", "last.pth"]
     assert [r["epoch"] for r in read_metrics(two)] == [1, 2]  # rank 0 alone evaluates and writes
     weights = [ckpt.load_training_state(run / "last.pth")["model"] for run in (one, two)]
