@@ -13,7 +13,9 @@ import pytest
 import torch
 from data_fixtures import make_dataset
 
-from configs.defaults import Config, DataConfig, ModelConfig, TrainConfig
+from benchmarks.presets import TINY_RUN_OVERRIDES
+from configs.defaults import Config
+from configs.loader import load_config
 from datasets.build import build_train_loader, read_dataset
 from datasets.tokenizer import tokenize
 from model import objectives
@@ -26,22 +28,8 @@ TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 def caption_config(root, shared: bool) -> Config:
     """A tiny CLIP on fixture CUHK-PEDES, the recipe's losses (MLM included), no augmentation."""
-    model = ModelConfig(
-        pretrain="none",
-        image_size=[32, 16],
-        patch_size=8,
-        embed_dim=64,
-        vision_width=64,
-        vision_layers=1,
-        text_width=64,
-        text_layers=1,
-        cmt_depth=1,
-        context_length=32,
-    )
-    data = DataConfig(
-        root=str(root), dataset="CUHK-PEDES", num_workers=0, text_length=32, augment=False, share_masked_caption=shared
-    )
-    return Config(model=model, data=data, train=TrainConfig(seed=3))
+    data = [f"data.root={root}", "data.dataset=CUHK-PEDES", "data.num_workers=0", "data.augment=false"]
+    return load_config(None, [*TINY_RUN_OVERRIDES, *data, f"data.share_masked_caption={shared}", "train.seed=3"])
 
 
 def training_batch(cfg: Config):
