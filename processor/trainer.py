@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -105,26 +105,45 @@ def log_line(
     )
 
 
+@dataclass
+class Stepper:
+    """What one optimisation step uses: the model as trained (under DDP or torch.compile, the
+    wrapper), the loss, the optimizer, the precision and its GradScaler (None but for amp_fp16)."""
+
+    model: torch.nn.Module
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    scaler: Optional[torch.amp.GradScaler] = None
+
+
+@dataclass
+class EpochReport:
+    """How an epoch reports: every ``log_period`` steps its averages go to the log (when
+    ``progress``; ``epochs``: the run's total, for the time left), TensorBoard (``writer``) and
+    the progress bar. ``processes``: the ranks sharing each step (samples/s counts the global batch)."""
+
+    log_period: int
+    writer: Any = None
+    progress: bool = True
+    epochs: int = 0
+    processes: int = 1
+
+
 def train_one_epoch(
-    model: torch.nn.Module,
-    criterion: Criterion,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    precision: Precision,
-    scaler: Optional[torch.amp.GradScaler],
-    epoch: int,
-    step: int,
-    log_period: int,
-    writer=None,
-    progress: bool = True,
-    epochs: int = 0,
-    processes: int = 1,
+    stepper: Stepper, loader: DataLoader, epoch: int, step: int, report: EpochReport
 ) -> tuple[int, Dict[str, float]]:
-    """One pass over ``loader``; returns the global step and the epoch's mean losses/metrics.
-    The loss is ``sum(criterion(model(batch), batch)[0].values())``. Every ``log_period``
-    steps the averages go to the log (``epochs``: the run's total, for the time left),
-    TensorBoard and the progress bar. ``processes``: the ranks sharing each step (samples/s
-    counts the global batch)."""
+    """One pass over ``loader`` from global step ``step`` of 0-based epoch ``epoch``; returns
+    the global step and the epoch's mean losses/metrics. The loss is
+    ``sum(stepper.criterion(stepper.model(batch), batch)[0].values())``."""
+    model, criterion, optimizer, precision, scaler = (
+        stepper.model,
+        stepper.criterion,
+        stepper.optimizer,
+        stepper.precision,
+        stepper.scaler,
+    )
+    log_period, writer, progress, epochs = report.log_period, report.writer, report.progress, report.epochs
     model.train()
     log, epoch_log = StepLog(precision.device), StepLog(precision.device)
     started, seen, done = time.perf_counter(), 0, 0
@@ -145,7 +164,7 @@ def train_one_epoch(
             optimizer.step()
         step += 1
         done += 1
-        seen += batch["pids"].shape[0] * processes
+        seen += batch["pids"].shape[0] * report.processes
         log.add(step, terms, metrics)
         epoch_log.add(step, terms, metrics)
         if step % log_period == 0:
