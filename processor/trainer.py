@@ -116,6 +116,22 @@ class Stepper:
     precision: Precision
     scaler: Optional[torch.amp.GradScaler] = None
 
+    def step(self, batch: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """One optimisation step on a batch already on the device: the loss is
+        ``sum(criterion(model(batch), batch)[0].values())``; returns the loss terms and metrics."""
+        with self.precision.autocast():
+            terms, metrics = self.criterion(self.model(batch), batch)
+        loss = sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return terms, metrics
+
 
 @dataclass
 class EpochReport:
@@ -134,63 +150,34 @@ def train_one_epoch(
     stepper: Stepper, loader: DataLoader, epoch: int, step: int, report: EpochReport
 ) -> tuple[int, Dict[str, float]]:
     """One pass over ``loader`` from global step ``step`` of 0-based epoch ``epoch``; returns
-    the global step and the epoch's mean losses/metrics. The loss is
-    ``sum(stepper.criterion(stepper.model(batch), batch)[0].values())``."""
-    model, criterion, optimizer, precision, scaler = (
-        stepper.model,
-        stepper.criterion,
-        stepper.optimizer,
-        stepper.precision,
-        stepper.scaler,
-    )
-    log_period, writer, progress, epochs = report.log_period, report.writer, report.progress, report.epochs
-    model.train()
-    log, epoch_log = StepLog(precision.device), StepLog(precision.device)
+    the global step and the epoch's mean losses/metrics."""
+    stepper.model.train()
+    device = stepper.precision.device
+    log, epoch_log = StepLog(device), StepLog(device)
     started, seen, done = time.perf_counter(), 0, 0
     steps = len(loader) if hasattr(loader, "__len__") else 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not report.progress, dynamic_ncols=True, leave=False)
     for batch in bar:
-        batch = move_batch(batch, precision.device)
-        with precision.autocast():
-            terms, metrics = criterion(model(batch), batch)
-        loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        batch = move_batch(batch, device)
+        terms, metrics = stepper.step(batch)
         step += 1
         done += 1
         seen += batch["pids"].shape[0] * report.processes
         log.add(step, terms, metrics)
         epoch_log.add(step, terms, metrics)
-        if step % log_period == 0:
+        if step % report.log_period == 0:
             averages = log.flush()
             elapsed = time.perf_counter() - started
-            rate = seen / elapsed
+            rate, lr = seen / elapsed, stepper.optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{averages['loss']:.3f}", samples_s=f"{rate:.1f}")
-            if progress:
-                logger.info(
-                    "%s",
-                    log_line(
-                        epoch,
-                        max(epochs, epoch + 1),
-                        done,
-                        max(steps, done),
-                        averages,
-                        optimizer.param_groups[0]["lr"],
-                        rate,
-                        elapsed / done,
-                    ),
-                )
-            if writer is not None:
+            if report.progress:
+                epochs = max(report.epochs, epoch + 1)
+                logger.info("%s", log_line(epoch, epochs, done, max(steps, done), averages, lr, rate, elapsed / done))
+            if report.writer is not None:
                 for name, value in averages.items():
-                    writer.add_scalar(f"train/{name}", value, step)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-                writer.add_scalar("train/samples_per_s", rate, step)
+                    report.writer.add_scalar(f"train/{name}", value, step)
+                report.writer.add_scalar("train/lr", lr, step)
+                report.writer.add_scalar("train/samples_per_s", rate, step)
     log.check_finite()
     averages = epoch_log.flush()
     averages["samples_per_s"] = seen / max(time.perf_counter() - started, 1e-9)
