@@ -3,8 +3,8 @@ decision, made before anything is built or written: a fresh run, a continuation 
 last.pth, a finished run reported, or a refusal (a folder of another config is never
 continued or overwritten by an automatic resume).
 
-Torch-free, so reports and logging can name the files; the object that applies these rules
-over a run's life is ``processor.run_keeper.RunKeeper``.
+No model or checkpoint code here, so reports and logging can name the files; the object
+that applies these rules over a run's life is ``processor.run_keeper.RunKeeper``.
 """
 
 from __future__ import annotations
