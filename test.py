@@ -65,9 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     loaded = model_for(cfg, weights)
     results: Dict[str, dict] = {}
     for loaders in targets:
-        metrics = evaluate(
-            loaded.model, loaders, loaded.device, loaded.autocast, cfg.eval.i2t, cfg.eval.query_chunk, progress=True
-        )
+        metrics = evaluate(loaded.model, loaders, loaded.device, loaded.autocast, cfg.eval, progress=True)
         results[loaders.dataset] = {"split": loaders.split, **metrics}
         print(f"{loaders.dataset} ({loaders.split}) - {weights}\n{results_table(metrics)}")
     write_text_atomic(output, json.dumps({"weights": str(weights), "results": results}, indent=2))

@@ -8,36 +8,33 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
-from configs.defaults import Config
 from configs.errors import UserError
 from configs.loader import build_parser, parse_args
 from processor.preflight import check_device, check_run_inputs
-from processor.processor import train
+from processor.run_keeper import RunKeeper
+from processor.training import train
 from utils.cli import describe, report_user_errors
 from utils.distributed import cleanup, init_distributed, pick_device, record_errors
 from utils.gpu import keep_off_the_gpus
-from utils.io import save_config
 from utils.logger import setup_logging
+from utils.metrics import SELECTION_METRIC, SELECTION_TASK
 from utils.reproducibility import configure_kernels
-from utils.run_folder import CONFIG_FILE, METRICS_FILE, plan_start, prepare_run_folder, resolve_output_dir
-from utils.run_summary import summary_table
 
 logger = logging.getLogger("train")
 
 
-def report_finished(cfg: Config, output_dir: Path, epoch: int) -> None:
+def report_finished(run: RunKeeper) -> None:
     """A rerun of a finished run: its result, nothing trained or written."""
     setup_logging()
     logger.info(
         "run folder %s already finished (%d/%d epochs); nothing to train. %s, text-to-image\n%s",
-        output_dir,
-        epoch,
-        cfg.solver.epochs,
-        cfg.data.dataset,
-        summary_table(output_dir / METRICS_FILE, cfg.data.dataset, cfg.eval.split),
+        run.folder,
+        run.plan.epoch,
+        run.cfg.solver.epochs,
+        run.cfg.data.dataset,
+        run.summary(),
     )
 
 
@@ -51,21 +48,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_device(cfg, pick_device(cfg.train.device))
     info = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     try:
-        output_dir = resolve_output_dir(cfg, info)
-        plan = plan_start(cfg, output_dir)  # every rank reads the same folder
-        if plan.finished:
+        run = RunKeeper(cfg, info)  # the folder and the start decision; every rank reads the same folder
+        if run.finished:
             if info.is_main:
-                report_finished(cfg, output_dir, plan.epoch)
+                report_finished(run)
             return 0
+        run.prepare()  # the folder made, train.log opened, config.yaml written
         if info.is_main:
-            prepare_run_folder(output_dir)
-        setup_logging(output_dir, info.rank)
-        if info.is_main:
-            save_config(cfg, output_dir / CONFIG_FILE)
-            logger.info("run folder %s, %d process(es) on %s", output_dir, info.world_size, info.device)
+            logger.info("run folder %s, %d process(es) on %s", run.folder, info.world_size, info.device)
         configure_kernels(cfg.train.deterministic, cfg.train.tf32)
-        best = train(cfg, info, output_dir, plan.resume_from)
-        logger.info("best t2i R1 %.3f at epoch %d", best["R1"], best["epoch"])
+        best = train(cfg, info, run)
+        logger.info(
+            "best %s %s %.3f at epoch %d", SELECTION_TASK, SELECTION_METRIC, best[SELECTION_METRIC], best["epoch"]
+        )
     except Exception as error:
         # Every rank logs its own failure (non-zero ranks append errors to the run's log);
         # torchrun then stops the other ranks and exits non-zero.

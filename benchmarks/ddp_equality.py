@@ -62,7 +62,7 @@ def one_step(root: str, overrides: list, info, dtype: torch.dtype) -> dict:
     loader.sampler.set_epoch(1)
     model = build_model(cfg, num_classes).to(info.device, dtype)
     criterion = build_criterion(cfg)
-    model = data_parallel(model, criterion, info, cfg.train.global_batch_losses)  # as processor.Run does
+    model = data_parallel(model, criterion, info, cfg.train.global_batch_losses)  # as processor.training.Training does
     batch = {key: value.to(dtype) if value.is_floating_point() else value for key, value in next(iter(loader)).items()}
     batch = move_batch(batch, info.device)
     terms, metrics = criterion(model(batch), batch)

@@ -59,7 +59,7 @@ from datasets.build import build_train_loader
 from datasets.synthetic import generate
 from model.build import build_criterion, build_model
 from processor.precision import PRECISIONS, Precision
-from processor.trainer import train_one_epoch
+from processor.trainer import EpochReport, Stepper, train_one_epoch
 from solver import build_optimizer
 from utils.cli import describe
 
@@ -106,18 +106,8 @@ class StepBench:
 
         synchronize(self.precision.device)
         started = time.perf_counter()
-        train_one_epoch(
-            self.runner,
-            self.criterion,
-            counted(),
-            self.optimizer,
-            self.precision,
-            self.scaler,
-            0,
-            0,
-            log_period=50,
-            progress=False,
-        )
+        stepper = Stepper(self.runner, self.criterion, self.optimizer, self.precision, self.scaler)
+        train_one_epoch(stepper, counted(), 0, 0, EpochReport(log_period=50, progress=False))
         synchronize(self.precision.device)
         return seen[0] / (time.perf_counter() - started)
 

@@ -13,7 +13,11 @@ import torch
 from configs.defaults import LOSS_SETTINGS, Config
 from configs.validation import validate
 
-from .checkpoint import (
+from .clip import ClipArch, arch_from_state_dict, build_clip, clip_from_state_dict, create_clip, fit_position_embedding
+from .clip_weights import clean_clip_state_dict, is_torchscript_archive, read_clip_state_dict
+from .fmfa import FMFA, head_arguments, head_arguments_in
+from .loss import FMFALoss
+from .weights_file import (
     FMFA_PREFIX,
     LAYOUTS,
     PartialLoad,
@@ -25,10 +29,6 @@ from .checkpoint import (
     load_what_fits,
     unwrap_state_dict,
 )
-from .clip import ClipArch, arch_from_state_dict, build_clip, clip_from_state_dict, create_clip, fit_position_embedding
-from .clip_weights import clean_clip_state_dict, is_torchscript_archive, read_clip_state_dict
-from .fmfa import FMFA, head_arguments, head_arguments_in
-from .loss import FMFALoss
 
 logger = logging.getLogger(__name__)
 

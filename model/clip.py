@@ -23,9 +23,9 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg, resize_pos_embed
 
 from configs.defaults import ModelConfig
 
-from .checkpoint import WeightsError
 from .clip_weights import GELU_MARKER, read_clip_state_dict, weights_activation
 from .open_clip_config import HEAD_WIDTH
+from .weights_file import WeightsError
 
 logger = logging.getLogger(__name__)
 VIT_B_16 = ModelConfig()  # the random-init sizes of configs/defaults.py: OpenAI's ViT-B/16

@@ -20,8 +20,8 @@ from typing import Dict, Tuple
 import open_clip
 import torch
 
-from .checkpoint import WeightsError, WeightsNotFoundError, load_weights_file, unwrap_state_dict
 from .open_clip_config import OpenClipSpec, size_mismatches, spec_beside, spec_for_tag
+from .weights_file import WeightsError, WeightsNotFoundError, load_weights_file, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ import open_clip
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-from .checkpoint import WeightsError, WeightsNotFoundError
+from .weights_file import WeightsError, WeightsNotFoundError
 
-CONFIG_FILE = "open_clip_config.json"  # open_clip's hub / local-dir layout: {"model_cfg", "preprocess_cfg"}
+OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"  # open_clip's hub / local-dir layout: {"model_cfg", "preprocess_cfg"}
 _TOP_LEVEL = ("embed_dim", "quick_gelu", "vision_cfg", "text_cfg")
 # Config fields that the weights themselves show (sizes) or that do not change what trained
 # weights compute (training-time settings, a pooling id that argmax pooling never reads).
@@ -123,7 +123,7 @@ def spec_for_tag(model_name: str, tag: str, what: str) -> OpenClipSpec:
 
 def spec_beside(path: str) -> Optional[OpenClipSpec]:
     """The spec an ``open_clip_config.json`` beside the weights file ``path`` gives (None: none there)."""
-    config_path = Path(path).parent / CONFIG_FILE
+    config_path = Path(path).parent / OPEN_CLIP_CONFIG_FILE
     if not config_path.is_file():
         return None
     try:

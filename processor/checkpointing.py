@@ -1,6 +1,6 @@
-"""What the run checkpoints hold: ``last.pth`` (everything to continue identically) and
-``best.pth`` (the best epoch's weights, metrics and config); their names and the run
-folder are ``utils.run_folder``'s.
+"""What a run's checkpoints hold: ``last.pth`` (everything to continue identically) and
+``best.pth`` (the best epoch's weights, metrics and config); their names are
+``utils.run_folder``'s, and ``processor.run_keeper.RunKeeper`` writes and reads them.
 
 Files are written with ``utils.io.save_atomic`` (a temporary file in the same folder moved
 into place with ``os.replace``), so a crash mid-write leaves the previous checkpoint intact. They hold only
@@ -9,12 +9,13 @@ tensors and plain Python values and load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
-from model.checkpoint import WeightsError, load_matching_state_dict, load_weights_file
+from model.weights_file import WeightsError, load_matching_state_dict, load_weights_file
 from utils.run_folder import BEST, LAST
 
 
@@ -50,43 +51,46 @@ def restore_rng_state(state: Dict[str, Any], device: torch.device) -> None:
     torch.cuda.set_rng_state(cuda, device)
 
 
-def training_state(
-    model,
-    optimizer,
-    scheduler,
-    scaler,
-    epoch: int,
-    step: int,
-    best: Dict[str, Any],
-    config: Dict[str, Any],
-    num_classes: int,
-    device: torch.device,
-) -> Dict[str, Any]:
-    """The content of ``last.pth`` after ``epoch`` (1-based) completed epochs on ``device``."""
+@dataclass
+class TrainingParts:
+    """What last.pth saves and a resume restores: the model (unwrapped), its optimizer, LR
+    schedule and GradScaler (None without amp_fp16), the number of identities, the device
+    trained on (for its RNG), and the position: completed epochs and optimizer steps."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Optional[Any]
+    num_classes: int
+    device: torch.device
+    epoch: int = 0
+    step: int = 0
+
+
+def training_state(parts: TrainingParts, best: Dict[str, Any], config: Dict[str, Any]) -> Dict[str, Any]:
+    """The content of ``last.pth`` after ``parts.epoch`` (1-based) completed epochs."""
     return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": epoch,
-        "step": step,
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+        "epoch": parts.epoch,
+        "step": parts.step,
         "best": best,
-        "rng": rng_state(device),
+        "rng": rng_state(parts.device),
         "config": config,
-        "num_classes": num_classes,
+        "num_classes": parts.num_classes,
     }
 
 
-def best_state(
-    model, epoch: int, metrics: Dict[str, float], config: Dict[str, Any], num_classes: int
-) -> Dict[str, Any]:
+def best_state(parts: TrainingParts, metrics: Dict[str, float], config: Dict[str, Any]) -> Dict[str, Any]:
     """The content of ``best.pth``: the weights of the best epoch so far and what test.py needs."""
     return {
-        "model": model.state_dict(),
-        "epoch": epoch,
+        "model": parts.model.state_dict(),
+        "epoch": parts.epoch,
         "metrics": metrics,
         "config": config,
-        "num_classes": num_classes,
+        "num_classes": parts.num_classes,
     }
 
 
@@ -102,18 +106,13 @@ def load_training_state(path: Path) -> Dict[str, Any]:
 
 
 def restore_training_state(
-    state: Dict[str, Any],
-    model,
-    optimizer,
-    scheduler,
-    scaler: Optional[Any],
-    device: torch.device,
-    source: str = "checkpoint",
-    hint: str = "",
+    state: Dict[str, Any], parts: TrainingParts, source: str = "checkpoint", hint: str = ""
 ) -> None:
-    load_matching_state_dict(model, state["model"], source, hint)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler") is not None:
-        scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"], device)
+    """A loaded last.pth onto ``parts``: weights, optimizer, schedule, scaler, RNG and position."""
+    load_matching_state_dict(parts.model, state["model"], source, hint)
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    if parts.scaler is not None and state.get("scaler") is not None:
+        parts.scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"], parts.device)
+    parts.epoch, parts.step = state["epoch"], state["step"]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from configs.defaults import Config
+from configs.defaults import Config, EvalConfig
 from datasets.build import EvalLoaders, build_eval_loaders, read_dataset
 from utils.metrics import format_table, metrics_dict, rank
 
@@ -75,12 +75,14 @@ def evaluate(
     loaders: EvalLoaders,
     device: torch.device,
     autocast: ContextManager | None = None,
-    i2t: bool = False,
-    chunk_size: int = 1024,
+    settings: EvalConfig | None = None,
     progress: bool = False,
 ) -> Dict[str, Dict[str, float]]:
-    """Retrieval metrics of ``model`` on one dataset split."""
-    return retrieval_metrics(extract_features(model, loaders, device, autocast, progress), i2t, chunk_size)
+    """Retrieval metrics of ``model`` on one dataset split; ``settings``: the config's ``eval``
+    (image-to-text too, queries ranked at once), its defaults when None."""
+    settings = settings or EvalConfig()
+    features = extract_features(model, loaders, device, autocast, progress)
+    return retrieval_metrics(features, settings.i2t, settings.query_chunk)
 
 
 def results_table(results: Dict[str, Dict[str, float]]) -> str:

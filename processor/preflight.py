@@ -12,8 +12,8 @@ import torch
 from configs.defaults import Config
 from configs.errors import ConfigError, raise_all
 from datasets.readers import check_dataset_files
-from model.checkpoint import WeightsNotFoundError
 from model.clip_weights import check_pretrain
+from model.weights_file import WeightsNotFoundError
 from utils.gpu import missing_gpu_reason
 
 # One fp32 training step of CLIP ViT-B/16 at 384 x 128 with the paper's heads, batch 16

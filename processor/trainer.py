@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -105,73 +105,79 @@ def log_line(
     )
 
 
-def train_one_epoch(
-    model: torch.nn.Module,
-    criterion: Criterion,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    precision: Precision,
-    scaler: Optional[torch.amp.GradScaler],
-    epoch: int,
-    step: int,
-    log_period: int,
-    writer=None,
-    progress: bool = True,
-    epochs: int = 0,
-    processes: int = 1,
-) -> tuple[int, Dict[str, float]]:
-    """One pass over ``loader``; returns the global step and the epoch's mean losses/metrics.
-    The loss is ``sum(criterion(model(batch), batch)[0].values())``. Every ``log_period``
-    steps the averages go to the log (``epochs``: the run's total, for the time left),
-    TensorBoard and the progress bar. ``processes``: the ranks sharing each step (samples/s
-    counts the global batch)."""
-    model.train()
-    log, epoch_log = StepLog(precision.device), StepLog(precision.device)
-    started, seen, done = time.perf_counter(), 0, 0
-    steps = len(loader) if hasattr(loader, "__len__") else 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not progress, dynamic_ncols=True, leave=False)
-    for batch in bar:
-        batch = move_batch(batch, precision.device)
-        with precision.autocast():
-            terms, metrics = criterion(model(batch), batch)
+@dataclass
+class Stepper:
+    """What one optimisation step uses: the model as trained (under DDP or torch.compile, the
+    wrapper), the loss, the optimizer, the precision and its GradScaler (None but for amp_fp16)."""
+
+    model: torch.nn.Module
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    scaler: Optional[torch.amp.GradScaler] = None
+
+    def step(self, batch: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """One optimisation step on a batch already on the device: the loss is
+        ``sum(criterion(model(batch), batch)[0].values())``; returns the loss terms and metrics."""
+        with self.precision.autocast():
+            terms, metrics = self.criterion(self.model(batch), batch)
         loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
+        return terms, metrics
+
+
+@dataclass
+class EpochReport:
+    """How an epoch reports: every ``log_period`` steps its averages go to the log (when
+    ``progress``; ``epochs``: the run's total, for the time left), TensorBoard (``writer``) and
+    the progress bar. ``processes``: the ranks sharing each step (samples/s counts the global batch)."""
+
+    log_period: int
+    writer: Any = None
+    progress: bool = True
+    epochs: int = 0
+    processes: int = 1
+
+
+def train_one_epoch(
+    stepper: Stepper, loader: DataLoader, epoch: int, step: int, report: EpochReport
+) -> tuple[int, Dict[str, float]]:
+    """One pass over ``loader`` from global step ``step`` of 0-based epoch ``epoch``; returns
+    the global step and the epoch's mean losses/metrics."""
+    stepper.model.train()
+    device = stepper.precision.device
+    log, epoch_log = StepLog(device), StepLog(device)
+    started, seen, done = time.perf_counter(), 0, 0
+    steps = len(loader) if hasattr(loader, "__len__") else 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not report.progress, dynamic_ncols=True, leave=False)
+    for batch in bar:
+        batch = move_batch(batch, device)
+        terms, metrics = stepper.step(batch)
         step += 1
         done += 1
-        seen += batch["pids"].shape[0] * processes
+        seen += batch["pids"].shape[0] * report.processes
         log.add(step, terms, metrics)
         epoch_log.add(step, terms, metrics)
-        if step % log_period == 0:
+        if step % report.log_period == 0:
             averages = log.flush()
             elapsed = time.perf_counter() - started
-            rate = seen / elapsed
+            rate, lr = seen / elapsed, stepper.optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{averages['loss']:.3f}", samples_s=f"{rate:.1f}")
-            if progress:
-                logger.info(
-                    "%s",
-                    log_line(
-                        epoch,
-                        max(epochs, epoch + 1),
-                        done,
-                        max(steps, done),
-                        averages,
-                        optimizer.param_groups[0]["lr"],
-                        rate,
-                        elapsed / done,
-                    ),
-                )
-            if writer is not None:
+            if report.progress:
+                epochs = max(report.epochs, epoch + 1)
+                logger.info("%s", log_line(epoch, epochs, done, max(steps, done), averages, lr, rate, elapsed / done))
+            if report.writer is not None:
                 for name, value in averages.items():
-                    writer.add_scalar(f"train/{name}", value, step)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-                writer.add_scalar("train/samples_per_s", rate, step)
+                    report.writer.add_scalar(f"train/{name}", value, step)
+                report.writer.add_scalar("train/lr", lr, step)
+                report.writer.add_scalar("train/samples_per_s", rate, step)
     log.check_finite()
     averages = epoch_log.flush()
     averages["samples_per_s"] = seen / max(time.perf_counter() - started, 1e-9)

@@ -20,9 +20,9 @@ from configs.errors import ConfigError
 from configs.loader import load_config
 from datasets.tokenizer import VOCAB_SIZE
 from model.build import model_from_checkpoint
-from model.checkpoint import WeightsError, WeightsNotFoundError
 from model.clip_weights import CLIP_WEIGHTS_URL
 from model.fmfa import FMFA
+from model.weights_file import WeightsError, WeightsNotFoundError
 from processor.precision import Precision
 from utils.distributed import pick_device
 from utils.run_folder import BEST, CONFIG_FILE, LAST

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import train
-from processor import processor
+from processor import run_keeper, training
 
 FAULT = os.environ.get("FMFA_FAULT")
 MARKER = os.environ.get("FMFA_FAULT_MARKER")
@@ -42,25 +42,25 @@ def _faulty_batches(loader, batch):
 
 if FAULT:
     RANK, EPOCH, BATCH = (int(v) for v in FAULT.split(":"))
-    _real_train_one_epoch = processor.train_one_epoch
+    _real_train_one_epoch = training.train_one_epoch
 
-    def _train_one_epoch(model, criterion, loader, optimizer, precision, scaler, epoch, *args, **kwargs):
+    def _train_one_epoch(stepper, loader, epoch, *args, **kwargs):
         if epoch == EPOCH and int(os.environ.get("RANK", "0")) == RANK:
             loader = _faulty_batches(loader, BATCH)
-        return _real_train_one_epoch(model, criterion, loader, optimizer, precision, scaler, epoch, *args, **kwargs)
+        return _real_train_one_epoch(stepper, loader, epoch, *args, **kwargs)
 
-    processor.train_one_epoch = _train_one_epoch
+    training.train_one_epoch = _train_one_epoch
 
 if KILL_AFTER_EPOCH:
-    _real_save = processor.Run.save
+    _real_save = run_keeper.RunKeeper.save
 
-    def _save_then_kill(self, best_metrics):
-        _real_save(self, best_metrics)  # best.pth, last.pth, progress.json
-        in_named_run = not KILL_RUN or Path(self.output_dir).resolve() == Path(KILL_RUN).resolve()
-        if self.epoch == int(KILL_AFTER_EPOCH) and in_named_run:
+    def _save_then_kill(self, parts, best_metrics):
+        _real_save(self, parts, best_metrics)  # best.pth, last.pth, progress.json
+        in_named_run = not KILL_RUN or Path(self.folder).resolve() == Path(KILL_RUN).resolve()
+        if parts.epoch == int(KILL_AFTER_EPOCH) and in_named_run:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    processor.Run.save = _save_then_kill
+    run_keeper.RunKeeper.save = _save_then_kill
 
 if __name__ == "__main__":
     sys.exit(train.main(sys.argv[1:]))

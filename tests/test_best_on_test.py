@@ -18,7 +18,7 @@ from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
 from processor import checkpointing as ckpt
-from processor import processor
+from processor import training
 
 # test.py by path: the name "test" is also a standard-library package.
 _spec = importlib.util.spec_from_file_location("fmfa_test_cli_best_on_test", ROOT / "test.py")
@@ -38,7 +38,7 @@ def metrics_of_test_py(run, which: str) -> dict:
 
 def test_a_run_selected_on_val_reports_best_pth_on_test(tmp_path, monkeypatch):
     root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
-    measured = processor.evaluate
+    measured = training.evaluate
     val_r1 = iter([90.0, 10.0])  # epoch 1's val R1 wins the selection; epoch 2 is the last
 
     def val_selects_epoch_1(model, loaders, *args, **kwargs):
@@ -47,7 +47,7 @@ def test_a_run_selected_on_val_reports_best_pth_on_test(tmp_path, monkeypatch):
             results["t2i"] = {**results["t2i"], "R1": next(val_r1)}
         return results
 
-    monkeypatch.setattr(processor, "evaluate", val_selects_epoch_1)
+    monkeypatch.setattr(training, "evaluate", val_selects_epoch_1)
     assert train_cli.main(tiny_run_args(root, run, 2, "eval.split=val", *QUICK)) == 0
     monkeypatch.undo()
     assert torch.load(run / "best.pth", weights_only=True)["epoch"] == 1

@@ -14,10 +14,10 @@ from torch import nn
 
 from configs.defaults import Config, ModelConfig
 from model.build import build_model, model_from_checkpoint
-from model.checkpoint import WeightsError, WeightsNotFoundError
 from model.clip import GELU_MARKER, ClipArch, create_clip
 from model.clip_weights import check_pretrain
 from model.open_clip_config import spec_for_tag
+from model.weights_file import WeightsError, WeightsNotFoundError
 
 TINY = {
     "embed_dim": 64,

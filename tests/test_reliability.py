@@ -18,7 +18,7 @@ from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
 from processor import checkpointing as ckpt
-from processor import processor
+from processor import training
 from processor.trainer import StepLog
 from utils import run_folder
 from utils.distributed import WholeErrorFile
@@ -230,15 +230,15 @@ def _live_tensors_per_epoch(tmp_path, monkeypatch, leak: bool) -> tuple[list, li
     epoch), and the steps of each epoch. ``leak`` keeps every step's loss with its graph
     alive, the mistake the count must see."""
     root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
-    real, counts, steps, kept = processor.train_one_epoch, [], [], []
+    real, counts, steps, kept = training.train_one_epoch, [], [], []
 
-    def measured(model, criterion, loader, *args, **kwargs):
-        result = real(model, criterion, loader, *args, **kwargs)
+    def measured(stepper, loader, *args, **kwargs):
+        result = real(stepper, loader, *args, **kwargs)
         steps.append(len(loader))
         counts.append(live_tensors())
         return result
 
-    monkeypatch.setattr(processor, "train_one_epoch", measured)
+    monkeypatch.setattr(training, "train_one_epoch", measured)
     if leak:
         real_add = StepLog.add
         monkeypatch.setattr(

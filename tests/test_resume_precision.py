@@ -1,7 +1,7 @@
 """A run stopped after its first epoch resumes exactly in every low-precision mode (issue 29, gap 3).
 
 fp32 resumes are covered by test_train.py / test_reliability.py. Here the run stops right
-after epoch 1's checkpoints are written (an exception raised from ``Run.save``, in process)
+after epoch 1's checkpoints are written (an exception raised from ``RunKeeper.save``, in process)
 and is resumed with ``train.resume``; it must end where the uninterrupted run ends: the same
 weights, Adam state and (amp_fp16) GradScaler state, bit for bit and dtype for dtype, and the
 same metrics. amp_fp16 on the CPU overflows at the initial loss scale 2^16, so its scaler backs
@@ -19,7 +19,7 @@ from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
 from processor import checkpointing as ckpt
-from processor import processor
+from processor.run_keeper import RunKeeper
 
 # SDM + ID; an Adam epsilon pure_fp16 accepts (>= 6e-8).
 QUICK = ["solver.eps=1e-6", "loss.names=sdm+id"]
@@ -61,14 +61,14 @@ def test_resume_continues_exactly_in_each_precision_mode(fixture_root, tmp_path,
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert train_cli.main(run_args(fixture_root, whole, mode)) == 0
 
-    save = processor.Run.save
+    save = RunKeeper.save
 
-    def save_then_stop(run, best_metrics):
-        save(run, best_metrics)
-        if run.epoch == 1:
+    def save_then_stop(keeper, parts, best_metrics):
+        save(keeper, parts, best_metrics)
+        if parts.epoch == 1:
             raise StoppedAfterEpoch1
 
-    monkeypatch.setattr(processor.Run, "save", save_then_stop)
+    monkeypatch.setattr(RunKeeper, "save", save_then_stop)
     with pytest.raises(StoppedAfterEpoch1):
         train_cli.main(run_args(fixture_root, stopped, mode))
     monkeypatch.undo()

@@ -21,7 +21,7 @@ from model import objectives
 from model.build import build_criterion, build_model, model_from_checkpoint
 from processor import checkpointing as ckpt
 from processor.precision import Precision
-from processor.trainer import NonFiniteLossError, StepLog, train_one_epoch
+from processor.trainer import EpochReport, NonFiniteLossError, StepLog, Stepper, train_one_epoch
 from solver import build_optimizer
 from utils.io import save_atomic
 
@@ -69,9 +69,8 @@ def test_precision_modes_train(mode):
     scaler = precision.make_scaler()
     # amp_fp16 skips its first steps while the loss scale falls from 2^16 to a finite range.
     batches = [tiny_batch(seed=s) for s in range(10)]
-    step, averages = train_one_epoch(
-        model, build_criterion(tiny_config()), batches, optimizer, precision, scaler, 0, 0, 1, progress=False
-    )
+    stepper = Stepper(model, build_criterion(tiny_config()), optimizer, precision, scaler)
+    step, averages = train_one_epoch(stepper, batches, 0, 0, EpochReport(log_period=1, progress=False))
     assert step == 10 and all(torch.isfinite(torch.tensor(v)) for v in averages.values())
     weight_dtype = model.base_model.visual.conv1.weight.dtype
     assert weight_dtype == (torch.float16 if mode == "pure_fp16" else torch.float32)

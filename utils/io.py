@@ -21,10 +21,11 @@ import torch
 
 from configs.defaults import Config
 from configs.loader import config_yaml
+from utils.metrics import SELECTION_METRIC
 
 logger = logging.getLogger(__name__)
 
-METRICS_KEYS = ("epoch", "dataset", "split", "task", "R1")
+METRICS_KEYS = ("epoch", "dataset", "split", "task", SELECTION_METRIC)  # what a whole row holds at least
 
 
 @contextlib.contextmanager

@@ -17,7 +17,9 @@ import torch
 from prettytable import PrettyTable
 
 Tensor = torch.Tensor
-COLUMNS = ("R1", "R5", "R10", "mAP", "mINP")
+METRICS = ("R1", "R5", "R10", "mAP", "mINP")  # the figures of one retrieval task, in table order
+# What selects a run's best epoch (best.pth, progress.json's "best"): text-to-image R1.
+SELECTION_TASK, SELECTION_METRIC = "t2i", "R1"
 
 
 def _relevant_lists(q_pids: Tensor, g_pids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -139,16 +141,16 @@ def metrics_dict(cmc: Tensor, mAP: Tensor, mINP: Tensor) -> dict[str, float]:
     """{'R1', 'R5', 'R10', 'mAP', 'mINP'} as Python floats; cmc needs at least 10 entries."""
     if cmc.numel() < 10:
         raise ValueError(f"cmc has {cmc.numel()} entries; R10 needs max_rank >= 10")
-    return {"R1": float(cmc[0]), "R5": float(cmc[4]), "R10": float(cmc[9]), "mAP": float(mAP), "mINP": float(mINP)}
+    return dict(zip(METRICS, (float(cmc[0]), float(cmc[4]), float(cmc[9]), float(mAP), float(mINP))))
 
 
 def format_table(rows: list[dict]) -> str:
     """A prettytable with columns task, R1, R5, R10, mAP, mINP; figures formatted '.3f'.
 
     rows: dicts with a 'task' name (e.g. 't2i', 'i2t') and the keys of ``metrics_dict``."""
-    table = PrettyTable(["task", *COLUMNS])
+    table = PrettyTable(["task", *METRICS])
     for row in rows:
-        table.add_row([row["task"], *(float(row[name]) for name in COLUMNS)])
-    for name in COLUMNS:
+        table.add_row([row["task"], *(float(row[name]) for name in METRICS)])
+    for name in METRICS:
         table.custom_format[name] = lambda _field, value: f"{value:.3f}"
     return table.get_string()

@@ -26,14 +26,14 @@ from prettytable import PrettyTable, TableStyle
 from configs.errors import UserError
 from utils.cli import describe, report_user_errors
 from utils.io import read_metrics_rows, write_text_atomic, write_with
-from utils.run_folder import CONFIG_FILE, METRICS_FILE
+from utils.metrics import METRICS, SELECTION_METRIC, SELECTION_TASK
+from utils.run_folder import CONFIG_FILE, METRICS_FILE, WHERE_KEYS
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 COLUMNS = ("run", "dataset", "split", *METRICS, "epoch", "state")
 # Where a run was written (and its seed): neither a column nor a reason to keep runs apart.
-IGNORED_KEYS = frozenset({"train.output_dir", "train.resume", "train.auto_resume", "train.name", "train.seed"})
+IGNORED_KEYS = frozenset(WHERE_KEYS | {"train.name", "train.seed"})
 PAPER_LABEL = "paper (FMFA)"
 PAPER = {  # the paper's text-to-image results (test split; mINP not reported)
     "CUHK-PEDES": {"R1": 74.16, "R5": 90.12, "R10": 94.10, "mAP": 66.66},
@@ -59,7 +59,9 @@ class ReportError(UserError):
 
 
 @dataclass
-class Run:
+class RunResult:
+    """A run folder as the report reads it: its config and metrics rows, or why it cannot be read."""
+
     folder: Path
     config: Dict[str, Any] = field(default_factory=dict)  # dotted keys, e.g. "loss.names"
     rows: List[dict] = field(default_factory=list)  # metrics.jsonl
@@ -83,12 +85,12 @@ class Run:
     def curve(self, split: Optional[str] = None) -> Dict[int, dict]:
         """The t2i rows of the run's dataset on ``split`` (default: the selection split) by
         epoch; a later row of the same epoch replaces an earlier one."""
-        wanted = (self.dataset, split or self.split, "t2i")
+        wanted = (self.dataset, split or self.split, SELECTION_TASK)
         return {row["epoch"]: row for row in self.rows if (row["dataset"], row["split"], row["task"]) == wanted}
 
     def selected_epoch(self) -> Optional[int]:
         trained = [row for epoch, row in self.curve().items() if epoch > 0]
-        return max(trained, key=lambda row: (row["R1"], -row["epoch"]))["epoch"] if trained else None
+        return max(trained, key=lambda row: (row[SELECTION_METRIC], -row["epoch"]))["epoch"] if trained else None
 
     def state(self) -> str:
         if self.error:
@@ -136,23 +138,23 @@ def _yaml_reason(error: yaml.YAMLError) -> str:
     return f"invalid YAML: {problem}" + (f" (line {mark.line + 1})" if mark is not None else "")
 
 
-def read_run(folder: str | Path) -> Run:
+def read_run(folder: str | Path) -> RunResult:
     """The run's config and metrics; a config that cannot be read gives a run with ``error``."""
-    run = Run(Path(folder))
+    run = RunResult(Path(folder))
     try:
         tree = yaml.safe_load((run.folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        return Run(run.folder, error=_yaml_reason(error))
+        return RunResult(run.folder, error=_yaml_reason(error))
     except (OSError, UnicodeDecodeError) as error:
-        return Run(run.folder, error=f"{CONFIG_FILE}: {error}")
+        return RunResult(run.folder, error=f"{CONFIG_FILE}: {error}")
     if not isinstance(tree, dict):
-        return Run(run.folder, error=f"{CONFIG_FILE} is not a mapping of config sections")
+        return RunResult(run.folder, error=f"{CONFIG_FILE} is not a mapping of config sections")
     run.config = flatten(tree)
     if not run.dataset:
-        return Run(run.folder, error=f"{CONFIG_FILE} has no data.dataset")
+        return RunResult(run.folder, error=f"{CONFIG_FILE} has no data.dataset")
     try:
         rows = read_metrics_rows(run.folder / METRICS_FILE)
-        run.rows = [row for row in rows if isinstance(row["epoch"], int) and _number(row["R1"])]
+        run.rows = [row for row in rows if isinstance(row["epoch"], int) and _number(row[SELECTION_METRIC])]
     except (OSError, UnicodeDecodeError) as error:
         run.error = f"{METRICS_FILE}: {error}"
     return run
@@ -165,17 +167,17 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def differing_keys(runs: Sequence[Run]) -> List[str]:
+def differing_keys(runs: Sequence[RunResult]) -> List[str]:
     """Config keys (not the ignored ones) whose values differ between the readable runs."""
     readable = [run for run in runs if not run.error]
     keys = dict.fromkeys(key for run in readable for key in run.config if key not in IGNORED_KEYS)
     return [key for key in keys if len({run.value(key) for run in readable}) > 1]
 
 
-def group_runs(runs: Sequence[Run]) -> List[List[Run]]:
+def group_runs(runs: Sequence[RunResult]) -> List[List[RunResult]]:
     """Runs with the same config but for the ignored keys (and alike in having metrics or
     not); an unreadable run is a group of its own. Groups in the order of their first run."""
-    groups: Dict[Any, List[Run]] = {}
+    groups: Dict[Any, List[RunResult]] = {}
     for run in runs:
         same = tuple((key, run.value(key)) for key in sorted(run.config) if key not in IGNORED_KEYS)
         key = run.folder if run.error else (run.selected_epoch() is None, same)
@@ -183,7 +185,7 @@ def group_runs(runs: Sequence[Run]) -> List[List[Run]]:
     return list(groups.values())
 
 
-def run_labels(runs: Sequence[Run]) -> Dict[Path, str]:
+def run_labels(runs: Sequence[RunResult]) -> Dict[Path, str]:
     """Each run's folder relative to the runs' common parent."""
     folders = [run.folder.resolve() for run in runs]
     common = Path(os.path.commonpath(folders)) if folders else Path()
@@ -204,7 +206,7 @@ def _metric_row(base: Dict[str, str], split: str, picked: List[dict]) -> Dict[st
     return {**base, "split": split, **values, "epoch": epochs[0] if len(set(epochs)) == 1 else ", ".join(epochs)}
 
 
-def paper_ablation_r1(run: Run) -> str:
+def paper_ablation_r1(run: RunResult) -> str:
     """The paper's ablation R1 of the run's set of losses on CUHK-PEDES, else why there is none."""
     names = run.config.get("loss.names", [])
     names = names.split("+") if isinstance(names, str) else names
@@ -215,7 +217,7 @@ def paper_ablation_r1(run: Run) -> str:
 
 
 def _group_rows(
-    group: List[Run], labels: Dict[Path, str], keys: List[str], ablation: bool = False
+    group: List[RunResult], labels: Dict[Path, str], keys: List[str], ablation: bool = False
 ) -> List[Dict[str, str]]:
     """The group's row at the selected epochs; for a val-selected group also the test row;
     with ``ablation`` the paper's ablation R1 beside it."""
@@ -245,7 +247,7 @@ def paper_row(dataset: str, keys: Sequence[str] = ()) -> Dict[str, str]:
     return dict.fromkeys((*COLUMNS, *keys), "") | {"run": PAPER_LABEL, "dataset": dataset, "split": "test", **figures}
 
 
-def report_rows(runs: Sequence[Run], ablation: bool = False) -> List[Dict[str, str]]:
+def report_rows(runs: Sequence[RunResult], ablation: bool = False) -> List[Dict[str, str]]:
     """The table's rows (column -> text): per dataset its groups, then the paper's figures;
     runs that cannot be read last. ``ablation``: a column with the paper's ablation R1 of
     each run's set of losses (run.sh's ablation section)."""
@@ -279,7 +281,7 @@ def write_csv(rows: Sequence[Dict[str, str]], path: str | Path) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-def curve_labels(runs: Sequence[Run]) -> Dict[Path, str]:
+def curve_labels(runs: Sequence[RunResult]) -> Dict[Path, str]:
     """The differing config values of each run (else its folder); seeds of one config get
     their folder appended."""
     keys, labels = differing_keys(runs), run_labels(runs)
@@ -291,7 +293,7 @@ def curve_labels(runs: Sequence[Run]) -> Dict[Path, str]:
     return names
 
 
-def _draw_run(axes, run: Run, colour: str, label: str) -> None:
+def _draw_run(axes, run: RunResult, colour: str, label: str) -> None:
     curve, best = run.curve(), run.selected_epoch()
     for axis, metric in zip(axes, ("R1", "mAP")):
         points = dict(sorted((epoch, row[metric]) for epoch, row in curve.items() if _number(row.get(metric))))
@@ -300,7 +302,7 @@ def _draw_run(axes, run: Run, colour: str, label: str) -> None:
             axis.plot(best, points[best], "o", ms=9, mfc="none", color=colour)
 
 
-def plot_curves(runs: Sequence[Run], path: str | Path) -> None:
+def plot_curves(runs: Sequence[RunResult], path: str | Path) -> None:
     """Two panels, t2i R1 and mAP on each run's selection split against epoch; one line per
     run (one colour per pooled group), its selected epoch circled; the legend below."""
     import matplotlib

@@ -1,9 +1,10 @@
-"""The run folder: where a run lives, what it holds, and what a start does with it.
+"""The run folder's layout and rules: its file names, where a run's folder is, and the start
+decision, made before anything is built or written: a fresh run, a continuation from
+last.pth, a finished run reported, or a refusal (a folder of another config is never
+continued or overwritten by an automatic resume).
 
-The one owner of the folder's file names and of the start decision, made before anything
-is built or written: a fresh run, a continuation from last.pth, a finished run reported,
-or a refusal (a folder of another config is never continued or overwritten by an
-automatic resume). The checkpoints' contents are built by ``processor.checkpointing``.
+No model or checkpoint code here, so reports and logging can name the files; the object
+that applies these rules over a run's life is ``processor.run_keeper.RunKeeper``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from configs.defaults import Config
 from configs.errors import ConfigError, UserError
@@ -39,9 +40,13 @@ class RunFolderError(UserError, RuntimeError):
 
 @dataclass
 class StartPlan:
-    resume_from: str = ""  # last.pth to continue from; "" = a fresh run
+    resume_from: Optional[Path] = None  # last.pth to continue from; None = a fresh run
     finished: bool = False  # every epoch is done: nothing to train
     epoch: int = 0  # epochs completed so far
+    # The differences from the saved config when the decision compared them (an automatic
+    # resume: none, or it is refused); None = not compared here (a fresh run, or train.resume,
+    # whose resume compares the config last.pth was saved with).
+    config_differences: Optional[List[str]] = None
 
 
 def resolve_output_dir(cfg: Config, info: DistInfo) -> Path:
@@ -129,7 +134,7 @@ def plan_start(cfg: Config, output_dir: Path) -> StartPlan:
     a finished run is reported, not trained again); else a fresh run, refused when the
     folder already holds one."""
     if cfg.train.resume:
-        return StartPlan(str(find_resume_file(cfg.train.resume)))
+        return StartPlan(find_resume_file(cfg.train.resume))
     if not (output_dir / LAST).is_file():
         return StartPlan()
     if not (cfg.train.auto_resume or restart_attempt() > 0):
@@ -145,4 +150,4 @@ def plan_start(cfg: Config, output_dir: Path) -> StartPlan:
             f"explicitly with train.resume={output_dir}"
         )
     done = int(read_progress(output_dir).get("epoch", 0))
-    return StartPlan(str(output_dir / LAST), finished=done >= cfg.solver.epochs, epoch=done)
+    return StartPlan(output_dir / LAST, done >= cfg.solver.epochs, done, config_differences=[])

@@ -1,0 +1,127 @@
+"""A training run: its parts built, the epoch loop and evaluation. Everything the run keeps
+in its folder (checkpoints, progress, metrics, the best epoch, the summary) goes through
+its ``processor.run_keeper.RunKeeper``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from configs.defaults import Config
+from datasets.build import EvalLoaders, build_eval_loaders, build_train_loader, read_dataset
+from datasets.readers import log_statistics
+from model.build import build_criterion, build_model
+from processor.checkpointing import TrainingParts
+from processor.evaluator import eval_targets, evaluate, results_table
+from processor.precision import Precision
+from processor.run_keeper import RunKeeper
+from processor.trainer import EpochReport, Stepper, train_one_epoch
+from solver import build_lr_scheduler, build_optimizer
+from utils.distributed import DistInfo, barrier, data_parallel
+from utils.memory import memory_figures, take_gpu_peak_mb
+from utils.metrics import SELECTION_TASK
+from utils.run_info import log_run_start
+
+logger = logging.getLogger(__name__)
+
+
+class Training:
+    """The parts of a run (data, model, loss, optimizer, schedule, precision) and its epoch loop;
+    ``run`` trains the remaining epochs."""
+
+    def __init__(self, cfg: Config, info: DistInfo, keeper: RunKeeper):
+        self.cfg, self.info, self.keeper = cfg, info, keeper
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+        self.precision = Precision(cfg.train.precision, info.device)
+        if info.is_main:
+            log_statistics([read_dataset(cfg.data.root, cfg.data.dataset)])
+        self.loader, num_classes = build_train_loader(cfg, info.rank, info.world_size)
+        model = self.precision.prepare_model(build_model(cfg, num_classes)).to(info.device)
+        criterion = build_criterion(cfg)
+        keeper.check_space(model)
+        if info.is_main:
+            log_run_start(model, info.device)
+        train_model = data_parallel(model, criterion, info, cfg.train.global_batch_losses)
+        if cfg.train.compile:
+            train_model = torch.compile(train_model)
+        optimizer = build_optimizer(model, cfg.solver)
+        scheduler = build_lr_scheduler(optimizer, cfg.solver)
+        scaler = self.precision.make_scaler()
+        self.parts = TrainingParts(model, optimizer, scheduler, scaler, num_classes, info.device)
+        self.stepper = Stepper(train_model, criterion, optimizer, self.precision, scaler)
+        self.targets = eval_targets(cfg) if info.is_main else []
+
+    def evaluate(self, epoch: int, targets: Optional[List[EvalLoaders]] = None) -> Dict[str, float]:
+        """Evaluate every target (default: the run's); log and record each; return the first's t2i."""
+        first: Dict[str, float] = {}
+        for loaders in self.targets if targets is None else targets:
+            results = evaluate(
+                self.parts.model, loaders, self.precision.device, self.precision.autocast(), self.cfg.eval
+            )
+            logger.info("epoch %d, %s %s\n%s", epoch, loaders.dataset, loaders.split, results_table(results))
+            self.keeper.record(epoch, loaders, results)
+            first = first or results[SELECTION_TASK]
+        return first
+
+    def finish_epoch(self, averages: Dict[str, float]) -> None:
+        """Rank 0 after each epoch: log losses and memory, evaluate when due, write checkpoints."""
+        cfg, epoch, best_metrics = self.cfg, self.parts.epoch, None
+        self.log_memory("train", ", ".join(f"{k} {v:.4f}" for k, v in averages.items()))
+        if epoch % cfg.train.eval_period == 0 or epoch == cfg.solver.epochs:
+            metrics = self.evaluate(epoch)
+            self.log_memory("eval")
+            best_metrics = self.keeper.update_best(epoch, metrics)
+        self.keeper.save(self.parts, best_metrics)
+
+    def log_memory(self, phase: str, losses: str = "") -> None:
+        """The memory figures of the phase just ended (``train``: this epoch's steps; ``eval``: its
+        evaluation), in the log and TensorBoard."""
+        epoch, writer = self.parts.epoch, self.keeper.writer
+        memory = memory_figures(self.info.device, phase)
+        figures = ", ".join(f"{k} {v:.0f}" for k, v in memory.items())
+        if phase == "train":
+            logger.info("epoch %d/%d: %s; memory %s", epoch, self.cfg.solver.epochs, losses, figures)
+        else:
+            logger.info("epoch %d %s memory %s", epoch, phase, figures)
+        for name, value in memory.items():
+            if writer is not None and (phase == "train" or name != "rss_mb"):
+                writer.add_scalar(f"memory/{name}", value, epoch)
+
+    def run(self) -> Dict[str, Any]:
+        """Train the remaining epochs; the best epoch (``{"R1", "epoch"}``) at the end."""
+        cfg, info, parts, keeper = self.cfg, self.info, self.parts, self.keeper
+        keeper.open_writer(parts.step)
+        if cfg.eval.at_start and parts.epoch == 0 and info.is_main:
+            self.evaluate(0)
+            take_gpu_peak_mb(info.device)  # epoch 1's training peak starts here
+        barrier(info)
+        report = EpochReport(cfg.train.log_period, keeper.writer, info.is_main, cfg.solver.epochs, info.world_size)
+        while parts.epoch < cfg.solver.epochs:
+            self.loader.sampler.set_epoch(parts.epoch)
+            parts.step, averages = train_one_epoch(self.stepper, self.loader, parts.epoch, parts.step, report)
+            parts.epoch += 1
+            parts.scheduler.step()
+            if info.is_main:
+                self.finish_epoch(averages)
+            barrier(info)
+        if info.is_main and cfg.eval.split != "test" and keeper.best["epoch"] > 0:
+            self.evaluate_best_on_test()
+        keeper.close()
+        return keeper.best
+
+    def evaluate_best_on_test(self) -> None:
+        """A run selected on val: its best.pth on the test split too (rows at the best epoch)."""
+        best = self.keeper.best_weights()
+        self.parts.model.load_state_dict(best["model"])
+        test = build_eval_loaders(self.cfg, self.cfg.data.dataset, "test")
+        logger.info("best.pth (epoch %d, selected on %s) on the test split", best["epoch"], self.cfg.eval.split)
+        self.evaluate(best["epoch"], [test])
+
+
+def train(cfg: Config, info: DistInfo, keeper: RunKeeper) -> Dict[str, Any]:
+    """Build the run, continue it where ``keeper``'s plan says, and train to the last epoch."""
+    training = Training(cfg, info, keeper)
+    keeper.resume(training.parts)
+    return training.run()
