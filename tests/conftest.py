@@ -104,6 +104,14 @@ def user_error(capsys, main, argv) -> str:
     return err
 
 
+def with_project_on_path(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """``env`` (default: this process's) with the project first on PYTHONPATH, keeping what was
+    there (the GPU machine finds open_clip through PYTHONPATH: benchmarks/gpu_run.sh)."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    return env
+
+
 def run_ok(
     command: Sequence[str], cwd: Path = ROOT, env: Optional[Dict[str, str]] = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:

@@ -4,13 +4,12 @@ counter, pinned batches, a CPU run that leaves CUDA alone, and an exact resume."
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import ROOT, run_ok, tiny_batch, tiny_config
+from conftest import ROOT, run_ok, tiny_batch, tiny_config, with_project_on_path
 from train_fixtures import make_fixture, tiny_run_args
 
 from configs.loader import load_config
@@ -87,7 +86,7 @@ def test_cuda_run_killed_and_resumed_ends_with_the_whole_runs_weights(tmp_path):
     root = make_fixture(tmp_path / "data")
     extra = ["train.device=cuda", "train.precision=pure_fp16", "solver.eps=1e-3", "train.deterministic=true"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = with_project_on_path()
     run_ok([sys.executable, "train.py", *tiny_run_args(root, whole, 2, *extra)])
     first = subprocess.run(
         [sys.executable, "tests/fault_injection.py", *tiny_run_args(root, killed, 2, *extra)],

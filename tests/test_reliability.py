@@ -13,7 +13,7 @@ from collections import namedtuple
 
 import pytest
 import torch
-from conftest import ROOT, copy_run, user_error
+from conftest import ROOT, copy_run, user_error, with_project_on_path
 from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
@@ -131,12 +131,7 @@ def test_resuming_from_a_code_carrying_pickle_is_refused(tmp_path, monkeypatch, 
 
 def _torchrun(tmp_path, args, fault, *torchrun_options, cwd=ROOT):
     # The script runs from tests/: the project comes from PYTHONPATH, as for any program using it.
-    env = {
-        **os.environ,
-        "FMFA_FAULT": fault,
-        "FMFA_FAULT_MARKER": str(tmp_path / "fault_fired"),
-        "PYTHONPATH": str(ROOT),
-    }
+    env = {**with_project_on_path(), "FMFA_FAULT": fault, "FMFA_FAULT_MARKER": str(tmp_path / "fault_fired")}
     command = [
         sys.executable,
         "-m",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import ROOT, copy_run, tiny_batch, tiny_config
+from conftest import ROOT, copy_run, tiny_batch, tiny_config, with_project_on_path
 from train_fixtures import epoch_means, make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
@@ -130,7 +129,7 @@ def test_killed_run_resumes_to_identical_results(three_epoch_run, tmp_path):
     uninterrupted run (conftest.three_epoch_run: the same 3 epochs, 5 steps each)."""
     root, whole = three_epoch_run
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FMFA_FAULT_KILL_AFTER_EPOCH": "1"}
+    env = {**with_project_on_path(), "FMFA_FAULT_KILL_AFTER_EPOCH": "1"}
     # timeout: a hang ends the test here; the kill itself waits on no clock
     result = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "fault_injection.py"), *tiny_run_args(root, killed, 3)],
