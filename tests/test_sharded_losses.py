@@ -23,7 +23,7 @@ import pytest
 import torch
 from thread_group import RankCollective, ThreadGroup
 
-from configs.defaults import AsdmConfig
+from configs.defaults import AsdmConfig, EfaConfig
 from model.loss import FMFALoss
 
 BATCH, WIDTH, TOKENS, PATCHES, VOCAB = 12, 8, 5, 6, 11
@@ -75,7 +75,8 @@ def rows_of(outputs: Dict[str, torch.Tensor], masked: List[int], start: int, sto
 
 def criterion(names: List[str], mode: str, collective=None) -> FMFALoss:
     weights = {"efa": 2.0, "id": 0.5}  # not 1, so a weight applied twice or never shows
-    return FMFALoss(names, weights, asdm=AsdmConfig(factor=10.0, mode=mode), collective=collective)
+    asdm = AsdmConfig(factor=10.0, mode=mode)
+    return FMFALoss(names, weights, logit_scale=50.0, asdm=asdm, efa=EfaConfig(), collective=collective)
 
 
 def input_grads(outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
