@@ -69,7 +69,11 @@ run_args=(--config configs/cuhk_pedes.yaml "${run_args[@]}" data.root="$work/dat
 {
     printf '# GPU run, %s\n\ncommit %s, preset %s, budget %s s\n\n```\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" \
         "$(git rev-parse --short HEAD 2> /dev/null || echo unknown)" "$preset" "$budget"
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo "no nvidia-smi"
+    if command -v nvidia-smi > /dev/null; then
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+    else
+        echo "no nvidia-smi"
+    fi
     "$py" -c "import sys, torch, open_clip; print('python', sys.version.split()[0], '| torch', torch.__version__,
 '| CUDA', torch.version.cuda, '| cuDNN', torch.backends.cudnn.version(), '| open_clip', open_clip.__version__,
 '| GPUs', torch.cuda.device_count())" 2>&1
