@@ -33,7 +33,7 @@ from datasets.build import build_train_loader
 from model.build import build_criterion, build_model
 from processor.trainer import move_batch
 from utils.cli import describe
-from utils.distributed import cleanup, data_parallel, init_distributed
+from utils.distributed import cleanup, data_parallel, init_distributed, loss_collective
 from utils.reproducibility import set_tf32
 
 # A tiny CLIP on 32 x 16 images, global batch 12 (2 or 3 processes split it evenly).
@@ -61,8 +61,9 @@ def one_step(root: str, overrides: list, info, dtype: torch.dtype) -> dict:
     loader, num_classes = build_train_loader(cfg, info.rank, info.world_size)
     loader.sampler.set_epoch(1)
     model = build_model(cfg, num_classes).to(info.device, dtype)
-    criterion = build_criterion(cfg)
-    model = data_parallel(model, criterion, info, cfg.train.global_batch_losses)  # as processor.training.Training does
+    # as processor.training.Training does
+    criterion = build_criterion(cfg, loss_collective(info, cfg.train.global_batch_losses))
+    model = data_parallel(model, info)
     batch = {key: value.to(dtype) if value.is_floating_point() else value for key, value in next(iter(loader)).items()}
     batch = move_batch(batch, info.device)
     terms, metrics = criterion(model(batch), batch)

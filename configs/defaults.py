@@ -13,6 +13,8 @@ from typing import Dict, Iterable, List, Tuple
 # The reference tokenizer's vocabulary (datasets/tokenizer.py builds it and checks its length):
 # the text tower's token embedding and the MLM classes of random-init models.
 VOCAB_SIZE = 49408
+# CLIP's text context: the tokens per caption (data.text_length) and the text tower's positions.
+CONTEXT_LENGTH = 77
 
 
 @dataclass
@@ -33,7 +35,7 @@ class ModelConfig:
     patch_size: int = 16
     text_width: int = 512
     text_layers: int = 12
-    context_length: int = 77
+    context_length: int = CONTEXT_LENGTH
     vocab_size: int = VOCAB_SIZE
     temperature: float = 0.02  # fixed; logit scale = 1 / temperature = 50
     cmt_depth: int = 4  # layers of the IRR cross-modal transformer
@@ -100,7 +102,7 @@ class LossSpec:
     settings are: the heads ``model.build.build_model`` adds ("id_classifier", "irr"), whether
     the batches carry MLM-masked captions (``mlm_ids``, ``mlm_labels``; ``datasets.build``)
     and the sections of :class:`Config` holding its settings (each passed whole to
-    ``model.loss.FMFALoss`` under the section's name, a field there without a default)."""
+    ``model.loss.FMFALoss`` under the section's name; one left out is an error there)."""
 
     heads: Tuple[str, ...] = ()
     masked_captions: bool = False
@@ -115,7 +117,8 @@ class LossSpec:
 
 
 # The losses that loss.names may enable: the one table of their needs and settings; their
-# functions are model/loss.py's LOSSES under the same names (a mismatch fails at import).
+# functions are model/objectives.py's LOSSES under the same names (a mismatch fails at import).
+# The three files a new loss touches: model/loss.py's docstring.
 LOSS_SPECS = {
     "itc": LossSpec(),
     "sdm": LossSpec(),
@@ -158,7 +161,7 @@ class DataConfig:
     # (A-SDM, ID, EFA) see the masked caption too (caption_ids == mlm_ids) and the text tower
     # runs once per batch; false = the clean caption for the global losses (the papers' text).
     share_masked_caption: bool = True
-    text_length: int = 77
+    text_length: int = CONTEXT_LENGTH
     num_workers: int = 8
     pin_memory: bool = True
     persistent_workers: bool = True

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from datasets.readers import DataError, EvalSet, TrainPairs
-from datasets.tokenizer import MASK_ID, tokenize
+from datasets.tokenizer import CONTEXT_LENGTH, MASK_ID, tokenize
 
 MLM_PROBABILITY = 0.15
 SampleKey = Union[int, Tuple[int, int]]
@@ -87,7 +87,7 @@ class ImageTextMLMDataset(Dataset):
         self,
         pairs: TrainPairs,
         transform: Callable,
-        text_length: int = 77,
+        text_length: int = CONTEXT_LENGTH,
         seed: int = 0,
         masked_language: bool = True,
         share_masked_caption: bool = False,
@@ -143,7 +143,7 @@ class ImageDataset(Dataset):
 class TextDataset(Dataset):
     """Caption queries of an evaluation split -> (pid, token ids [text_length])."""
 
-    def __init__(self, eval_set: EvalSet, text_length: int = 77):
+    def __init__(self, eval_set: EvalSet, text_length: int = CONTEXT_LENGTH):
         self.pids = torch.tensor(eval_set.caption_pids, dtype=torch.long)
         self.tokens = tokenize_captions(eval_set.captions, text_length)
 

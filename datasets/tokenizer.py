@@ -23,12 +23,11 @@ import regex
 import torch
 from open_clip.tokenizer import SimpleTokenizer, bytes_to_unicode, default_bpe, get_clean_fn
 
-from configs.defaults import VOCAB_SIZE
+from configs.defaults import CONTEXT_LENGTH, VOCAB_SIZE
 
 MASK_ID = 49405
 SOT_ID = 49406
 EOT_ID = 49407
-CONTEXT_LENGTH = 77
 
 _MASK, _SOT, _EOT = "<|mask|>", "<|startoftext|>", "<|endoftext|>"
 _NUM_MERGES = 49152 - 256 - 2  # the merges CLIP uses, as in open_clip

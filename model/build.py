@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -16,7 +16,7 @@ from configs.validation import validate
 from .clip import ClipArch, arch_from_state_dict, build_clip, clip_from_state_dict, create_clip, fit_position_embedding
 from .clip_weights import clean_clip_state_dict, is_torchscript_archive, read_clip_state_dict
 from .fmfa import FMFA, head_arguments, head_arguments_in
-from .loss import FMFALoss
+from .loss import Collective, FMFALoss
 from .weights_file import (
     FMFA_PREFIX,
     LAYOUTS,
@@ -38,12 +38,15 @@ def arch_from_config(cfg: Config) -> ClipArch:
     return ClipArch(**{f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(ClipArch)})
 
 
-def build_criterion(cfg: Config) -> FMFALoss:
+def build_criterion(cfg: Config, collective: Optional[Collective] = None) -> FMFALoss:
     """The training losses of ``cfg``: ``criterion(model(batch), batch) -> (terms, metrics)``.
+    ``collective``: the process group the batch-coupled losses gather over under torchrun
+    (``utils.distributed.loss_collective``); None = this process's batch alone.
     A config that fails :func:`configs.validation.validate` is refused (ConfigError)."""
     validate(cfg)
     settings = {section: getattr(cfg, section) for section in LOSS_SETTINGS}
-    return FMFALoss(list(cfg.loss.names), dict(cfg.loss.weights), logit_scale=1.0 / cfg.model.temperature, **settings)
+    logit_scale = 1.0 / cfg.model.temperature
+    return FMFALoss(cfg.loss.names, cfg.loss.weights, logit_scale=logit_scale, collective=collective, **settings)
 
 
 def build_model(cfg: Config, num_classes: int) -> FMFA:

@@ -2,7 +2,8 @@
 Which heads, of which sizes, a config or a state dict asks for: :func:`head_arguments`,
 :func:`head_arguments_in`.
 
-The losses live beside it, in :mod:`model.loss`: ``criterion(model(batch), batch)``.
+The losses live beside it (:mod:`model.objectives`, composed by :mod:`model.loss`):
+``criterion(model(batch), batch)``; a new loss's head goes here.
 
 Attribute names (``base_model``, ``classifier``, ``cross_attn``,
 ``cross_modal_transformer``, ``ln_pre_t``, ``ln_pre_i``, ``ln_post``, ``mlm_head``)

@@ -4,16 +4,16 @@
 name to its weighted scalar (their sum is the training loss), ``metrics`` holds detached
 accuracies for the log. Built from a config by ``model.build.build_criterion``.
 
-Adding a loss: a pure function in :mod:`model.objectives`, one entry in :data:`LOSSES`
-below, and its row in ``configs.defaults.LOSS_SPECS`` (its needs, and its settings
-section with defaults and allowed values; the names must agree, a mismatch fails at
-import); a settings section is a field of :class:`FMFALoss`; a new head goes in
-:mod:`model.fmfa`, with its arguments from a config and from weights
-(``head_arguments``, ``head_arguments_in``).
+Adding a loss touches three files: its pure function and its row of :data:`LOSSES` (how
+it is fed from the model's outputs) in :mod:`model.objectives`; its row of
+``configs.defaults.LOSS_SPECS`` (heads, masked captions, settings section), with the
+section's dataclass and :class:`Config` field, in ``configs/defaults.py``; a head it needs
+in :mod:`model.fmfa` (the module, its forward output, ``head_arguments`` and
+``head_arguments_in``). Nothing here names a loss or a setting.
 
 Several processes (torchrun): with ``collective`` set, every batch-coupled loss (SDM/A-SDM,
 ITC, CMPM, EFA) is computed over the global batch (each process's rows against the
-gathered columns, :class:`model.objectives.Shard`), ID and MLM are means over the global
+gathered columns, :class:`model.shard.Shard`), ID and MLM are means over the global
 batch, and every term's *value* is the global one on every process while its gradient is
 this process's share: after DDP averages the gradients, the step is the one-process step
 on the same global batch.
@@ -21,17 +21,16 @@ on the same global batch.
 
 from __future__ import annotations
 
-from dataclasses import KW_ONLY, asdict, dataclass
-from typing import Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple
 
 import torch
 
-from configs.defaults import LOSS_NAMES, AsdmConfig, EfaConfig
+from configs.defaults import LOSS_SETTINGS
 
-from . import objectives
+from .objectives import LOSSES
+from .shard import Shard
 
 Tensors = Dict[str, torch.Tensor]
-Term = Tuple[torch.Tensor, Tensors]  # (unweighted loss, metrics)
 
 
 class Collective(Protocol):
@@ -47,37 +46,58 @@ class Collective(Protocol):
         """Element-wise sum over processes, no gradient."""
 
 
-@dataclass
 class FMFALoss:
-    """Loss names, weights and settings (A-SDM, EFA, temperature) of a training run.
+    """Loss names, weights and settings (the temperature's logit scale, and every settings
+    section of ``configs.defaults.LOSS_SPECS`` by its name, e.g. ``asdm=``, ``efa=``) of a
+    training run; each section is then an attribute (``criterion.efa``).
 
-    Every setting is given (no defaults here: one left out is a TypeError when the
-    criterion is built, never a silent value); the settings sections are those of
-    ``configs.defaults.LOSS_SPECS``, under the same names.
+    Every setting is given (no defaults here: a section left out, or one the table does not
+    name, is a TypeError when the criterion is built, never a silent value).
 
     ``collective``: under torchrun, the process group; the losses are then those of the
     global batch (module docstring). None = this process's batch alone (one process, or
     ``train.global_batch_losses=false``).
     """
 
-    names: List[str]
-    weights: Dict[str, float]
-    _: KW_ONLY
-    logit_scale: float
-    asdm: AsdmConfig
-    efa: EfaConfig
-    collective: Optional[Collective] = None
+    def __init__(
+        self,
+        names: Iterable[str],
+        weights: Mapping[str, float],
+        *,
+        logit_scale: float,
+        collective: Optional[Collective] = None,
+        **settings: Any,
+    ):
+        missing = [section for section in LOSS_SETTINGS if section not in settings]
+        unknown = [section for section in settings if section not in LOSS_SETTINGS]
+        if missing or unknown:
+            raise TypeError(
+                f"FMFALoss takes each loss settings section of configs.defaults.LOSS_SPECS "
+                f"({', '.join(LOSS_SETTINGS)}) once: missing {missing}, not in the table {unknown}"
+            )
+        self.names: List[str] = list(names)
+        self.weights: Dict[str, float] = dict(weights)
+        self.logit_scale = logit_scale
+        self.collective = collective
+        self.settings: Dict[str, Any] = dict(settings)
+
+    def __getattr__(self, name: str) -> Any:
+        """A settings section by its name (called only for names that are not attributes)."""
+        settings = self.__dict__.get("settings", {})
+        if name in settings:
+            return settings[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or settings section {name!r}")
 
     def weight(self, name: str) -> float:
         return float(self.weights.get(name, 1.0))
 
     @property
-    def shard(self) -> Optional[objectives.Shard]:
+    def shard(self) -> Optional[Shard]:
         """How this process's batch sits in the global batch (None: it is the whole batch)."""
         group = self.collective
         if group is None or group.world_size == 1:
             return None
-        return objectives.Shard(group.gather, group.rank)
+        return Shard(group.gather, group.rank)
 
     def __call__(self, outputs: Tensors, batch: Tensors) -> Tuple[Tensors, Tensors]:
         """Weighted loss terms by name and detached metrics, in float32 outside autocast
@@ -118,67 +138,3 @@ def at_least_float32(value: torch.Tensor) -> torch.Tensor:
     if not value.is_floating_point():
         return value
     return value.to(torch.promote_types(value.dtype, torch.float32))
-
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(dim=1) == labels).float().mean()
-
-
-def _sdm(loss: FMFALoss, out: Tensors, batch: Tensors, adaptive: bool = False) -> Term:
-    return objectives.sdm_loss(
-        out["image_feats"],
-        out["text_feats"],
-        batch["pids"],
-        loss.logit_scale,
-        adaptive=adaptive,
-        adaptive_factor=loss.asdm.factor,
-        adaptive_mode=loss.asdm.mode,
-        shard=loss.shard,
-    ), {}
-
-
-def _asdm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
-    return _sdm(loss, out, batch, adaptive=True)
-
-
-def _itc(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
-    return objectives.itc_loss(out["image_feats"], out["text_feats"], loss.logit_scale, shard=loss.shard), {}
-
-
-def _cmpm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
-    return objectives.cmpm_loss(out["image_feats"], out["text_feats"], batch["pids"], shard=loss.shard), {}
-
-
-def _id(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
-    # Every process holds the same number of samples, so the mean of their means is global.
-    pids = batch["pids"]
-    value = objectives.id_loss(out["image_logits"], out["text_logits"], pids)
-    return value, {"img_acc": _accuracy(out["image_logits"], pids), "txt_acc": _accuracy(out["text_logits"], pids)}
-
-
-def _mlm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
-    # The processes' captions carry different numbers of masked tokens: weight by the count.
-    scores, labels = out["mlm_scores"], out["mlm_labels"]
-    share = loss.global_share(labels.shape[0], scores.device)
-    return objectives.mlm_loss(scores, labels) * share, {"mlm_acc": _accuracy(scores, labels) * share}
-
-
-def _efa(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
-    # every EFA setting, by its name: none can be left to efa_loss's default
-    return objectives.efa_loss(out["text_tokens"], out["image_tokens"], **asdict(loss.efa), shard=loss.shard), {}
-
-
-LOSSES: Dict[str, Callable[[FMFALoss, Tensors, Tensors], Term]] = {
-    "itc": _itc,
-    "sdm": _sdm,
-    "a-sdm": _asdm,
-    "cmpm": _cmpm,
-    "id": _id,
-    "mlm": _mlm,
-    "efa": _efa,
-}
-if set(LOSSES) != set(LOSS_NAMES):
-    raise ImportError(
-        f"model.loss.LOSSES {sorted(LOSSES)} and configs.defaults.LOSS_NAMES "
-        f"{sorted(LOSS_NAMES)} must name the same losses"
-    )

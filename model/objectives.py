@@ -7,48 +7,30 @@ The batch-coupled losses (SDM/A-SDM, ITC, CMPM, EFA) also take a :class:`Shard` 
 batch is split over processes: each process then scores its own R = B / N rows against the
 gathered columns of the whole batch and returns its share, so that the mean of the N shares
 is the loss of the whole batch (value and, after DDP's gradient averaging, gradient).
+
+At the end, :data:`LOSSES`: how each loss that ``loss.names`` may enable is fed from the
+model's outputs, the batch and the criterion's settings (``model.loss.FMFALoss`` composes them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from configs.defaults import ASDM_MODES, AsdmConfig, EfaConfig
+from configs.defaults import ASDM_MODES, LOSS_NAMES, AsdmConfig, EfaConfig
 
 from .max_similarity import max_dot_product
+from .shard import Shard, columns_of, first_row_of
+
+if TYPE_CHECKING:
+    from .loss import FMFALoss
 
 EPSILON = 1e-8
 # The settings' defaults are the config's (configs/defaults.py), written there once.
 ASDM_DEFAULTS, EFA_DEFAULTS = AsdmConfig(), EfaConfig()
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's rows of a batch split over processes in equal shares, rank 0's first
-    (the order of the one-process batch); ``rank``: this process's place.
-
-    ``gather``: [R, ...] -> [B, ...], the concatenation of every process's tensor in rank
-    order, differentiable (its backward sums each process's gradients back to the owner).
-    """
-
-    gather: Callable[[torch.Tensor], torch.Tensor]
-    rank: int
-
-    def first_row(self, rows: int) -> int:
-        return self.rank * rows
-
-
-def _columns(shard: Optional[Shard], *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """The whole batch's version of each of this process's tensors (the same on one process)."""
-    return tensors if shard is None else tuple(shard.gather(x) for x in tensors)
-
-
-def _first_row(shard: Optional[Shard], rows: int) -> int:
-    return 0 if shard is None else shard.first_row(rows)
 
 
 def _same_identity(row_pids: torch.Tensor, col_pids: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -111,8 +93,8 @@ def sdm_loss(
     Returns:
         KL(i2t) + KL(t2i), each the mean over rows (weighted per row when adaptive).
     """
-    image_cols, text_cols, col_pids = _columns(shard, image_feats, text_feats, pids)
-    first = _first_row(shard, image_feats.shape[0])
+    image_cols, text_cols, col_pids = columns_of(shard, image_feats, text_feats, pids)
+    first = first_row_of(shard, image_feats.shape[0])
     targets = _identity_targets(pids, col_pids)
     log_targets = torch.log(targets + EPSILON)
     loss = image_feats.new_zeros(())
@@ -137,8 +119,8 @@ def itc_loss(
     shard: Optional[Shard] = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over the batch, [R, D] x 2 -> mean of the two directions."""
-    image_cols, text_cols = _columns(shard, image_feats, text_feats)
-    labels = torch.arange(image_feats.shape[0], device=image_feats.device) + _first_row(shard, image_feats.shape[0])
+    image_cols, text_cols = columns_of(shard, image_feats, text_feats)
+    labels = torch.arange(image_feats.shape[0], device=image_feats.device) + first_row_of(shard, image_feats.shape[0])
     loss = image_feats.new_zeros(())
     for rows, cols in ((image_feats, text_cols), (text_feats, image_cols)):
         logits = logit_scale * F.normalize(rows, dim=1, eps=0.0) @ F.normalize(cols, dim=1, eps=0.0).t()
@@ -154,7 +136,7 @@ def cmpm_loss(
     Each embedding is projected on the *normalised* embeddings of the other modality;
     the target rows are the identity mask divided by its L2 norm.
     """
-    image_cols, text_cols, col_pids = _columns(shard, image_feats, text_feats, pids)
+    image_cols, text_cols, col_pids = columns_of(shard, image_feats, text_feats, pids)
     same = _same_identity(pids, col_pids)
     log_targets = torch.log(same / same.norm(dim=1, keepdim=True) + EPSILON)
     image_proj_text = image_feats @ F.normalize(text_cols, dim=1, eps=0.0).t()
@@ -249,10 +231,71 @@ def efa_loss(
     """
     patches = image_tokens[:, 1:]
     targets = F.normalize(language_grouped_vision(text_tokens, patches, threshold), dim=-1)
-    (all_targets,) = _columns(shard, targets)
+    (all_targets,) = columns_of(shard, targets)
     loss = text_tokens.new_zeros(())
     for tokens, margin in ((text_tokens, text_margin), (patches, image_margin)):
         sims = _set_similarity(tokens, all_targets, lse_lambda, block_elems)
-        (all_sims,) = _columns(shard, sims)
-        loss = loss + _ranking_cost(all_sims, margin, _first_row(shard, sims.shape[0]), sims.shape[0])
+        (all_sims,) = columns_of(shard, sims)
+        loss = loss + _ranking_cost(all_sims, margin, first_row_of(shard, sims.shape[0]), sims.shape[0])
     return loss
+
+
+# ---- The losses' table: each loss fed from the model's outputs and the batch ----------------
+Tensors = Dict[str, torch.Tensor]
+Term = Tuple[torch.Tensor, Tensors]  # (unweighted loss, detached metrics)
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(dim=1) == labels).float().mean()
+
+
+def _sdm(loss: FMFALoss, out: Tensors, batch: Tensors, adaptive: bool = False) -> Term:
+    image_feats, text_feats, pids, asdm = out["image_feats"], out["text_feats"], batch["pids"], loss.asdm
+    settings = dict(adaptive=adaptive, adaptive_factor=asdm.factor, adaptive_mode=asdm.mode, shard=loss.shard)
+    return sdm_loss(image_feats, text_feats, pids, loss.logit_scale, **settings), {}
+
+
+def _asdm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    return _sdm(loss, out, batch, adaptive=True)
+
+
+def _itc(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    return itc_loss(out["image_feats"], out["text_feats"], loss.logit_scale, shard=loss.shard), {}
+
+
+def _cmpm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    return cmpm_loss(out["image_feats"], out["text_feats"], batch["pids"], shard=loss.shard), {}
+
+
+def _id(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    # Every process holds the same number of samples, so the mean of their means is global.
+    image_logits, text_logits, pids = out["image_logits"], out["text_logits"], batch["pids"]
+    accuracies = {"img_acc": _accuracy(image_logits, pids), "txt_acc": _accuracy(text_logits, pids)}
+    return id_loss(image_logits, text_logits, pids), accuracies
+
+
+def _mlm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    # The processes' captions carry different numbers of masked tokens: weight by the count.
+    scores, labels = out["mlm_scores"], out["mlm_labels"]
+    share = loss.global_share(labels.shape[0], scores.device)
+    return mlm_loss(scores, labels) * share, {"mlm_acc": _accuracy(scores, labels) * share}
+
+
+def _efa(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    # every EFA setting, by its name: none can be left to efa_loss's default
+    return efa_loss(out["text_tokens"], out["image_tokens"], **asdict(loss.efa), shard=loss.shard), {}
+
+
+LOSSES: Dict[str, Callable[[FMFALoss, Tensors, Tensors], Term]] = {
+    "itc": _itc,
+    "sdm": _sdm,
+    "a-sdm": _asdm,
+    "cmpm": _cmpm,
+    "id": _id,
+    "mlm": _mlm,
+    "efa": _efa,
+}
+if set(LOSSES) != set(LOSS_NAMES):
+    raise ImportError(
+        f"model.objectives.LOSSES {sorted(LOSSES)} and configs.defaults.LOSS_SPECS {sorted(LOSS_NAMES)} differ"
+    )

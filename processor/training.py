@@ -19,7 +19,7 @@ from processor.precision import Precision
 from processor.run_keeper import RunKeeper
 from processor.trainer import EpochReport, Stepper, train_one_epoch
 from solver import build_lr_scheduler, build_optimizer
-from utils.distributed import DistInfo, barrier, data_parallel
+from utils.distributed import DistInfo, barrier, data_parallel, loss_collective
 from utils.memory import memory_figures, take_gpu_peak_mb
 from utils.metrics import SELECTION_TASK
 from utils.run_info import log_run_start
@@ -39,11 +39,11 @@ class Training:
             log_statistics([read_dataset(cfg.data.root, cfg.data.dataset)])
         self.loader, num_classes = build_train_loader(cfg, info.rank, info.world_size)
         model = self.precision.prepare_model(build_model(cfg, num_classes)).to(info.device)
-        criterion = build_criterion(cfg)
+        criterion = build_criterion(cfg, loss_collective(info, cfg.train.global_batch_losses))
         keeper.check_space(model)
         if info.is_main:
             log_run_start(model, info.device)
-        train_model = data_parallel(model, criterion, info, cfg.train.global_batch_losses)
+        train_model = data_parallel(model, info)
         if cfg.train.compile:
             train_model = torch.compile(train_model)
         optimizer = build_optimizer(model, cfg.solver)

@@ -18,7 +18,6 @@ layer norms, so all four modes run here as they would on a GPU (values differ by
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import re
 import textwrap
@@ -178,7 +177,8 @@ def _uncast_criterion(criterion: FMFALoss) -> FMFALoss:
     namespace = dict(vars(loss_module))
     exec(compile(mutated, f"<{loss_module.__file__} without the cast>", "exec"), namespace)
     mutant_class = type("UncastFMFALoss", (FMFALoss,), {"__call__": namespace["__call__"]})
-    return mutant_class(**{f.name: getattr(criterion, f.name) for f in dataclasses.fields(criterion)})
+    settings = dict(logit_scale=criterion.logit_scale, collective=criterion.collective, **criterion.settings)
+    return mutant_class(criterion.names, criterion.weights, **settings)
 
 
 @pytest.mark.parametrize("mode", ["amp_bf16", "amp_fp16", "pure_fp16"])

@@ -200,14 +200,17 @@ class ProcessGroupCollective:
         return total
 
 
-def data_parallel(model: torch.nn.Module, criterion, info: DistInfo, global_batch_losses: bool) -> torch.nn.Module:
-    """The module to train: ``model`` itself on one process; under torchrun ``model`` in DDP,
-    with ``criterion`` (a :class:`model.loss.FMFALoss`) scoring the global batch when
-    ``global_batch_losses`` (train.global_batch_losses)."""
+def loss_collective(info: DistInfo, global_batch_losses: bool) -> Optional[ProcessGroupCollective]:
+    """What the criterion's batch-coupled losses gather over (``model.build.build_criterion``'s
+    ``collective``): the process group under torchrun when ``global_batch_losses``
+    (train.global_batch_losses); None = each process's own batch."""
+    return ProcessGroupCollective() if info.distributed and global_batch_losses else None
+
+
+def data_parallel(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """The module to train: ``model`` itself on one process, ``model`` in DDP under torchrun."""
     if not info.distributed:
         return model
-    if global_batch_losses:
-        criterion.collective = ProcessGroupCollective()
     return DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 
 

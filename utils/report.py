@@ -11,29 +11,31 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
-import os
 import statistics
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-import yaml
 from prettytable import PrettyTable, TableStyle
 
-from configs.errors import UserError
 from utils.cli import describe, report_user_errors
-from utils.io import read_metrics_rows, write_text_atomic, write_with
-from utils.metrics import METRICS, SELECTION_METRIC, SELECTION_TASK
-from utils.run_folder import CONFIG_FILE, METRICS_FILE, WHERE_KEYS
+from utils.io import write_text_atomic, write_with
+from utils.metrics import METRICS
+from utils.run_results import (
+    ReportError,
+    RunResult,
+    differing_keys,
+    find_runs,
+    group_runs,
+    is_number,
+    read_run,
+    run_labels,
+)
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("run", "dataset", "split", *METRICS, "epoch", "state")
-# Where a run was written (and its seed): neither a column nor a reason to keep runs apart.
-IGNORED_KEYS = frozenset(WHERE_KEYS | {"train.name", "train.seed"})
 PAPER_LABEL = "paper (FMFA)"
 PAPER = {  # the paper's text-to-image results (test split; mINP not reported)
     "CUHK-PEDES": {"R1": 74.16, "R5": 90.12, "R10": 94.10, "mAP": 66.66},
@@ -54,143 +56,7 @@ ABLATION_COLUMN = "paper R1 (ablation)"
 NOT_IN_PAPER = "extra (not in the paper)"
 
 
-class ReportError(UserError):
-    """A problem with the command line's folders or output files (exit status 2)."""
-
-
-@dataclass
-class RunResult:
-    """A run folder as the report reads it: its config and metrics rows, or why it cannot be read."""
-
-    folder: Path
-    config: Dict[str, Any] = field(default_factory=dict)  # dotted keys, e.g. "loss.names"
-    rows: List[dict] = field(default_factory=list)  # metrics.jsonl
-    error: str = ""  # why the run cannot be read ("" = it can)
-
-    @property
-    def dataset(self) -> str:
-        return str(self.config.get("data.dataset", ""))
-
-    @property
-    def split(self) -> str:
-        return str(self.config.get("eval.split", "test"))
-
-    def value(self, key: str) -> str:
-        """A config value as text ("-" when the key is absent)."""
-        value = self.config.get(key, "-")
-        if key == "loss.names" and isinstance(value, list):
-            return "+".join(map(str, value))  # as written on the command line
-        return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-
-    def curve(self, split: Optional[str] = None) -> Dict[int, dict]:
-        """The t2i rows of the run's dataset on ``split`` (default: the selection split) by
-        epoch; a later row of the same epoch replaces an earlier one."""
-        wanted = (self.dataset, split or self.split, SELECTION_TASK)
-        return {row["epoch"]: row for row in self.rows if (row["dataset"], row["split"], row["task"]) == wanted}
-
-    def selected_epoch(self) -> Optional[int]:
-        trained = [row for epoch, row in self.curve().items() if epoch > 0]
-        return max(trained, key=lambda row: (row[SELECTION_METRIC], -row["epoch"]))["epoch"] if trained else None
-
-    def state(self) -> str:
-        if self.error:
-            return f"unreadable: {self.error}"
-        if not self.rows:
-            return "no metrics yet"
-        curve = self.curve()
-        if not curve:
-            return f"no {self.dataset} {self.split} t2i rows"
-        last, total = max(curve), self.config.get("solver.epochs")
-        return "done" if isinstance(total, int) and last >= total else f"epoch {last}/{total}"
-
-
-# ---------------------------------------------------------------------------------- reading
-
-
-def find_runs(dirs: Sequence[str | Path]) -> List[Path]:
-    """Every folder holding a config.yaml under ``dirs`` (a DIR may be a run itself), sorted."""
-    found: Dict[Path, None] = {}
-    for directory in map(Path, dirs):
-        if not directory.is_dir():
-            raise ReportError(f"{directory}: no such folder")
-        runs = sorted(path.parent.resolve() for path in directory.rglob(CONFIG_FILE) if path.is_file())
-        if not runs:
-            raise ReportError(f"{directory}: no run folder (a folder holding {CONFIG_FILE}) found")
-        found.update(dict.fromkeys(runs))
-    return list(found)
-
-
-def flatten(config: Dict[str, Any]) -> Dict[str, Any]:
-    """``{"loss": {"names": x}}`` -> ``{"loss.names": x}`` (one level: the config sections)."""
-    flat: Dict[str, Any] = {}
-    for section, values in config.items():
-        flat.update(
-            {f"{section}.{key}": value for key, value in values.items()}
-            if isinstance(values, dict)
-            else {str(section): values}
-        )
-    return flat
-
-
-def _yaml_reason(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    return f"invalid YAML: {problem}" + (f" (line {mark.line + 1})" if mark is not None else "")
-
-
-def read_run(folder: str | Path) -> RunResult:
-    """The run's config and metrics; a config that cannot be read gives a run with ``error``."""
-    run = RunResult(Path(folder))
-    try:
-        tree = yaml.safe_load((run.folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        return RunResult(run.folder, error=_yaml_reason(error))
-    except (OSError, UnicodeDecodeError) as error:
-        return RunResult(run.folder, error=f"{CONFIG_FILE}: {error}")
-    if not isinstance(tree, dict):
-        return RunResult(run.folder, error=f"{CONFIG_FILE} is not a mapping of config sections")
-    run.config = flatten(tree)
-    if not run.dataset:
-        return RunResult(run.folder, error=f"{CONFIG_FILE} has no data.dataset")
-    try:
-        rows = read_metrics_rows(run.folder / METRICS_FILE)
-        run.rows = [row for row in rows if isinstance(row["epoch"], int) and _number(row[SELECTION_METRIC])]
-    except (OSError, UnicodeDecodeError) as error:
-        run.error = f"{METRICS_FILE}: {error}"
-    return run
-
-
 # --------------------------------------------------------------------------------- the rows
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def differing_keys(runs: Sequence[RunResult]) -> List[str]:
-    """Config keys (not the ignored ones) whose values differ between the readable runs."""
-    readable = [run for run in runs if not run.error]
-    keys = dict.fromkeys(key for run in readable for key in run.config if key not in IGNORED_KEYS)
-    return [key for key in keys if len({run.value(key) for run in readable}) > 1]
-
-
-def group_runs(runs: Sequence[RunResult]) -> List[List[RunResult]]:
-    """Runs with the same config but for the ignored keys (and alike in having metrics or
-    not); an unreadable run is a group of its own. Groups in the order of their first run."""
-    groups: Dict[Any, List[RunResult]] = {}
-    for run in runs:
-        same = tuple((key, run.value(key)) for key in sorted(run.config) if key not in IGNORED_KEYS)
-        key = run.folder if run.error else (run.selected_epoch() is None, same)
-        groups.setdefault(key, []).append(run)
-    return list(groups.values())
-
-
-def run_labels(runs: Sequence[RunResult]) -> Dict[Path, str]:
-    """Each run's folder relative to the runs' common parent."""
-    folders = [run.folder.resolve() for run in runs]
-    common = Path(os.path.commonpath(folders)) if folders else Path()
-    common = common.parent if common in folders else common
-    return {run.folder: folder.relative_to(common).as_posix() for run, folder in zip(runs, folders)}
 
 
 def _statistic(values: List[float]) -> str:
@@ -202,7 +68,7 @@ def _statistic(values: List[float]) -> str:
 def _metric_row(base: Dict[str, str], split: str, picked: List[dict]) -> Dict[str, str]:
     """One row: each metric over the runs' rows ``picked``; the epoch, or each run's epoch."""
     epochs = [str(row["epoch"]) for row in picked]
-    values = {name: _statistic([float(row[name]) for row in picked if _number(row.get(name))]) for name in METRICS}
+    values = {name: _statistic([float(row[name]) for row in picked if is_number(row.get(name))]) for name in METRICS}
     return {**base, "split": split, **values, "epoch": epochs[0] if len(set(epochs)) == 1 else ", ".join(epochs)}
 
 
@@ -296,7 +162,7 @@ def curve_labels(runs: Sequence[RunResult]) -> Dict[Path, str]:
 def _draw_run(axes, run: RunResult, colour: str, label: str) -> None:
     curve, best = run.curve(), run.selected_epoch()
     for axis, metric in zip(axes, ("R1", "mAP")):
-        points = dict(sorted((epoch, row[metric]) for epoch, row in curve.items() if _number(row.get(metric))))
+        points = dict(sorted((epoch, row[metric]) for epoch, row in curve.items() if is_number(row.get(metric))))
         axis.plot(list(points), list(points.values()), marker=".", color=colour, label=label)
         if best in points:
             axis.plot(best, points[best], "o", ms=9, mfc="none", color=colour)
