@@ -15,7 +15,7 @@ model's outputs, the batch and the criterion's settings (``model.loss.FMFALoss``
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +24,6 @@ from configs.defaults import ASDM_MODES, LOSS_NAMES, AsdmConfig, EfaConfig
 
 from .max_similarity import max_dot_product
 from .shard import Shard, columns_of, first_row_of
-
-if TYPE_CHECKING:
-    from .loss import FMFALoss
 
 EPSILON = 1e-8
 # The settings' defaults are the config's (configs/defaults.py), written there once.
@@ -245,48 +242,60 @@ Tensors = Dict[str, torch.Tensor]
 Term = Tuple[torch.Tensor, Tensors]  # (unweighted loss, detached metrics)
 
 
+class Criterion(Protocol):
+    """What a loss's row reads from the criterion (``model.loss.FMFALoss``): its settings
+    sections by name (``loss.asdm``, ``loss.efa``), the logit scale, this process's shard."""
+
+    logit_scale: float
+    shard: Optional[Shard]
+
+    def global_share(self, count: int, device: torch.device) -> torch.Tensor: ...
+
+    def __getattr__(self, section: str) -> Any: ...
+
+
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == labels).float().mean()
 
 
-def _sdm(loss: FMFALoss, out: Tensors, batch: Tensors, adaptive: bool = False) -> Term:
+def _sdm(loss: Criterion, out: Tensors, batch: Tensors, adaptive: bool = False) -> Term:
     image_feats, text_feats, pids, asdm = out["image_feats"], out["text_feats"], batch["pids"], loss.asdm
     settings = dict(adaptive=adaptive, adaptive_factor=asdm.factor, adaptive_mode=asdm.mode, shard=loss.shard)
     return sdm_loss(image_feats, text_feats, pids, loss.logit_scale, **settings), {}
 
 
-def _asdm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+def _asdm(loss: Criterion, out: Tensors, batch: Tensors) -> Term:
     return _sdm(loss, out, batch, adaptive=True)
 
 
-def _itc(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+def _itc(loss: Criterion, out: Tensors, batch: Tensors) -> Term:
     return itc_loss(out["image_feats"], out["text_feats"], loss.logit_scale, shard=loss.shard), {}
 
 
-def _cmpm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+def _cmpm(loss: Criterion, out: Tensors, batch: Tensors) -> Term:
     return cmpm_loss(out["image_feats"], out["text_feats"], batch["pids"], shard=loss.shard), {}
 
 
-def _id(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+def _id(loss: Criterion, out: Tensors, batch: Tensors) -> Term:
     # Every process holds the same number of samples, so the mean of their means is global.
     image_logits, text_logits, pids = out["image_logits"], out["text_logits"], batch["pids"]
     accuracies = {"img_acc": _accuracy(image_logits, pids), "txt_acc": _accuracy(text_logits, pids)}
     return id_loss(image_logits, text_logits, pids), accuracies
 
 
-def _mlm(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+def _mlm(loss: Criterion, out: Tensors, batch: Tensors) -> Term:
     # The processes' captions carry different numbers of masked tokens: weight by the count.
     scores, labels = out["mlm_scores"], out["mlm_labels"]
     share = loss.global_share(labels.shape[0], scores.device)
     return mlm_loss(scores, labels) * share, {"mlm_acc": _accuracy(scores, labels) * share}
 
 
-def _efa(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+def _efa(loss: Criterion, out: Tensors, batch: Tensors) -> Term:
     # every EFA setting, by its name: none can be left to efa_loss's default
     return efa_loss(out["text_tokens"], out["image_tokens"], **asdict(loss.efa), shard=loss.shard), {}
 
 
-LOSSES: Dict[str, Callable[[FMFALoss, Tensors, Tensors], Term]] = {
+LOSSES: Dict[str, Callable[[Criterion, Tensors, Tensors], Term]] = {
     "itc": _itc,
     "sdm": _sdm,
     "a-sdm": _asdm,
