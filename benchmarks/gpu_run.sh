@@ -46,7 +46,16 @@ if ! "$py" -c "import open_clip, ftfy, prettytable" 2> /dev/null && compgen -G "
     export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-gpus=$("$py" -c "import torch; print(torch.cuda.device_count())" 2>> "$log" || echo 0)
+# One interpreter start for the versions line of the report and the GPU count.
+versions=$("$py" -c "import sys, torch
+try:
+    import open_clip; open_clip_version = open_clip.__version__
+except ImportError as error:
+    open_clip_version = f'missing ({error})'
+print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', torch.version.cuda,
+      '| cuDNN', torch.backends.cudnn.version(), '| open_clip', open_clip_version, '| GPUs', torch.cuda.device_count())
+" 2>&1)
+gpus=$(sed -n 's/.*| GPUs \([0-9]*\)$/\1/p' <<< "$versions")
 preset=${GPU_RUN_PRESET:-$([ "${gpus:-0}" -gt 0 ] && echo gpu || echo cpu)}
 scale=1  # section time limits are the GPU's; the CPU preset gets 3x (tiny sizes, but a CPU)
 if [ "$preset" = gpu ]; then
@@ -74,9 +83,7 @@ run_args=(--config configs/cuhk_pedes.yaml "${run_args[@]}" data.root="$work/dat
     else
         echo "no nvidia-smi"
     fi
-    "$py" -c "import sys, torch, open_clip; print('python', sys.version.split()[0], '| torch', torch.__version__,
-'| CUDA', torch.version.cuda, '| cuDNN', torch.backends.cudnn.version(), '| open_clip', open_clip.__version__,
-'| GPUs', torch.cuda.device_count())" 2>&1
+    printf '%s\n' "$versions"
     printf '```\n\n| section | exit | seconds |\n|---|---|---|\n'
 } > "$report"
 details=$(mktemp)
@@ -115,7 +122,7 @@ section() {
 }
 
 run="$work/run"
-section "a. CUDA tests" 0 150 "$py" -m pytest -q -p no:cacheprovider -k cuda tests
+section "a. CUDA tests" 0 150 "$py" -m pytest -q -p no:cacheprovider -o addopts=-ra -k cuda tests
 section "b. step pure_fp16" 0 120 "$py" -m benchmarks.train_step --modes pure_fp16 "${step_args[@]}"
 section "b. step pure_fp16 + grad checkpointing" 0 120 \
     "$py" -m benchmarks.train_step --modes pure_fp16 --grad-checkpointing "${step_args[@]}"

@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 import torch
@@ -27,6 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """The tests marked slow first, in their order: with one test at a time per worker
+    (pyproject.toml's addopts) the long ones run side by side from the start and the short
+    ones fill the gaps, so the workers finish together."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 
 COMPACT_GOLDEN = ROOT / "tests" / "golden"
 FULL_GOLDEN = Path(os.environ.get("FMFA_GOLDEN", ROOT.parent / "shared" / "golden"))

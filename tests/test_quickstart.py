@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import ROOT
 from train_fixtures import epoch_means
 
@@ -20,6 +21,7 @@ import train as train_cli
 from datasets.synthetic import generate
 
 
+@pytest.mark.slow
 def test_quickstart_recipe_learns_its_training_identities(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     generate(data, num_train_ids=60, num_val_ids=10, num_test_ids=20)
@@ -32,12 +34,13 @@ def test_quickstart_recipe_learns_its_training_identities(tmp_path):
         "solver.epochs=6",
         "solver.warmup_epochs=1",
         "eval.at_start=true",
+        "train.eval_period=6",  # evaluated untrained and at the end only
         "eval.split=train",
     ]
     assert train_cli.main(argv) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     t2i = {row["epoch"]: row for row in rows if row["task"] == "t2i" and row["split"] == "train"}
-    assert sorted(t2i) == [0, 1, 2, 3, 4, 5, 6]
+    assert sorted(t2i) == [0, 6]
     # Measured: R1 2.75 -> 22.25, mAP 4.76 -> 26.95 (chance level on 60 identities at epoch 0).
     assert t2i[6]["R1"] > t2i[0]["R1"] + 10 and t2i[6]["mAP"] > t2i[0]["mAP"] + 10, (t2i[0], t2i[6])
     losses = [means["loss"] for means in epoch_means(run)]
