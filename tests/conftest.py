@@ -29,7 +29,6 @@ if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
 
 
-
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
     """The tests marked slow first, in their order: with one test at a time per worker
     (pyproject.toml's addopts) the long ones run side by side from the start and the short
