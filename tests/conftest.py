@@ -30,10 +30,12 @@ if "OMP_NUM_THREADS" not in os.environ:
 
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
-    """The tests marked slow first, in their order: with one test at a time per worker
-    (pyproject.toml's addopts) the long ones run side by side from the start and the short
-    ones fill the gaps, so the workers finish together."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The files holding a test marked slow first, each file's tests kept together (module
+    fixtures are built once) and in their order: the long tests start early on the workers
+    (pyproject.toml's addopts) and the short ones, stolen by whichever worker is free, fill
+    the end, so the workers finish together."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 COMPACT_GOLDEN = ROOT / "tests" / "golden"

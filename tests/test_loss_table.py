@@ -50,7 +50,7 @@ def test_the_criterion_gets_the_configs_own_settings():
 
 def test_every_settings_section_is_a_config_section_the_criterion_holds_as_given():
     config_sections = {f.name for f in dataclasses.fields(Config)}
-    assert set(LOSS_SETTINGS) == {"asdm", "efa"}
+    assert {"asdm", "efa"} <= set(LOSS_SETTINGS)  # a new loss may add its own
     cfg = tiny_config()
     criterion = build_criterion(cfg)
     for section in LOSS_SETTINGS:
