@@ -23,7 +23,7 @@ from processor.checkpointing import TrainingParts
 from utils.distributed import DistInfo
 from utils.io import append_jsonl, drop_metrics_after, save_atomic, save_config
 from utils.logger import setup_logging
-from utils.metrics import SELECTION_METRIC
+from utils.metric_names import SELECTION_METRIC
 from utils.run_folder import (
     BEST,
     CONFIG_FILE,

@@ -21,7 +21,7 @@ from processor.trainer import EpochReport, Stepper, train_one_epoch
 from solver import build_lr_scheduler, build_optimizer
 from utils.distributed import DistInfo, barrier, data_parallel, loss_collective
 from utils.memory import memory_figures, take_gpu_peak_mb
-from utils.metrics import SELECTION_TASK
+from utils.metric_names import SELECTION_TASK
 from utils.run_info import log_run_start
 
 logger = logging.getLogger(__name__)

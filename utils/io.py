@@ -17,11 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Iterator, List
 
-import torch
-
 from configs.defaults import Config
 from configs.loader import config_yaml
-from utils.metrics import SELECTION_METRIC
+from utils.metric_names import SELECTION_METRIC
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +56,8 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` through :func:`atomic_write`."""
+    import torch  # here, not at the top: the tools that only read and write text start without torch
+
     with atomic_write(path) as stream:
         torch.save(obj, stream)
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import torch
 from prettytable import PrettyTable
 
+from utils.metric_names import METRICS
+
 Tensor = torch.Tensor
-METRICS = ("R1", "R5", "R10", "mAP", "mINP")  # the figures of one retrieval task, in table order
-# What selects a run's best epoch (best.pth, progress.json's "best"): text-to-image R1.
-SELECTION_TASK, SELECTION_METRIC = "t2i", "R1"
 
 
 def _relevant_lists(q_pids: Tensor, g_pids: Tensor) -> tuple[Tensor, Tensor, Tensor]:

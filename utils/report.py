@@ -21,7 +21,7 @@ from prettytable import PrettyTable, TableStyle
 
 from utils.cli import describe, report_user_errors
 from utils.io import write_text_atomic, write_with
-from utils.metrics import METRICS
+from utils.metric_names import METRICS
 from utils.run_results import (
     ReportError,
     RunResult,

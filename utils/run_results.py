@@ -14,7 +14,7 @@ import yaml
 
 from configs.errors import UserError
 from utils.io import read_metrics_rows
-from utils.metrics import SELECTION_METRIC, SELECTION_TASK
+from utils.metric_names import SELECTION_METRIC, SELECTION_TASK
 from utils.run_folder import CONFIG_FILE, METRICS_FILE, WHERE_KEYS
 
 # Where a run was written (and its seed): neither a column nor a reason to keep runs apart.

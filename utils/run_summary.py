@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from utils.io import read_metrics_rows
-from utils.metrics import SELECTION_METRIC, SELECTION_TASK, format_table
+from utils.metric_names import SELECTION_METRIC, SELECTION_TASK
+from utils.metrics import format_table
 
 
 def summary_table(metrics_file: Path, dataset: str, split: str) -> str:
