@@ -27,10 +27,8 @@ import torch
 
 from configs.defaults import LOSS_SETTINGS
 
-from .objectives import LOSSES
+from .objectives import LOSSES, Tensors
 from .shard import Shard
-
-Tensors = Dict[str, torch.Tensor]
 
 
 class Collective(Protocol):
