@@ -6,36 +6,51 @@ present) and again on the fuller ``../shared/golden`` (or ``FMFA_GOLDEN``) where
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import pytest
-import torch
 
 from configs.defaults import Config, ModelConfig
-from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and the tokenizer (open_clip) are imported where they are used: pytest-xdist's controller
+# imports this file too and runs no test, and its start is on every run's critical path (those
+# imports took 6 s of its 11 s before the workers were started).
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# One CPU thread for torch here and in every process a test starts, unless the caller sets
-# OMP_NUM_THREADS: the tests' tensors are tiny, and on a shared machine two threads per process
-# spin against each other (measured under load: test_precision_modes_train 38 s on one thread,
-# 179 s on two).
+# One CPU thread for torch in every process of the run, unless the caller sets OMP_NUM_THREADS
+# (torch reads it when imported): the tests' tensors are tiny, and on a shared machine two
+# threads per process spin against each other (measured under load: test_precision_modes_train
+# 38 s on one thread, 179 s on two).
 if "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
-    """The files holding a test marked slow first, each file's tests kept together (module
-    fixtures are built once) and in their order: the long tests start early on the workers
-    (pyproject.toml's addopts) and the short ones, stolen by whichever worker is free, fill
-    the end, so the workers finish together."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    """The files in decreasing order of the ``seconds`` their slow tests declare
+    (``@pytest.mark.slow(seconds=...)``), each file's tests together and in their order.
+    pyproject.toml's addopts hand whole files to whichever worker is free (module fixtures are
+    built once): the longest start first and the short files fill the end, so the workers
+    finish together."""
+    weight: Dict[Path, float] = collections.Counter()
+    for item in items:
+        marker = item.get_closest_marker("slow")
+        if marker is not None:
+            if "seconds" not in marker.kwargs:
+                raise pytest.UsageError(f"{item.nodeid}: write @pytest.mark.slow(seconds=S), S its measured time")
+            weight[item.path] += float(marker.kwargs["seconds"])
+    items.sort(key=lambda item: -weight[item.path])
 
 
 COMPACT_GOLDEN = ROOT / "tests" / "golden"
@@ -55,6 +70,8 @@ def golden(request) -> Path:
 
 
 def load_golden(golden: Path, name: str):
+    import torch
+
     return torch.load(golden / name, map_location="cpu", weights_only=True)
 
 
@@ -85,6 +102,10 @@ def tiny_config(**model_overrides) -> Config:
 
 def tiny_batch(batch_size: int = 6, image_size=(64, 32), seed: int = 0) -> dict:
     """Random images, captions of 3-8 tokens with one masked token each, repeated identities."""
+    import torch
+
+    from datasets.tokenizer import EOT_ID, MASK_ID, SOT_ID
+
     gen = torch.Generator().manual_seed(seed)
     ids = torch.zeros(batch_size, 77, dtype=torch.long)
     labels = torch.zeros_like(ids)

@@ -24,7 +24,7 @@ def run_script(capsys, main: Callable, *args: str) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=10)
 def test_train_step_benchmark_tiny_preset(capsys):
     out = run_script(
         capsys,
@@ -77,7 +77,7 @@ def test_shared_caption_benchmark_tiny_preset(capsys):
     assert all(float(seconds) > 0 for _, seconds, _ in rows) and float(rows[0][2]) == 1.0
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_train_step_memory_comparison_tiny_preset(capsys):
     out = run_script(
         capsys,
@@ -107,7 +107,7 @@ def test_ddp_loss_benchmark_tiny_preset(capsys):
     assert all(float(ms) > 0 for _, _, ms, _ in rows) and float(rows[0][3]) == 1.0
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=55)
 def test_gpu_run_runs_its_cpu_preset(tmp_path):
     """benchmarks/gpu_run.sh on its CPU preset, section d (the killed, resumed and tested run):
     it passes and reports, the others are listed as not run, at most 8 flat files in OUT, no

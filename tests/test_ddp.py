@@ -71,7 +71,7 @@ def _largest(errors: dict, kind: str) -> float:
     return max(values[kind] for values in errors.values())
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_one_step_on_two_processes_is_the_one_process_step(steps):
     results, _ = steps
     assert len(results[1]) == 4 and all(len(case["grads"]) > 20 for case in results[1].values())
@@ -120,7 +120,7 @@ def two_node_launch(args: list) -> None:
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_two_node_run_ends_with_the_one_process_weights_and_metrics(steps, tmp_path):
     """2 epochs on 2 machines' worth of torchrun (2 agents x 1 process, c10d rendezvous), global
     batch 8 over 32 training captions, A-SDM + MLM + ID + EFA with augmentation and the shared

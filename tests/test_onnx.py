@@ -82,7 +82,7 @@ def _pytorch(run: Path, root: Path):
     return load_model(run, overrides=[f"data.root={root}"])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_export_writes_verified_encoders_with_dynamic_batch(tiny):
     root, run, exported, printed = tiny
     assert sorted(p.name for p in exported.iterdir()) == ["image.onnx", "model.json", "text.onnx", "tokenizer.json"]
@@ -139,7 +139,7 @@ def _perturbed_export(model, image_size):
 REAL_EXPORT = onnx_export.export_encoders
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=10)
 def test_export_that_does_not_reproduce_pytorch_fails_and_writes_nothing(tiny, tmp_path, capsys, monkeypatch):
     _, run, _, _ = tiny
     monkeypatch.setattr(onnx_export, "export_encoders", _perturbed_export)
@@ -287,7 +287,7 @@ def test_readme_example_runs_without_the_repository(tiny, tmp_path):
     assert F.cosine_similarity(texts[0], texts[3], dim=0) < 0.999
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_latency_benchmark_tiny(tmp_path, capsys):
     output = tmp_path / "latency.json"
     assert onnx_latency.main(["--preset", "tiny", "--repeats", "1", "--output", str(output)]) == 0

@@ -24,7 +24,7 @@ import train as train_cli
 from datasets.synthetic import generate
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=75)
 def test_quickstart_recipe_learns_its_training_identities(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     generate(data, num_train_ids=60, num_val_ids=10, num_test_ids=20)

@@ -146,7 +146,7 @@ def _torchrun(tmp_path, args, fault, *torchrun_options, cwd=ROOT):
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_an_exception_on_one_rank_ends_the_whole_job(tmp_path):
     root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
     result = _torchrun(tmp_path, tiny_run_args(root, run, 2), "1:0:1")
@@ -156,7 +156,7 @@ def test_an_exception_on_one_rank_ends_the_whole_job(tmp_path):
     assert "injected fault" in result.stderr  # torchrun's report names the failing rank's error
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 def test_torchrun_restart_continues_from_last_checkpoint(tmp_path):
     """No train.output_dir and no train.auto_resume: the restarted workers find the folder
     of the first attempt (named with torchrun's job id) and continue from its last.pth."""

@@ -145,7 +145,7 @@ def test_a_killed_run_stops_the_section_and_a_rerun_repeats_its_commands(tmp_pat
         assert (cfg.model.pretrain, cfg.model.vision_layers, cfg.solver.epochs) == ("none", 1, 2)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 def test_smoke_section_trains_every_run_and_tabulates_them(tmp_path):
     """SMOKE=1 bash run.sh paper (the README's CPU try of a section), with the real Python: the
     three runs train both epochs and the section's table lists them with their differences."""

@@ -122,7 +122,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_killed_run_resumes_to_identical_results(three_epoch_run, tmp_path):
     """train.py SIGKILLs itself right after epoch 1's checkpoints are written (the
     FMFA_FAULT_KILL_AFTER_EPOCH point of tests/fault_injection.py: the same point on every
@@ -152,7 +152,7 @@ def test_killed_run_resumes_to_identical_results(three_epoch_run, tmp_path):
     assert all(torch.equal(final_whole["model"][k], v) for k, v in final_killed["model"].items())
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, monkeypatch):
     """train.compile=true trains through torch.compile with the eager run's losses (fixture
     data, 5 steps, every term of the epoch's mean within 1e-4 relative) and its checkpoints
