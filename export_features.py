@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -23,7 +22,7 @@ from datasets.build import build_eval_loaders
 from processor.evaluator import extract_features
 from serving.gallery import encode_folder
 from serving.inference import LoadedModel, load_model
-from utils.cli import add_model_source, describe, report_user_errors
+from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
 from utils.io import write_with
 from utils.logger import setup_logging
 
@@ -84,4 +83,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_skipping_final_gc(main())

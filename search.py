@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -27,7 +26,7 @@ from datasets.tokenizer import tokenize
 from serving.gallery import Gallery, encode_folder, list_images
 from serving.inference import Encoders, load_model, resolve_source
 from serving.onnx_model import OnnxEncoders
-from utils.cli import add_model_source, describe, report_user_errors
+from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
 from utils.figures import ranked_row
 from utils.logger import setup_logging
 
@@ -125,4 +124,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_skipping_final_gc(main())

@@ -7,7 +7,6 @@ The run folder gets config.yaml, train.log, metrics.jsonl, tensorboard/, last.pt
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Optional, Sequence
 
 from configs.errors import UserError
@@ -15,7 +14,7 @@ from configs.loader import build_parser, parse_args
 from processor.preflight import check_device, check_run_inputs
 from processor.run_keeper import RunKeeper
 from processor.training import train
-from utils.cli import describe, report_user_errors
+from utils.cli import describe, exit_skipping_final_gc, report_user_errors
 from utils.distributed import cleanup, init_distributed, pick_device, record_errors
 from utils.gpu import keep_off_the_gpus
 from utils.logger import setup_logging
@@ -73,4 +72,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_skipping_final_gc(main())

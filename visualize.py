@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -29,7 +28,7 @@ from datasets.transforms import build_transform
 from model.objectives import text_patch_affinity
 from processor.evaluator import extract_features
 from serving.inference import LoadedModel, load_model
-from utils.cli import add_model_source, describe, report_user_errors
+from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
 from utils.figures import ranked_row, similarity_maps
 from utils.logger import setup_logging
 
@@ -133,4 +132,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_skipping_final_gc(main())

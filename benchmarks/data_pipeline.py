@@ -15,7 +15,7 @@ import time
 from configs.defaults import Config, DataConfig, ModelConfig
 from datasets.build import build_train_loader, read_dataset
 from datasets.synthetic import generate
-from utils.cli import describe
+from utils.cli import describe, exit_skipping_final_gc
 
 
 def measure(cfg: Config, batches: int) -> float:
@@ -60,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_skipping_final_gc(main())

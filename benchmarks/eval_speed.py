@@ -36,7 +36,7 @@ from datasets.synthetic import generate
 from model.build import build_model
 from processor.evaluator import extract_features, retrieval_metrics
 from processor.precision import PRECISIONS, Precision
-from utils.cli import describe
+from utils.cli import describe, exit_skipping_final_gc
 
 
 def tensor_loaders(cfg, images: int, captions: int, device: torch.device) -> EvalLoaders:
@@ -123,4 +123,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_skipping_final_gc(main())

@@ -61,7 +61,7 @@ from model.build import build_criterion, build_model
 from processor.precision import PRECISIONS, Precision
 from processor.trainer import EpochReport, Stepper, train_one_epoch
 from solver import build_optimizer
-from utils.cli import describe
+from utils.cli import describe, exit_skipping_final_gc
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 DENSE_BF16_PEAK_TFLOPS = {
@@ -445,4 +445,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_skipping_final_gc(main())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -32,7 +31,7 @@ from datasets.readers import (
     load_json,
     record_problems,
 )
-from utils.cli import describe, report_user_errors
+from utils.cli import describe, exit_skipping_final_gc, report_user_errors
 
 logger = logging.getLogger("datasets.check")
 
@@ -143,4 +142,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_skipping_final_gc(main())

@@ -26,7 +26,6 @@ import json
 import logging
 import random
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -34,7 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from configs.datasets import CUSTOM_ANNOTATION, DATASETS, SPLITS, dataset_name_problem
 from datasets.check import image_problems
 from datasets.readers import DataError, RetrievalDataset, listing
-from utils.cli import describe, report_user_errors
+from utils.cli import describe, exit_skipping_final_gc, report_user_errors
 from utils.io import write_text_atomic
 
 logger = logging.getLogger("datasets.make_annotations")
@@ -295,4 +294,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_skipping_final_gc(main())

@@ -26,7 +26,6 @@ import json
 import logging
 import re
 import shutil
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -37,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 import numpy as np
 
 from datasets.readers import DataError
-from utils.cli import describe, report_user_errors
+from utils.cli import describe, exit_skipping_final_gc, report_user_errors
 from utils.io import write_text_atomic
 
 from .synthetic_draw import PALETTE, SKIN_RGB, Identity, render
@@ -393,4 +392,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_skipping_final_gc(main())

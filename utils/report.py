@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 from prettytable import PrettyTable, TableStyle
 
-from utils.cli import describe, report_user_errors
+from utils.cli import describe, exit_skipping_final_gc, report_user_errors
 from utils.io import write_text_atomic, write_with
 from utils.metric_names import METRICS
 from utils.run_results import (
@@ -231,4 +231,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_skipping_final_gc(main())
