@@ -40,17 +40,21 @@ log="$out/gpu_run.log"
 export PYTHONUNBUFFERED=1
 
 # The missing packages, from wheels carried with the tree (the GPU machine reaches no registry).
-if ! "$py" -c "import open_clip, ftfy, prettytable" 2> /dev/null && compgen -G "$wheels/*.whl" > /dev/null; then
+# Looked up, not imported: importing open_clip takes about 5 s, and every section imports it.
+found='import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))'
+if ! "$py" -c "$found" open_clip ftfy wcwidth prettytable 2> /dev/null && compgen -G "$wheels/*.whl" > /dev/null; then
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$work/site" \
         "$wheels"/*.whl >> "$log" 2>&1
     export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-# One interpreter start for the versions line of the report and the GPU count.
+# One interpreter start for the versions line of the report and the GPU count; open_clip's
+# version from its package metadata (the same as open_clip.__version__), without the import.
 versions=$("$py" -c "import sys, torch
+from importlib import metadata
 try:
-    import open_clip; open_clip_version = open_clip.__version__
-except ImportError as error:
+    open_clip_version = metadata.version('open_clip_torch')
+except metadata.PackageNotFoundError as error:
     open_clip_version = f'missing ({error})'
 print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', torch.version.cuda,
       '| cuDNN', torch.backends.cudnn.version(), '| open_clip', open_clip_version, '| GPUs', torch.cuda.device_count())

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from model.weights_file import WeightsError, load_matching_state_dict, load_weights_file
-from utils.run_folder import BEST, LAST
+from utils.run_layout import BEST, LAST
 
 
 def checkpoint_bytes_needed(model: torch.nn.Module, path: Path) -> int:

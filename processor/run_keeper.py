@@ -25,11 +25,6 @@ from utils.io import append_jsonl, drop_metrics_after, save_atomic, save_config
 from utils.logger import setup_logging
 from utils.metric_names import SELECTION_METRIC
 from utils.run_folder import (
-    BEST,
-    CONFIG_FILE,
-    LAST,
-    METRICS_FILE,
-    TENSORBOARD_DIR,
     check_free_space,
     plan_start,
     prepare_run_folder,
@@ -37,6 +32,7 @@ from utils.run_folder import (
     run_config_differences,
     write_progress,
 )
+from utils.run_layout import BEST, CONFIG_FILE, LAST, METRICS_FILE, TENSORBOARD_DIR
 from utils.run_summary import summary_table
 
 logger = logging.getLogger(__name__)

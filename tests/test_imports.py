@@ -1,13 +1,16 @@
-"""The project's imports point one way and form no cycle (module- and function-level imports)."""
+"""The project's imports point one way and form no cycle (module- and function-level imports),
+and the programs that need no model start without torch."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Set
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, with_project_on_path
 
 PACKAGES = ("configs", "utils", "datasets", "model", "solver", "processor", "serving")
 # What each package may import besides itself: configs at the bottom, the run loop at the top.
@@ -125,3 +128,17 @@ def test_the_walk_sees_cycles_and_wrong_directions(tmp_path, files, expect_cycle
     graph = import_graph(tmp_path)
     assert bool(find_cycle(graph)) == expect_cycle
     assert forbidden_edges(graph) == expect_forbidden
+
+
+# Programs that read or write files only: importing torch (about 4 s here) would dominate them.
+TORCH_FREE = ("datasets.synthetic", "utils.report", "utils.io", "utils.run_layout", "utils.metric_names")
+
+
+def test_file_only_programs_start_without_torch():
+    check = (
+        f"import sys\nfor name in {TORCH_FREE!r}:\n    __import__(name)\n    assert 'torch' not in sys.modules, name"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check], cwd=ROOT, env=with_project_on_path(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -1,10 +1,10 @@
-"""The run folder's layout and rules: its file names, where a run's folder is, and the start
-decision, made before anything is built or written: a fresh run, a continuation from
-last.pth, a finished run reported, or a refusal (a folder of another config is never
-continued or overwritten by an automatic resume).
+"""The run folder's rules (its file names are in ``utils.run_layout``): where a run's folder
+is, and the start decision, made before anything is built or written: a fresh run, a
+continuation from last.pth, a finished run reported, or a refusal (a folder of another config
+is never continued or overwritten by an automatic resume).
 
-No model or checkpoint code here, so reports and logging can name the files; the object
-that applies these rules over a run's life is ``processor.run_keeper.RunKeeper``.
+No model or checkpoint code here; the object that applies these rules over a run's life is
+``processor.run_keeper.RunKeeper``.
 """
 
 from __future__ import annotations
@@ -22,15 +22,7 @@ from configs.errors import ConfigError, UserError
 from configs.loader import config_differences, config_to_dict, load_config
 from utils.distributed import DistInfo, broadcast_object, elastic_job_id, restart_attempt
 from utils.io import write_text_atomic
-
-CONFIG_FILE = "config.yaml"  # the resolved config; test.py rebuilds the model from it
-METRICS_FILE = "metrics.jsonl"  # one evaluation row per line
-LOG_FILE = "train.log"
-TENSORBOARD_DIR = "tensorboard"
-PROGRESS_FILE = "progress.json"  # {"epoch": completed epochs, "epochs": planned, "best": {...}}
-LAST, BEST = "last.pth", "best.pth"  # everything to continue identically; the best epoch's weights
-# Where a run is trained, not what is trained: may differ between the starts of one run.
-WHERE_KEYS = {"train.output_dir", "train.resume", "train.auto_resume"}
+from utils.run_layout import BEST, CONFIG_FILE, LAST, PROGRESS_FILE, WHERE_KEYS
 
 
 class RunFolderError(UserError, RuntimeError):

@@ -15,7 +15,7 @@ import yaml
 from configs.errors import UserError
 from utils.io import read_metrics_rows
 from utils.metric_names import SELECTION_METRIC, SELECTION_TASK
-from utils.run_folder import CONFIG_FILE, METRICS_FILE, WHERE_KEYS
+from utils.run_layout import CONFIG_FILE, METRICS_FILE, WHERE_KEYS
 
 # Where a run was written (and its seed): neither a column nor a reason to keep runs apart.
 IGNORED_KEYS = frozenset(WHERE_KEYS | {"train.name", "train.seed"})
