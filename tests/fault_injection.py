@@ -11,8 +11,6 @@ variable optional:
       progress.json of epoch N (1-based, as in last.pth's "epoch") are written: a kill -9
       at a known point, after which nothing of the process runs (no handler, no atexit).
       A run resumed past epoch N is not killed again.
-  FMFA_FAULT_KILL_RUN=FOLDER  with the above, only in the run whose train.output_dir is
-      FOLDER (run.sh starts several runs, each in its own folder).
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from utils.cli import exit_skipping_final_gc
 FAULT = os.environ.get("FMFA_FAULT")
 MARKER = os.environ.get("FMFA_FAULT_MARKER")
 KILL_AFTER_EPOCH = os.environ.get("FMFA_FAULT_KILL_AFTER_EPOCH")
-KILL_RUN = os.environ.get("FMFA_FAULT_KILL_RUN")
 
 
 def _faulty_batches(loader, batch):
@@ -57,8 +54,7 @@ if KILL_AFTER_EPOCH:
 
     def _save_then_kill(self, parts, best_metrics):
         _real_save(self, parts, best_metrics)  # best.pth, last.pth, progress.json
-        in_named_run = not KILL_RUN or Path(self.folder).resolve() == Path(KILL_RUN).resolve()
-        if parts.epoch == int(KILL_AFTER_EPOCH) and in_named_run:
+        if parts.epoch == int(KILL_AFTER_EPOCH):
             os.kill(os.getpid(), signal.SIGKILL)
 
     run_keeper.RunKeeper.save = _save_then_kill
