@@ -142,3 +142,19 @@ def test_file_only_programs_start_without_torch():
         [sys.executable, "-c", check], cwd=ROOT, env=with_project_on_path(), capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_programs_exit_with_a_status():
+    """A program's ``exit_skipping_final_gc(main())`` hands ``main``'s result to ``sys.exit``:
+    only an int or None is an exit status (a dict would be printed and exit 1)."""
+    wrong = []
+    for name, path in project_modules().items():
+        source = path.read_text(encoding="utf-8")
+        if "exit_skipping_final_gc(main())" not in source:
+            continue
+        tree = ast.parse(source)
+        mains = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main"]
+        returns = ast.unparse(mains[0].returns) if mains and mains[0].returns else "unannotated"
+        if returns not in ("int", "None"):
+            wrong.append(f"{name}: main() -> {returns}")
+    assert not wrong, wrong
