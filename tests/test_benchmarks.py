@@ -18,9 +18,12 @@ from benchmarks import ddp_loss, efficiency, eval_speed, shared_caption, train_s
 
 
 def run_script(capsys, main: Callable, *args: str) -> str:
-    """``main(args)``, the benchmark's command line run in process; what it printed."""
+    """``main(args)``, the benchmark's command line run in process; what it printed. Its
+    result is the exit status ``python -m benchmarks.X`` ends with: 0 or None (anything else,
+    a dict of figures say, is printed by ``sys.exit`` and exits 1)."""
     capsys.readouterr()
-    main(list(args))
+    status = main(list(args))
+    assert status in (0, None), f"{main.__module__}.main returned {status!r}, not an exit status"
     return capsys.readouterr().out
 
 

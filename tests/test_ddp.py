@@ -33,7 +33,7 @@ from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
 from benchmarks import ddp_equality
-from benchmarks.ddp_equality import largest_differences, relative_error
+from benchmarks.ddp_equality import largest_differences
 from processor import checkpointing as ckpt
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -65,6 +65,11 @@ def steps(tmp_path_factory):
     )
     results.update({2: torch.load(two, weights_only=True), "per_rank": torch.load(per_rank, weights_only=True)})
     return results, root
+
+
+def largest_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| (in float64)."""
+    return float((actual.double() - expected.double()).abs().max())
 
 
 def _largest(errors: dict, kind: str) -> float:
@@ -138,8 +143,13 @@ def test_two_node_run_ends_with_the_one_process_weights_and_metrics(steps, tmp_p
     assert [r["epoch"] for r in read_metrics(two)] == [1, 2]  # rank 0 alone evaluates and writes
     weights = [ckpt.load_training_state(run / "last.pth")["model"] for run in (one, two)]
     assert weights[0].keys() == weights[1].keys()
-    errors = {name: relative_error(weights[1][name], value) for name, value in weights[0].items()}
-    assert max(errors.values()) <= 1e-4, sorted(errors.items(), key=lambda item: -item[1])[:3]
+    # Adam moves a weight by about lr per step, whatever its size: the 8 steps of two runs that
+    # differ (another batch, another loss) land whole steps apart. Float32 rounding, amplified
+    # by Adam's normalisation on weights with small gradients (a text position that one caption
+    # reaches), moves them by a small share of one step: measured up to 1.4% of lr.
+    lr = float(next(arg for arg in tiny_run_args(root, one) if arg.startswith("solver.lr=")).split("=")[1])
+    steps_apart = {name: largest_difference(weights[1][name], value) / lr for name, value in weights[0].items()}
+    assert max(steps_apart.values()) <= 0.05, sorted(steps_apart.items(), key=lambda item: -item[1])[:3]
     for expected, got in zip(read_metrics(one), read_metrics(two), strict=True):
         assert got.keys() == expected.keys()
         for key, value in expected.items():

@@ -1,4 +1,4 @@
-"""The evaluation transform on images of another size than the model's (issue 29, gap 5).
+"""The image transforms on images of another size than the model's.
 
 The real sets' images are not 384 x 128, so every gallery image goes through the Resize. The
 authors' transform is torchvision's ``Resize((H, W))`` with its defaults on PIL images: PIL's
@@ -77,3 +77,31 @@ def test_gallery_images_of_another_size_reach_the_model_resized_like_the_authors
         with Image.open(path) as image:
             assert image.size == (260, 500)
             torch.testing.assert_close(ours, expected_tensor(image), rtol=0, atol=ATOL)
+
+
+def matching_fraction(ours: torch.Tensor, resized: torch.Tensor) -> float:
+    """The largest share of pixels where ``ours`` equals ``resized`` flipped or not, padded by
+    10 and cropped back at some offset: the augmented transform's geometry, whose random
+    erasing hides at most 40% of the image."""
+    height, width = resized.shape[1:]
+    best = 0.0
+    for flipped in (resized, resized.flip(-1)):
+        padded = torch.nn.functional.pad(flipped, (10, 10, 10, 10), value=float("nan"))
+        for top in range(21):
+            for left in range(21):
+                crop = padded[:, top : top + height : 3, left : left + width : 3]  # every 3rd pixel: enough
+                best = max(best, float((crop - ours[:, ::3, ::3]).abs().le(ATOL).all(0).float().mean()))
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_augmented_training_transform_crops_the_bilinear_resize(seed):
+    """With augmentation the picture is the same PIL bilinear resize, moved by the flip and the
+    padded crop: at least the 60% of pixels that random erasing leaves equal it exactly. Any
+    other interpolation (nearest, bicubic) matches almost no pixel of the noisy image."""
+    image = random_image(260, 500, seed=seed)
+    torch.manual_seed(seed)
+    ours = build_transform(MODEL_SIZE, train=True, augment=True)(image)
+    resized = expected_tensor(image)
+    # The padding is black before normalisation: (0 - mean) / std, which no resized pixel has here.
+    assert matching_fraction(ours, resized) >= 0.55
