@@ -136,22 +136,14 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == labels).float().mean()
 
 
-def sdm_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
-    return sdm_loss(out["image_feats"], out["text_feats"], batch["pids"], loss.logit_scale, shard=loss.shard), {}
+def sdm_term(loss: FMFALoss, out: Tensors, batch: Tensors, **adaptive: Any) -> Term:
+    feats = out["image_feats"], out["text_feats"]
+    return sdm_loss(*feats, batch["pids"], loss.logit_scale, shard=loss.shard, **adaptive), {}
 
 
 def asdm_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
     asdm = loss.asdm
-    return sdm_loss(
-        out["image_feats"],
-        out["text_feats"],
-        batch["pids"],
-        loss.logit_scale,
-        adaptive=True,
-        adaptive_factor=asdm.factor,
-        adaptive_mode=asdm.mode,
-        shard=loss.shard,
-    ), {}
+    return sdm_term(loss, out, batch, adaptive=True, adaptive_factor=asdm.factor, adaptive_mode=asdm.mode)
 
 
 def itc_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
