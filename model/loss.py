@@ -26,7 +26,7 @@ import torch
 
 from configs.defaults import LOSS_SPECS
 
-from .objectives import cmpm_loss, efa_loss, id_loss, itc_loss, mlm_loss, sdm_loss
+from . import objectives
 from .shard import Shard
 
 Tensors = Dict[str, torch.Tensor]
@@ -138,7 +138,7 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def sdm_term(loss: FMFALoss, out: Tensors, batch: Tensors, **adaptive: Any) -> Term:
     feats = out["image_feats"], out["text_feats"]
-    return sdm_loss(*feats, batch["pids"], loss.logit_scale, shard=loss.shard, **adaptive), {}
+    return objectives.sdm_loss(*feats, batch["pids"], loss.logit_scale, shard=loss.shard, **adaptive), {}
 
 
 def asdm_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
@@ -147,30 +147,30 @@ def asdm_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
 
 
 def itc_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
-    return itc_loss(out["image_feats"], out["text_feats"], loss.logit_scale, shard=loss.shard), {}
+    return objectives.itc_loss(out["image_feats"], out["text_feats"], loss.logit_scale, shard=loss.shard), {}
 
 
 def cmpm_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
-    return cmpm_loss(out["image_feats"], out["text_feats"], batch["pids"], shard=loss.shard), {}
+    return objectives.cmpm_loss(out["image_feats"], out["text_feats"], batch["pids"], shard=loss.shard), {}
 
 
 def id_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
     # Every process holds the same number of samples, so the mean of their means is global.
     image_logits, text_logits, pids = out["image_logits"], out["text_logits"], batch["pids"]
     accuracies = {"img_acc": _accuracy(image_logits, pids), "txt_acc": _accuracy(text_logits, pids)}
-    return id_loss(image_logits, text_logits, pids), accuracies
+    return objectives.id_loss(image_logits, text_logits, pids), accuracies
 
 
 def mlm_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
     # The processes' captions carry different numbers of masked tokens: weight by the count.
     scores, labels = out["mlm_scores"], out["mlm_labels"]
     share = loss.global_share(labels.shape[0], scores.device)
-    return mlm_loss(scores, labels) * share, {"mlm_acc": _accuracy(scores, labels) * share}
+    return objectives.mlm_loss(scores, labels) * share, {"mlm_acc": _accuracy(scores, labels) * share}
 
 
 def efa_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
     efa = loss.efa
-    return efa_loss(
+    return objectives.efa_loss(
         out["text_tokens"],
         out["image_tokens"],
         text_margin=efa.text_margin,
