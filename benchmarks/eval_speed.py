@@ -30,12 +30,13 @@ from benchmarks.presets import (
     random_captions,
     synchronize,
 )
+from configs.validation import PRECISIONS
 from datasets.build import EvalLoaders, build_eval_loaders
 from datasets.readers import EvalSet
 from datasets.synthetic import generate
 from model.build import build_model
 from processor.evaluator import extract_features, retrieval_metrics
-from processor.precision import PRECISIONS, Precision
+from processor.precision import Precision
 from utils.cli import describe, exit_skipping_final_gc
 
 

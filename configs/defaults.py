@@ -77,7 +77,7 @@ class AsdmConfig:
 
 @dataclass
 class EfaConfig:
-    """Settings of the EFA loss ('efa'): every one is a keyword of ``model.objectives.efa_loss``."""
+    """Settings of the EFA loss ('efa'): each one a keyword of ``model.objectives.efa_loss``."""
 
     text_margin: float = 0.1  # text -> joint; paper: CUHK 0.1, ICFG 0.2, RSTPReid 0.2
     image_margin: float = 0.9  # image -> joint; paper: CUHK 0.1, ICFG 1.0, RSTPReid 0.8
@@ -98,49 +98,42 @@ class EfaConfig:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """What a loss needs besides the two towers' tokens and global features, and where its
-    settings are: the heads ``model.build.build_model`` adds ("id_classifier", "irr"), whether
-    the batches carry MLM-masked captions (``mlm_ids``, ``mlm_labels``; ``datasets.build``)
-    and the sections of :class:`Config` holding its settings (each passed whole to
-    ``model.loss.FMFALoss`` under the section's name; one left out is an error there)."""
+    """A loss that ``loss.names`` may enable, declared once: its function, the heads it needs,
+    whether its batches carry MLM-masked captions, and the section of :class:`Config` holding
+    its settings. How to add one: docs/training.md, "Adding a loss"."""
 
+    # Its function in model/loss.py, by name: (criterion, model outputs, batch) -> (loss, metrics).
+    function: str
+    # The heads model.build.build_model adds for it: "id_classifier", "irr".
     heads: Tuple[str, ...] = ()
+    # Batches carry MLM-masked captions (mlm_ids, mlm_labels; datasets.build).
     masked_captions: bool = False
-    settings: Tuple[str, ...] = ()
-
-    def __or__(self, other: "LossSpec") -> "LossSpec":
-        return LossSpec(
-            tuple(dict.fromkeys(self.heads + other.heads)),
-            self.masked_captions or other.masked_captions,
-            tuple(dict.fromkeys(self.settings + other.settings)),
-        )
+    # Its settings section ("" = none): validated at load, read by its function as criterion.<section>.
+    settings: str = ""
 
 
-# The losses that loss.names may enable: the one table of their needs and settings; their
-# functions are model/objectives.py's LOSSES under the same names (a mismatch fails at import).
-# The three files a new loss touches: model/loss.py's docstring.
 LOSS_SPECS = {
-    "itc": LossSpec(),
-    "sdm": LossSpec(),
-    "a-sdm": LossSpec(settings=("asdm",)),
-    "cmpm": LossSpec(),
-    "efa": LossSpec(settings=("efa",)),
-    "id": LossSpec(heads=("id_classifier",)),
-    "mlm": LossSpec(heads=("irr",), masked_captions=True),
+    "itc": LossSpec("itc_term"),
+    "sdm": LossSpec("sdm_term"),
+    "a-sdm": LossSpec("asdm_term", settings="asdm"),
+    "cmpm": LossSpec("cmpm_term"),
+    "efa": LossSpec("efa_term", settings="efa"),
+    "id": LossSpec("id_term", heads=("id_classifier",)),
+    "mlm": LossSpec("mlm_term", heads=("irr",), masked_captions=True),
 }
 LOSS_NAMES = tuple(LOSS_SPECS)
+# Every settings section of the table (each one validated and passed on, its loss enabled or not).
+LOSS_SETTINGS = tuple(dict.fromkeys(spec.settings for spec in LOSS_SPECS.values() if spec.settings))
 
 
-def loss_needs(names: Iterable[str]) -> LossSpec:
-    """Everything the enabled losses ``names`` need together."""
-    needs = LossSpec()
-    for name in names:
-        needs = needs | LOSS_SPECS[name]
-    return needs
+def heads_needed(names: Iterable[str]) -> Tuple[str, ...]:
+    """The heads the enabled losses ``names`` need, in order of first mention."""
+    return tuple(dict.fromkeys(head for name in names for head in LOSS_SPECS[name].heads))
 
 
-# Every settings section of the table, in table order (each one checked and passed on, enabled or not).
-LOSS_SETTINGS = loss_needs(LOSS_NAMES).settings
+def masked_captions_needed(names: Iterable[str]) -> bool:
+    """Whether an enabled loss of ``names`` needs MLM-masked captions in its batches."""
+    return any(LOSS_SPECS[name].masked_captions for name in names)
 
 
 @dataclass

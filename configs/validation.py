@@ -13,9 +13,10 @@ from configs.datasets import NO_VAL, SPLITS, dataset_problem
 from configs.defaults import LOSS_NAMES, LOSS_SETTINGS, Config
 from configs.errors import ConfigError
 
-# Every set of allowed values, declared once; the packages that act on a value import its set.
-# The datasets' table is configs/datasets.py; the losses' table (names, needs, settings and
-# their allowed values) is LOSS_SPECS in configs/defaults.py.
+# Every set of allowed values, declared once and checked here, when a config is loaded: the
+# code that builds from a config takes its values as checked. The datasets' table is
+# configs/datasets.py; the losses' is LOSS_SPECS in configs/defaults.py (each settings
+# section's allowed values: its requirements()).
 
 ID_CLASSES = ("captions", "identities")
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_fp16")

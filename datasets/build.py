@@ -11,9 +11,8 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from configs.defaults import Config, DataConfig, loss_needs
+from configs.defaults import Config, DataConfig, masked_captions_needed
 from configs.errors import ConfigError
-from configs.validation import SAMPLERS
 from datasets.bases import ImageDataset, ImageTextMLMDataset, TextDataset
 from datasets.readers import EvalSet, RetrievalDataset
 from datasets.samplers import IdentitySampler, RandomSampler
@@ -73,15 +72,13 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
         transform,
         data.text_length,
         seed=cfg.train.seed,
-        masked_language=loss_needs(cfg.loss.names).masked_captions,
+        masked_language=masked_captions_needed(cfg.loss.names),
         share_masked_caption=data.share_masked_caption,
     )
     if data.sampler == "identity":
         sampler = IdentitySampler(pairs.pids, per_rank, data.num_instance, cfg.train.seed, rank, world_size)
-    elif data.sampler == "random":
-        sampler = RandomSampler(len(dataset), cfg.train.seed, rank, world_size, data.batch_size)
     else:
-        raise ConfigError(f"data.sampler={data.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        sampler = RandomSampler(len(dataset), cfg.train.seed, rank, world_size, data.batch_size)
     num_classes = len(dataset) if cfg.model.id_classes == "captions" else pairs.num_classes
     return make_loader(dataset, data, per_rank, pins_memory(cfg), sampler), num_classes
 

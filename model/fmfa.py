@@ -3,7 +3,7 @@ Which heads, of which sizes, a config or a state dict asks for: :func:`head_argu
 :func:`head_arguments_in`.
 
 The losses live beside it (:mod:`model.objectives`, composed by :mod:`model.loss`):
-``criterion(model(batch), batch)``; a new loss's head goes here.
+``criterion(model(batch), batch)``. A new loss's head goes here (docs/training.md, "Adding a loss").
 
 Attribute names (``base_model``, ``classifier``, ``cross_attn``,
 ``cross_modal_transformer``, ``ln_pre_t``, ``ln_pre_i``, ``ln_post``, ``mlm_head``)
@@ -20,8 +20,7 @@ import torch
 import torch.nn as nn
 from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 
-from configs.defaults import VOCAB_SIZE, Config, loss_needs
-from configs.errors import UserError
+from configs.defaults import VOCAB_SIZE, Config, heads_needed
 
 from .clip import encode_image_tokens, encode_text_tokens
 
@@ -194,12 +193,8 @@ class FMFA(nn.Module):
 def head_arguments(cfg: Config, num_classes: int) -> Dict[str, int]:
     """:class:`FMFA`'s head arguments for the heads the enabled losses need
     (``configs.defaults.LOSS_SPECS``): the ID classifier with ``num_classes`` outputs, IRR
-    with ``cfg.model.cmt_depth`` layers; 0 = no such head. UserError when a size is 0."""
-    heads, names = loss_needs(cfg.loss.names).heads, "+".join(cfg.loss.names)
-    if "id_classifier" in heads and num_classes < 1:
-        raise UserError(f"loss.names={names} needs the ID classifier: num_classes > 0")
-    if "irr" in heads and cfg.model.cmt_depth < 1:
-        raise UserError(f"loss.names={names} needs the IRR head: model.cmt_depth > 0")
+    with ``cfg.model.cmt_depth`` layers; 0 = no such head."""
+    heads = heads_needed(cfg.loss.names)
     return {
         "num_classes": num_classes if "id_classifier" in heads else 0,
         "cmt_depth": cfg.model.cmt_depth if "irr" in heads else 0,

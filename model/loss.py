@@ -4,12 +4,11 @@
 name to its weighted scalar (their sum is the training loss), ``metrics`` holds detached
 accuracies for the log. Built from a config by ``model.build.build_criterion``.
 
-Adding a loss touches three files: its pure function and its row of :data:`LOSSES` (how
-it is fed from the model's outputs) in :mod:`model.objectives`; its row of
-``configs.defaults.LOSS_SPECS`` (heads, masked captions, settings section), with the
-section's dataclass and :class:`Config` field, in ``configs/defaults.py``; a head it needs
-in :mod:`model.fmfa` (the module, its forward output, ``head_arguments`` and
-``head_arguments_in``). Nothing here names a loss or a setting.
+Each loss of ``configs.defaults.LOSS_SPECS`` is computed by the function its row names,
+defined here: it feeds a pure function of :mod:`model.objectives` from the model's outputs,
+the batch and the criterion (the logit scale, this process's shard, the loss's settings
+section as ``criterion.<section>``, each setting passed by keyword). How to add a loss:
+docs/training.md, "Adding a loss".
 
 Several processes (torchrun): with ``collective`` set, every batch-coupled loss (SDM/A-SDM,
 ITC, CMPM, EFA) is computed over the global batch (each process's rows against the
@@ -21,14 +20,17 @@ on the same global batch.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple
 
 import torch
 
-from configs.defaults import LOSS_SETTINGS
+from configs.defaults import LOSS_SPECS
 
-from .objectives import LOSSES, Tensors
+from . import objectives
 from .shard import Shard
+
+Tensors = Dict[str, torch.Tensor]
+Term = Tuple[torch.Tensor, Tensors]  # (unweighted loss, detached metrics)
 
 
 class Collective(Protocol):
@@ -45,12 +47,10 @@ class Collective(Protocol):
 
 
 class FMFALoss:
-    """Loss names, weights and settings (the temperature's logit scale, and every settings
-    section of ``configs.defaults.LOSS_SPECS`` by its name, e.g. ``asdm=``, ``efa=``) of a
-    training run; each section is then an attribute (``criterion.efa``).
-
-    Every setting is given (no defaults here: a section left out, or one the table does not
-    name, is a TypeError when the criterion is built, never a silent value).
+    """Loss names, weights and settings (the temperature's logit scale, and the settings
+    sections of ``configs.defaults.LOSS_SPECS`` by their names, e.g. ``asdm=``, ``efa=``) of a
+    training run; each section is then an attribute (``criterion.efa``). No defaults here:
+    a section an enabled loss reads and the criterion was not given is an AttributeError.
 
     ``collective``: under torchrun, the process group; the losses are then those of the
     global batch (module docstring). None = this process's batch alone (one process, or
@@ -66,13 +66,6 @@ class FMFALoss:
         collective: Optional[Collective] = None,
         **settings: Any,
     ):
-        missing = [section for section in LOSS_SETTINGS if section not in settings]
-        unknown = [section for section in settings if section not in LOSS_SETTINGS]
-        if missing or unknown:
-            raise TypeError(
-                f"FMFALoss takes each loss settings section of configs.defaults.LOSS_SPECS "
-                f"({', '.join(LOSS_SETTINGS)}) once: missing {missing}, not in the table {unknown}"
-            )
         self.names: List[str] = list(names)
         self.weights: Dict[str, float] = dict(weights)
         self.logit_scale = logit_scale
@@ -136,3 +129,60 @@ def at_least_float32(value: torch.Tensor) -> torch.Tensor:
     if not value.is_floating_point():
         return value
     return value.to(torch.promote_types(value.dtype, torch.float32))
+
+
+# ---- each loss fed from the model's outputs, the batch and the criterion ------------------
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(dim=1) == labels).float().mean()
+
+
+def sdm_term(loss: FMFALoss, out: Tensors, batch: Tensors, **adaptive: Any) -> Term:
+    feats = out["image_feats"], out["text_feats"]
+    return objectives.sdm_loss(*feats, batch["pids"], loss.logit_scale, shard=loss.shard, **adaptive), {}
+
+
+def asdm_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    asdm = loss.asdm
+    return sdm_term(loss, out, batch, adaptive=True, adaptive_factor=asdm.factor, adaptive_mode=asdm.mode)
+
+
+def itc_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    return objectives.itc_loss(out["image_feats"], out["text_feats"], loss.logit_scale, shard=loss.shard), {}
+
+
+def cmpm_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    return objectives.cmpm_loss(out["image_feats"], out["text_feats"], batch["pids"], shard=loss.shard), {}
+
+
+def id_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    # Every process holds the same number of samples, so the mean of their means is global.
+    image_logits, text_logits, pids = out["image_logits"], out["text_logits"], batch["pids"]
+    accuracies = {"img_acc": _accuracy(image_logits, pids), "txt_acc": _accuracy(text_logits, pids)}
+    return objectives.id_loss(image_logits, text_logits, pids), accuracies
+
+
+def mlm_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    # The processes' captions carry different numbers of masked tokens: weight by the count.
+    scores, labels = out["mlm_scores"], out["mlm_labels"]
+    share = loss.global_share(labels.shape[0], scores.device)
+    return objectives.mlm_loss(scores, labels) * share, {"mlm_acc": _accuracy(scores, labels) * share}
+
+
+def efa_term(loss: FMFALoss, out: Tensors, batch: Tensors) -> Term:
+    efa = loss.efa
+    return objectives.efa_loss(
+        out["text_tokens"],
+        out["image_tokens"],
+        text_margin=efa.text_margin,
+        image_margin=efa.image_margin,
+        lse_lambda=efa.lse_lambda,
+        threshold=efa.threshold,
+        block_elems=efa.block_elems,
+        shard=loss.shard,
+    ), {}
+
+
+# Each loss's function, by the name its row of the table gives (a name not defined here fails at import).
+LOSSES: Dict[str, Callable[[FMFALoss, Tensors, Tensors], Term]] = {
+    name: globals()[spec.function] for name, spec in LOSS_SPECS.items()
+}

@@ -76,7 +76,7 @@ class _MaxDotProduct(torch.autograd.Function):
         return grad_x, grad_c, None
 
 
-def max_dot_product(x: torch.Tensor, c: torch.Tensor, block_elems: int = EfaConfig().block_elems) -> torch.Tensor:
+def max_dot_product(x: torch.Tensor, c: torch.Tensor, block_elems: int = EfaConfig.block_elems) -> torch.Tensor:
     """``M[a, x, b] = max_y <x[a, x], c[b, y]>`` for every sample pair, differentiable.
 
     Args:

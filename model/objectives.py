@@ -8,26 +8,22 @@ batch is split over processes: each process then scores its own R = B / N rows a
 gathered columns of the whole batch and returns its share, so that the mean of the N shares
 is the loss of the whole batch (value and, after DDP's gradient averaging, gradient).
 
-At the end, :data:`LOSSES`: how each loss that ``loss.names`` may enable is fed from the
-model's outputs, the batch and the criterion's settings (``model.loss.FMFALoss`` composes them).
+How each is fed from the model's outputs and the config: :mod:`model.loss`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from configs.defaults import ASDM_MODES, LOSS_NAMES, AsdmConfig, EfaConfig
+from configs.defaults import AsdmConfig, EfaConfig
 
 from .max_similarity import max_dot_product
 from .shard import Shard, columns_of, first_row_of
 
 EPSILON = 1e-8
-# The settings' defaults are the config's (configs/defaults.py), written there once.
-ASDM_DEFAULTS, EFA_DEFAULTS = AsdmConfig(), EfaConfig()
 
 
 def _same_identity(row_pids: torch.Tensor, col_pids: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -47,26 +43,29 @@ def _row_kl(logits: torch.Tensor, log_targets: torch.Tensor) -> torch.Tensor:
     return (F.softmax(logits, dim=1) * (F.log_softmax(logits, dim=1) - log_targets)).sum(dim=1)
 
 
+def _cosine_gap(cosine: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, first_row: int) -> torch.Tensor:
+    """c[i, m_i] - c[i, g_i] where m_i is the most similar column and g_i the first column of
+    the same identity, 0 where they agree (the authors' code)."""
+    rows = torch.arange(cosine.shape[0], device=cosine.device)
+    best, matched = logits.argmax(dim=1), targets.argmax(dim=1)
+    gap = cosine[rows, best] - cosine[rows, matched]
+    return torch.where(best != matched, gap, torch.zeros_like(gap))
+
+
+def _probability_gap(cosine: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, first_row: int) -> torch.Tensor:
+    """max_k p_ik - p_ii on the softmax probabilities of the row (the paper's formula)."""
+    probs = F.softmax(logits, dim=1)
+    return probs.max(dim=1).values - probs.diagonal(offset=first_row)
+
+
 def _adaptive_weights(
     cosine: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, *, factor: float, mode: str, first_row: int = 0
 ) -> torch.Tensor:
-    """A-SDM row weights w_i >= 1 (not detached, as in the reference)  ->  [rows].
-
-    ``cosine``: 1 + factor * (c[i, m_i] - c[i, g_i]) where m_i is the most similar
-    column and g_i the first column of the same identity (1 where they agree); the
-    authors' code. ``probability``: 1 + factor * (max_k p_ik - p_ii) on the softmax
-    probabilities of the row; the paper's formula. Row i is column ``first_row + i``.
-    """
-    if mode == "cosine":
-        rows = torch.arange(cosine.shape[0], device=cosine.device)
-        best, matched = logits.argmax(dim=1), targets.argmax(dim=1)
-        gap = cosine[rows, best] - cosine[rows, matched]
-        return torch.where(best != matched, gap * factor + 1, torch.ones_like(gap))
-    if mode == "probability":
-        probs = F.softmax(logits, dim=1)
-        own = probs.diagonal(offset=first_row)
-        return (probs.max(dim=1).values - own) * factor + 1
-    raise ValueError(f"asdm mode must be one of {ASDM_MODES}, got {mode!r}")
+    """A-SDM row weights w_i = 1 + factor * gap_i >= 1 (not detached, as in the reference)
+    ->  [rows]; ``mode`` names the gap (configs.defaults.ASDM_MODES). Row i is column
+    ``first_row + i``."""
+    gap = {"cosine": _cosine_gap, "probability": _probability_gap}[mode]
+    return gap(cosine, logits, targets, first_row) * factor + 1
 
 
 def sdm_loss(
@@ -75,8 +74,8 @@ def sdm_loss(
     pids: torch.Tensor,
     logit_scale: float | torch.Tensor,
     adaptive: bool = False,
-    adaptive_factor: float = ASDM_DEFAULTS.factor,
-    adaptive_mode: str = ASDM_DEFAULTS.mode,
+    adaptive_factor: float = AsdmConfig.factor,
+    adaptive_mode: str = AsdmConfig.mode,
     shard: Optional[Shard] = None,
 ) -> torch.Tensor:
     """Similarity distribution matching (IRRA); with ``adaptive=True``, FMFA's A-SDM.
@@ -152,7 +151,7 @@ def mlm_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def text_patch_affinity(
-    text_tokens: torch.Tensor, patch_tokens: torch.Tensor, threshold: float = EFA_DEFAULTS.threshold
+    text_tokens: torch.Tensor, patch_tokens: torch.Tensor, threshold: float = EfaConfig.threshold
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """EFA steps 1-2: each text token's affinity to the patches, min-max normalised per
     token ([B, L, P], before sparsification), and its sparsified, row-normalised version
@@ -166,7 +165,7 @@ def text_patch_affinity(
 
 
 def language_grouped_vision(
-    text_tokens: torch.Tensor, patch_tokens: torch.Tensor, threshold: float = EFA_DEFAULTS.threshold
+    text_tokens: torch.Tensor, patch_tokens: torch.Tensor, threshold: float = EfaConfig.threshold
 ) -> torch.Tensor:
     """EFA steps 1-3: G_b = A_b V_b with A_b the sparsified text-to-patch affinity.
 
@@ -207,11 +206,11 @@ def efa_loss(
     text_tokens: torch.Tensor,
     image_tokens: torch.Tensor,
     *,
-    text_margin: float = EFA_DEFAULTS.text_margin,
-    image_margin: float = EFA_DEFAULTS.image_margin,
-    lse_lambda: float = EFA_DEFAULTS.lse_lambda,
-    threshold: float = EFA_DEFAULTS.threshold,
-    block_elems: int = EFA_DEFAULTS.block_elems,
+    text_margin: float = EfaConfig.text_margin,
+    image_margin: float = EfaConfig.image_margin,
+    lse_lambda: float = EfaConfig.lse_lambda,
+    threshold: float = EfaConfig.threshold,
+    block_elems: int = EfaConfig.block_elems,
     shard: Optional[Shard] = None,
 ) -> torch.Tensor:
     """Explicit fine-grained alignment (docs/method.md, "Losses", EFA steps 1-6).
@@ -235,76 +234,3 @@ def efa_loss(
         (all_sims,) = columns_of(shard, sims)
         loss = loss + _ranking_cost(all_sims, margin, first_row_of(shard, sims.shape[0]), sims.shape[0])
     return loss
-
-
-# ---- The losses' table: each loss fed from the model's outputs and the batch ----------------
-Tensors = Dict[str, torch.Tensor]
-Term = Tuple[torch.Tensor, Tensors]  # (unweighted loss, detached metrics)
-
-
-class Criterion(Protocol):
-    """What a loss's row reads from the criterion (``model.loss.FMFALoss``): its settings
-    sections by name (``loss.asdm``, ``loss.efa``), the logit scale, this process's shard."""
-
-    logit_scale: float
-    shard: Optional[Shard]
-
-    def global_share(self, count: int, device: torch.device) -> torch.Tensor: ...
-
-    def __getattr__(self, section: str) -> Any: ...
-
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(dim=1) == labels).float().mean()
-
-
-def _sdm(loss: Criterion, out: Tensors, batch: Tensors, adaptive: bool = False) -> Term:
-    image_feats, text_feats, pids, asdm = out["image_feats"], out["text_feats"], batch["pids"], loss.asdm
-    settings = dict(adaptive=adaptive, adaptive_factor=asdm.factor, adaptive_mode=asdm.mode, shard=loss.shard)
-    return sdm_loss(image_feats, text_feats, pids, loss.logit_scale, **settings), {}
-
-
-def _asdm(loss: Criterion, out: Tensors, batch: Tensors) -> Term:
-    return _sdm(loss, out, batch, adaptive=True)
-
-
-def _itc(loss: Criterion, out: Tensors, batch: Tensors) -> Term:
-    return itc_loss(out["image_feats"], out["text_feats"], loss.logit_scale, shard=loss.shard), {}
-
-
-def _cmpm(loss: Criterion, out: Tensors, batch: Tensors) -> Term:
-    return cmpm_loss(out["image_feats"], out["text_feats"], batch["pids"], shard=loss.shard), {}
-
-
-def _id(loss: Criterion, out: Tensors, batch: Tensors) -> Term:
-    # Every process holds the same number of samples, so the mean of their means is global.
-    image_logits, text_logits, pids = out["image_logits"], out["text_logits"], batch["pids"]
-    accuracies = {"img_acc": _accuracy(image_logits, pids), "txt_acc": _accuracy(text_logits, pids)}
-    return id_loss(image_logits, text_logits, pids), accuracies
-
-
-def _mlm(loss: Criterion, out: Tensors, batch: Tensors) -> Term:
-    # The processes' captions carry different numbers of masked tokens: weight by the count.
-    scores, labels = out["mlm_scores"], out["mlm_labels"]
-    share = loss.global_share(labels.shape[0], scores.device)
-    return mlm_loss(scores, labels) * share, {"mlm_acc": _accuracy(scores, labels) * share}
-
-
-def _efa(loss: Criterion, out: Tensors, batch: Tensors) -> Term:
-    # every EFA setting, by its name: none can be left to efa_loss's default
-    return efa_loss(out["text_tokens"], out["image_tokens"], **asdict(loss.efa), shard=loss.shard), {}
-
-
-LOSSES: Dict[str, Callable[[Criterion, Tensors, Tensors], Term]] = {
-    "itc": _itc,
-    "sdm": _sdm,
-    "a-sdm": _asdm,
-    "cmpm": _cmpm,
-    "id": _id,
-    "mlm": _mlm,
-    "efa": _efa,
-}
-if set(LOSSES) != set(LOSS_NAMES):
-    raise ImportError(
-        f"model.objectives.LOSSES {sorted(LOSSES)} and configs.defaults.LOSS_SPECS {sorted(LOSS_NAMES)} differ"
-    )

@@ -10,21 +10,19 @@ from typing import ContextManager, Optional
 import torch
 from open_clip.model import convert_weights_to_lp
 
-from configs.validation import PRECISIONS
+AUTOCAST_DTYPES = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16, "pure_fp16": torch.float16}
 
 
 @dataclass
 class Precision:
+    """``mode``: one of ``configs.validation.PRECISIONS`` (``train.precision``, validated at load)."""
+
     mode: str
     device: torch.device
 
-    def __post_init__(self):
-        if self.mode not in PRECISIONS:
-            raise ValueError(f"train.precision={self.mode!r}; expected one of {', '.join(PRECISIONS)}")
-
     @property
     def autocast_dtype(self) -> Optional[torch.dtype]:
-        return {"fp32": None, "amp_bf16": torch.bfloat16}.get(self.mode, torch.float16)
+        return AUTOCAST_DTYPES[self.mode]
 
     def inference_autocast(self) -> ContextManager:
         """Evaluation of a model trained in this mode, outside the training run: a pure_fp16

@@ -16,10 +16,7 @@ import inspect
 import torch
 from torch import nn
 
-from configs.errors import ConfigError
-from configs.validation import OPTIMIZERS
-
-__all__ = ["OPTIMIZERS", "build_optimizer"]
+__all__ = ["build_optimizer"]
 
 BACKBONE_PREFIX = "base_model."
 
@@ -36,15 +33,6 @@ def _is_new(name: str) -> bool:
 
 def _is_bias(name: str) -> bool:
     return "bias" in name.rsplit(".", 1)[-1]
-
-
-def _optimizer_class(cfg) -> type:
-    """The optimizer named by the validated ``solver.optimizer`` (exactly as validation allows)."""
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(
-            f"solver.optimizer={cfg.optimizer!r} is not supported; allowed values: {', '.join(OPTIMIZERS)}"
-        )
-    return getattr(torch.optim, cfg.optimizer)
 
 
 def _param_groups(model: nn.Module, cfg) -> list[dict]:
@@ -81,15 +69,14 @@ def _param_groups(model: nn.Module, cfg) -> list[dict]:
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """Adam / AdamW / SGD over the grouped trainable parameters of ``model``.
 
-    ``cfg`` is a ``SolverConfig``.  Adam and AdamW use ``betas`` and ``eps`` (the paper:
-    0.9/0.999, 1e-3); SGD uses ``momentum``.  With ``fused=True`` the fused kernels are
-    requested (PyTorch has them for CUDA and CPU parameters; on a 2-core CPU Adam with
-    weight decay over the 49408-word embeddings runs ~4x faster), else the multi-tensor
-    (foreach) ones; with ``fused=False`` PyTorch picks its default implementation.
+    ``cfg`` is the ``solver`` section of a loaded (validated) config.  Adam and AdamW use
+    ``betas`` and ``eps`` (the paper: 0.9/0.999, 1e-3); SGD uses ``momentum``.  With
+    ``fused=True`` the fused kernels are requested (PyTorch has them for CUDA and CPU
+    parameters; on a 2-core CPU Adam with weight decay over the 49408-word embeddings runs
+    ~4x faster), else the multi-tensor (foreach) ones; with ``fused=False`` PyTorch picks
+    its default implementation.
     """
-    cls = _optimizer_class(cfg)
-    if not cfg.lr > 0:
-        raise ValueError(f"solver.lr must be > 0, got {cfg.lr}")
+    cls = getattr(torch.optim, cfg.optimizer)  # one of configs.validation.OPTIMIZERS
     groups = _param_groups(model, cfg)
     if not groups:
         raise ValueError("build_optimizer: the model has no parameter with requires_grad=True")

@@ -22,43 +22,21 @@ from bisect import bisect_right
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from configs.errors import ConfigError
-from configs.validation import SCHEDULERS, WARMUP_METHODS
-
-__all__ = ["SCHEDULERS", "WARMUP_METHODS", "build_lr_scheduler", "lr_at", "lr_factor"]
-
-
-def _option(cfg, key: str, allowed) -> str:
-    """``cfg.<key>``, exactly one of ``allowed`` (the values validation accepts)."""
-    value = getattr(cfg, key)
-    if value not in allowed:
-        raise ConfigError(f"solver.{key}={value!r} is not supported; allowed values: {', '.join(allowed)}")
-    return value
-
-
-def _check(cfg) -> str:
-    """Validate the schedule options; return the canonical scheduler name."""
-    name = _option(cfg, "scheduler", SCHEDULERS)
-    _option(cfg, "warmup_method", WARMUP_METHODS)
-    if cfg.warmup_epochs < 0:
-        raise ConfigError(f"solver.warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
-    if name == "step" and list(cfg.milestones) != sorted(cfg.milestones):
-        raise ConfigError(f"solver.milestones must be increasing, got {list(cfg.milestones)}")
-    return name
+__all__ = ["build_lr_scheduler", "lr_at", "lr_factor"]
 
 
 def lr_factor(epoch: int, cfg, base_lr: float | None = None) -> float:
     """Multiplier of a parameter group's base lr during epoch ``epoch`` (0-based).
 
-    ``cfg`` is a ``SolverConfig``.  ``base_lr`` (default ``cfg.lr``) is the base lr of the
-    group the factor is for; it only matters when ``cfg.target_lr`` is non-zero, since
-    ``target_lr`` is an absolute lr (see the module docstring).
+    ``cfg`` is the ``solver`` section of a loaded (validated) config.  ``base_lr`` (default
+    ``cfg.lr``) is the base lr of the group the factor is for; it only matters when
+    ``cfg.target_lr`` is non-zero, since ``target_lr`` is an absolute lr (module docstring).
     """
-    name = _check(cfg)
+    name = cfg.scheduler
     warmup = int(cfg.warmup_epochs)
 
     if epoch < warmup:
-        if str(cfg.warmup_method).lower() == "constant":
+        if cfg.warmup_method == "constant":
             return float(cfg.warmup_factor)
         alpha = epoch / warmup
         return float(cfg.warmup_factor) * (1.0 - alpha) + alpha
@@ -99,7 +77,6 @@ def build_lr_scheduler(optimizer: Optimizer, cfg, last_epoch: int = -1) -> Lambd
     from the current config.  To resume, build the optimizer and scheduler as for a new
     run and call ``load_state_dict`` on both.
     """
-    _check(cfg)
 
     def make(group_base_lr: float):
         def factor(epoch: int) -> float:

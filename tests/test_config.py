@@ -285,6 +285,48 @@ def test_validate_catches(overrides, key):
     raises(key, load_config, None, overrides)  # load_config returns only validated configs
 
 
+# Each check the code that builds from a config once made again is made once, at load:
+# (overrides, the line of the ConfigError that names the key, the value and what is allowed).
+CHECKED_AT_LOAD = {
+    "optimizer": (["solver.optimizer=Lion"], "solver.optimizer='Lion': must be one of Adam, AdamW, SGD"),
+    "optimizer case": (["solver.optimizer=adam"], "solver.optimizer='adam': must be one of Adam, AdamW, SGD"),
+    "lr": (["solver.lr=0"], "solver.lr=0.0: must be > 0"),
+    "scheduler": (
+        ["solver.scheduler=onecycle"],
+        "solver.scheduler='onecycle': must be one of cosine, step, linear, exponential, poly",
+    ),
+    "warmup method": (["solver.warmup_method=exp"], "solver.warmup_method='exp': must be one of linear, constant"),
+    "warmup epochs": (["solver.warmup_epochs=-1"], "solver.warmup_epochs=-1: must be in 0..solver.epochs-1"),
+    "milestones": (
+        ["solver.scheduler=step", "solver.milestones=[50, 20]"],
+        "solver.milestones=[50, 20]: must be increasing epochs",
+    ),
+    "precision": (
+        ["train.precision=fp16"],
+        "train.precision='fp16': must be one of fp32, amp_bf16, amp_fp16, pure_fp16",
+    ),
+    "sampler": (["data.sampler=balanced"], "data.sampler='balanced': must be one of random, identity"),
+    "IRR depth": (["loss.names=sdm+mlm", "model.cmt_depth=0"], "model.cmt_depth=0: must be >= 1"),
+    "A-SDM mode": (["asdm.mode=softmax"], "asdm.mode='softmax': must be one of cosine, probability"),
+    "loss names": (
+        ["loss.names=a-sdm+triplet"],
+        "loss.names='a-sdm+triplet': must be a '+'-joined subset of itc, sdm, a-sdm, cmpm, efa, id, mlm "
+        "(unknown: triplet)",
+    ),
+    "loss weights": (
+        ["loss.names=sdm", "loss.weights.efa=2.0"],
+        "loss.weights={'efa': 2.0}: must be keyed by enabled losses (sdm); not enabled: efa",
+    ),
+}
+
+
+@pytest.mark.parametrize("check", list(CHECKED_AT_LOAD))
+def test_each_value_check_is_made_at_load_with_its_message(check):
+    overrides, line = CHECKED_AT_LOAD[check]
+    message = raises(line, load_config, None, overrides)
+    assert message.splitlines()[1].strip().startswith(line), message  # the one problem, named whole
+
+
 def test_validate_choice_lists_allowed_values():
     raises(
         ["train.precision", "fp32", "amp_bf16", "amp_fp16", "pure_fp16"], load_config, None, ["train.precision=half"]

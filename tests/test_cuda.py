@@ -13,10 +13,11 @@ from conftest import ROOT, run_ok, tiny_batch, tiny_config, with_project_on_path
 from train_fixtures import make_fixture, tiny_run_args
 
 from configs.loader import load_config
+from configs.validation import PRECISIONS
 from datasets.build import build_train_loader
 from model.build import build_criterion, build_model
 from processor import checkpointing as ckpt
-from processor.precision import PRECISIONS, Precision
+from processor.precision import Precision
 from utils.memory import take_gpu_peak_mb
 from utils.reproducibility import set_tf32
 

@@ -90,16 +90,12 @@ def test_unknown_or_malformed_loss_names_are_errors(spec):
     cfg = _config(spec)
     with pytest.raises(ConfigError, match="loss.names"):
         validate(cfg)
-    with pytest.raises(ValueError, match="loss.names"):
-        build_criterion(cfg)
 
 
 def test_weight_for_a_disabled_loss_is_an_error():
     cfg = _config("sdm", {"efa": 2.0})
-    with pytest.raises(ConfigError, match="loss.weights"):
-        validate(cfg)
     with pytest.raises(ConfigError, match=r"loss.weights=\{'efa': 2.0\}"):
-        build_criterion(cfg)
+        validate(cfg)
 
 
 def test_model_outputs_predictions_and_no_losses():
