@@ -58,8 +58,8 @@ from configs.defaults import Config
 from datasets.build import build_train_loader
 from datasets.synthetic import generate
 from model.build import build_criterion, build_model
+from processor.epoch_loop import EpochReport, Stepper, train_one_epoch
 from processor.precision import PRECISIONS, Precision
-from processor.trainer import EpochReport, Stepper, train_one_epoch
 from solver import build_optimizer
 from utils.cli import describe, exit_skipping_final_gc
 
