@@ -1,4 +1,4 @@
-"""utils.report on hand-made run folders: config.yaml + metrics.jsonl written here."""
+"""utils.report on hand-made run folders: config.yaml, metrics.jsonl and progress.json written here."""
 
 from __future__ import annotations
 
