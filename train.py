@@ -13,7 +13,7 @@ from configs.errors import UserError
 from configs.loader import build_parser, parse_args
 from processor.preflight import check_device, check_run_inputs
 from processor.run_keeper import RunKeeper
-from processor.training import train
+from processor.training import Training
 from utils.cli import describe, exit_skipping_final_gc, report_user_errors
 from utils.distributed import cleanup, init_distributed, pick_device, record_errors
 from utils.gpu import keep_off_the_gpus
@@ -56,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if info.is_main:
             logger.info("run folder %s, %d process(es) on %s", run.folder, info.world_size, info.device)
         configure_kernels(cfg.train.deterministic, cfg.train.tf32)
-        best = train(cfg, info, run)
+        best = Training(cfg, info, run).run()  # continues from last.pth when the plan says so
         logger.info(
             "best %s %s %.3f at epoch %d", SELECTION_TASK, SELECTION_METRIC, best[SELECTION_METRIC], best["epoch"]
         )

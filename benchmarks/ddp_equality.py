@@ -31,7 +31,7 @@ from benchmarks.presets import TINY_RUN_OVERRIDES
 from configs.loader import load_config
 from datasets.build import build_train_loader
 from model.build import build_criterion, build_model
-from processor.trainer import move_batch
+from processor.epoch_loop import move_batch
 from utils.cli import describe, exit_skipping_final_gc
 from utils.distributed import cleanup, data_parallel, init_distributed, loss_collective
 from utils.reproducibility import set_tf32

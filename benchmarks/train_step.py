@@ -59,8 +59,8 @@ from configs.validation import PRECISIONS
 from datasets.build import build_train_loader
 from datasets.synthetic import generate
 from model.build import build_criterion, build_model
+from processor.epoch_loop import EpochReport, Stepper, train_one_epoch
 from processor.precision import Precision
-from processor.trainer import EpochReport, Stepper, train_one_epoch
 from solver import build_optimizer
 from utils.cli import describe, exit_skipping_final_gc
 

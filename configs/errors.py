@@ -1,7 +1,7 @@
 """The error every command-line program reports as one line (exit status 2): a user mistake.
 
 Each package raises its own subclass (ConfigError here, DataError in datasets, WeightsError
-in model, RunFolderError in utils.run_folder); a genuine bug is any other exception and keeps its
+in model, RunFolderError in processor.run_keeper); a genuine bug is any other exception and keeps its
 traceback.
 """
 

@@ -1,6 +1,7 @@
 """What a run's checkpoints hold: ``last.pth`` (everything to continue identically) and
 ``best.pth`` (the best epoch's weights, metrics and config); their names are
-``utils.run_folder``'s, and ``processor.run_keeper.RunKeeper`` writes and reads them.
+``utils.run_layout``'s, ``processor.run_keeper.RunKeeper`` writes and reads them, and a
+resumed run's :class:`TrainingParts` restore themselves from what it reads.
 
 Files are written with ``utils.io.save_atomic`` (a temporary file in the same folder moved
 into place with ``os.replace``), so a crash mid-write leaves the previous checkpoint intact. They hold only
@@ -66,6 +67,16 @@ class TrainingParts:
     epoch: int = 0
     step: int = 0
 
+    def restore(self, state: Dict[str, Any], source: str = "checkpoint", hint: str = "") -> None:
+        """A loaded last.pth onto these parts: weights, optimizer, schedule, scaler, RNG and position."""
+        load_matching_state_dict(self.model, state["model"], source, hint)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"], self.device)
+        self.epoch, self.step = state["epoch"], state["step"]
+
 
 def training_state(parts: TrainingParts, best: Dict[str, Any], config: Dict[str, Any]) -> Dict[str, Any]:
     """The content of ``last.pth`` after ``parts.epoch`` (1-based) completed epochs."""
@@ -103,16 +114,3 @@ def load_training_state(path: Path) -> Dict[str, Any]:
             "to start from weights only, use model.pretrain or test.py"
         )
     return state
-
-
-def restore_training_state(
-    state: Dict[str, Any], parts: TrainingParts, source: str = "checkpoint", hint: str = ""
-) -> None:
-    """A loaded last.pth onto ``parts``: weights, optimizer, schedule, scaler, RNG and position."""
-    load_matching_state_dict(parts.model, state["model"], source, hint)
-    parts.optimizer.load_state_dict(state["optimizer"])
-    parts.scheduler.load_state_dict(state["scheduler"])
-    if parts.scaler is not None and state.get("scaler") is not None:
-        parts.scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"], parts.device)
-    parts.epoch, parts.step = state["epoch"], state["step"]

@@ -1,6 +1,7 @@
-"""A training run: its parts built, the epoch loop and evaluation. Everything the run keeps
-in its folder (checkpoints, progress, metrics, the best epoch, the summary) goes through
-its ``processor.run_keeper.RunKeeper``."""
+"""A training run: its parts built (restored from last.pth when resumed), the loop over epochs
+(one epoch: ``processor.epoch_loop``) and evaluation. Everything the run keeps in its folder
+(checkpoints, progress, metrics, TensorBoard, the best epoch, the summary) goes through its
+``processor.run_keeper.RunKeeper``."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from datasets.build import EvalLoaders, build_eval_loaders, build_train_loader, 
 from datasets.readers import log_statistics
 from model.build import build_criterion, build_model
 from processor.checkpointing import TrainingParts
+from processor.epoch_loop import EpochReport, Stepper, train_one_epoch
 from processor.evaluator import eval_targets, evaluate, results_table
 from processor.precision import Precision
 from processor.run_keeper import RunKeeper
-from processor.trainer import EpochReport, Stepper, train_one_epoch
 from solver import build_lr_scheduler, build_optimizer
 from utils.distributed import DistInfo, barrier, data_parallel, loss_collective
 from utils.memory import memory_figures, take_gpu_peak_mb
@@ -28,8 +29,8 @@ logger = logging.getLogger(__name__)
 
 
 class Training:
-    """The parts of a run (data, model, loss, optimizer, schedule, precision) and its epoch loop;
-    ``run`` trains the remaining epochs."""
+    """The parts of a run (data, model, loss, optimizer, schedule, precision), restored from the
+    keeper's last.pth when it continues one, and its epoch loop; ``run`` trains the remaining epochs."""
 
     def __init__(self, cfg: Config, info: DistInfo, keeper: RunKeeper):
         self.cfg, self.info, self.keeper = cfg, info, keeper
@@ -52,6 +53,9 @@ class Training:
         self.parts = TrainingParts(model, optimizer, scheduler, scaler, num_classes, info.device)
         self.stepper = Stepper(train_model, criterion, optimizer, self.precision, scaler)
         self.targets = eval_targets(cfg) if info.is_main else []
+        saved = keeper.saved_state()
+        if saved is not None:
+            self.parts.restore(*saved)
 
     def evaluate(self, epoch: int, targets: Optional[List[EvalLoaders]] = None) -> Dict[str, float]:
         """Evaluate every target (default: the run's); log and record each; return the first's t2i."""
@@ -78,26 +82,25 @@ class Training:
     def log_memory(self, phase: str, losses: str = "") -> None:
         """The memory figures of the phase just ended (``train``: this epoch's steps; ``eval``: its
         evaluation), in the log and TensorBoard."""
-        epoch, writer = self.parts.epoch, self.keeper.writer
+        epoch = self.parts.epoch
         memory = memory_figures(self.info.device, phase)
         figures = ", ".join(f"{k} {v:.0f}" for k, v in memory.items())
         if phase == "train":
             logger.info("epoch %d/%d: %s; memory %s", epoch, self.cfg.solver.epochs, losses, figures)
         else:
             logger.info("epoch %d %s memory %s", epoch, phase, figures)
-        for name, value in memory.items():
-            if writer is not None and (phase == "train" or name != "rss_mb"):
-                writer.add_scalar(f"memory/{name}", value, epoch)
+        kept = {f"memory/{name}": value for name, value in memory.items() if phase == "train" or name != "rss_mb"}
+        self.keeper.scalars(kept, epoch)
 
     def run(self) -> Dict[str, Any]:
         """Train the remaining epochs; the best epoch (``{"R1", "epoch"}``) at the end."""
         cfg, info, parts, keeper = self.cfg, self.info, self.parts, self.keeper
-        keeper.open_writer(parts.step)
+        keeper.begin(parts.epoch, parts.step)
         if cfg.eval.at_start and parts.epoch == 0 and info.is_main:
             self.evaluate(0)
             take_gpu_peak_mb(info.device)  # epoch 1's training peak starts here
         barrier(info)
-        report = EpochReport(cfg.train.log_period, keeper.writer, info.is_main, cfg.solver.epochs, info.world_size)
+        report = EpochReport(cfg.train.log_period, keeper.scalars, info.is_main, cfg.solver.epochs, info.world_size)
         while parts.epoch < cfg.solver.epochs:
             self.loader.sampler.set_epoch(parts.epoch)
             parts.step, averages = train_one_epoch(self.stepper, self.loader, parts.epoch, parts.step, report)
@@ -118,10 +121,3 @@ class Training:
         test = build_eval_loaders(self.cfg, self.cfg.data.dataset, "test")
         logger.info("best.pth (epoch %d, selected on %s) on the test split", best["epoch"], self.cfg.eval.split)
         self.evaluate(best["epoch"], [test])
-
-
-def train(cfg: Config, info: DistInfo, keeper: RunKeeper) -> Dict[str, Any]:
-    """Build the run, continue it where ``keeper``'s plan says, and train to the last epoch."""
-    training = Training(cfg, info, keeper)
-    keeper.resume(training.parts)
-    return training.run()

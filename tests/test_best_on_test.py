@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,8 +18,11 @@ from conftest import ROOT
 from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
+from configs.defaults import Config
 from processor import checkpointing as ckpt
 from processor import training
+from processor.run_keeper import RunKeeper
+from utils.distributed import DistInfo
 
 # test.py by path: the name "test" is also a standard-library package.
 _spec = importlib.util.spec_from_file_location("fmfa_test_cli_best_on_test", ROOT / "test.py")
@@ -64,3 +68,18 @@ def test_a_run_selected_on_val_reports_best_pth_on_test(tmp_path, monkeypatch):
     reported = rows[-1]
     for key in METRICS:
         assert reported[key] == pytest.approx(best[key], abs=1e-4), (key, reported, best, last)
+
+
+def test_the_best_epoch_is_decided_once_and_the_summary_reads_it(tmp_path):
+    cfg = Config()
+    cfg.train.output_dir, cfg.eval.split = str(tmp_path), "val"
+    keeper = RunKeeper(cfg, DistInfo())
+    val = SimpleNamespace(dataset=cfg.data.dataset, split="val")
+    for epoch, r1 in enumerate([50.0, 60.0, 60.0], 1):  # epoch 3 ties epoch 2: the earlier stays
+        figures = dict.fromkeys(METRICS, r1)
+        keeper.record(epoch, val, {"t2i": figures})
+        assert (keeper.update_best(epoch, figures) is not None) == (epoch < 3)
+    assert keeper.best == {"R1": 60.0, "epoch": 2}
+    assert "best (epoch 2, val)" in keeper.summary()
+    keeper.best = {"R1": 50.0, "epoch": 1}  # the summary shows the decision; it does not make its own
+    assert "best (epoch 1, val)" in keeper.summary()

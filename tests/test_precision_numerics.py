@@ -2,7 +2,7 @@
 
 One tiny model (tests/conftest.py's ``tiny_config``, the paper's losses a-sdm+mlm+id+efa),
 one fixed batch, the same starting weights in every mode; the step is taken as
-``processor.trainer.train_one_epoch`` takes it: ``Precision(mode).prepare_model(model)``,
+``processor.epoch_loop.train_one_epoch`` takes it: ``Precision(mode).prepare_model(model)``,
 then ``criterion(model(batch), batch)`` under ``Precision(mode).autocast()``. Checked:
 
 - every loss term is a float32 scalar, whatever dtype the network ran in;

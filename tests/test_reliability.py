@@ -18,9 +18,8 @@ from train_fixtures import make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
 from processor import checkpointing as ckpt
-from processor import training
-from processor.trainer import StepLog
-from utils import run_folder
+from processor import run_keeper, training
+from processor.epoch_loop import StepLog
 from utils.distributed import WholeErrorFile
 
 
@@ -63,7 +62,8 @@ def test_a_fresh_run_never_overwrites_an_existing_one(one_epoch_run, tmp_path, c
     assert (run / "last.pth").read_bytes() == saved
     # ... a rerun of the same config reports the finished run and writes nothing ...
     assert train_cli.main(tiny_run_args(root, run, 1, "train.auto_resume=true")) == 0
-    assert "already finished (1/1 epochs)" in capsys.readouterr().out
+    finished = capsys.readouterr().out  # with its closing summary at progress.json's best epoch
+    assert "already finished (1/1 epochs)" in finished and "best (epoch 1, test)" in finished
     assert (run / "last.pth").read_bytes() == saved
     # ... and an explicit train.resume extends it
     assert train_cli.main(tiny_run_args(root, run, 2, f"train.resume={run}")) == 0
@@ -83,7 +83,7 @@ def test_unwritable_run_folder_is_refused_before_anything_heavy(tmp_path, capsys
 def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch, capsys):
     root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 4096, 4096))
+    monkeypatch.setattr(run_keeper.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 4096, 4096))
     assert "0.00 GiB free, but its checkpoints need about" in user_error(
         capsys, train_cli.main, tiny_run_args(root, run, 1)
     )

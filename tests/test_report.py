@@ -1,4 +1,4 @@
-"""utils.report on hand-made run folders: config.yaml + metrics.jsonl written here."""
+"""utils.report on hand-made run folders: config.yaml, metrics.jsonl and progress.json written here."""
 
 from __future__ import annotations
 
@@ -44,8 +44,12 @@ def metric(
     }
 
 
-def write_run(folder: Path, overrides: Dict[str, object], rows: Optional[List[dict]]) -> Path:
-    """A run folder: BASE with dotted ``overrides``; metrics.jsonl only when ``rows`` is given."""
+def write_run(
+    folder: Path, overrides: Dict[str, object], rows: Optional[List[dict]], best: Optional[int] = None
+) -> Path:
+    """A run folder: BASE with dotted ``overrides``; metrics.jsonl and progress.json only when
+    ``rows`` is given. progress.json's best epoch is ``best``, else what training records: the
+    first epoch > 0 with the highest t2i R1 on the run's dataset and selection split."""
     config = copy.deepcopy(BASE)
     config["train"]["output_dir"] = str(folder)
     for key, value in overrides.items():
@@ -55,6 +59,10 @@ def write_run(folder: Path, overrides: Dict[str, object], rows: Optional[List[di
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     if rows is not None:
         (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        where = (config["data"]["dataset"], config["eval"]["split"], "t2i")
+        selection = [r for r in rows if (r["dataset"], r["split"], r["task"]) == where and r["epoch"] > 0]
+        chosen = max(selection, key=lambda r: r["R1"])["epoch"] if best is None and selection else best or 0
+        (folder / "progress.json").write_text(json.dumps({"best": {"R1": 0.0, "epoch": chosen}}), encoding="utf-8")
     return folder
 
 
@@ -139,6 +147,22 @@ def test_selected_epoch_is_best_r1_on_the_selection_split(tmp_path):
     assert (test_row["epoch"], test_row["R1"], test_row["mAP"]) == ("2", "52.00", "33.00")
 
 
+def test_the_epoch_shown_is_the_one_the_run_recorded(tmp_path):
+    # metrics.jsonl holds an epoch-3 row with a higher R1 (evaluated, then the run stopped
+    # before its checkpoint): the report shows best.pth's epoch, as progress.json records it.
+    write_run(tmp_path / "a", {}, curve([50, 60, 75], [40, 45, 44]), best=2)
+    write_run(tmp_path / "b", {}, [metric(0, 30, 20)])  # only the untrained row: nothing selected
+    rows = rows_of(tmp_path)
+    assert (only(rows, run="a")["epoch"], only(rows, run="a")["R1"]) == ("2", "60.00")
+    assert (only(rows, run="b")["epoch"], only(rows, run="b")["R1"]) == ("", "")
+
+
+def test_a_config_the_loader_refuses_is_unreadable(tmp_path):
+    write_run(tmp_path / "a", {"solver.epochs": "three"}, curve([50], [40]))
+    state = only(rows_of(tmp_path), run="a")["state"]
+    assert state.startswith("unreadable: ") and "solver.epochs" in state
+
+
 def test_paper_row_only_for_datasets_present(tmp_path):
     write_run(tmp_path / "a", {}, curve([50, 60, 55], [40, 45, 44]))
     rows = rows_of(tmp_path)
@@ -210,7 +234,7 @@ def test_unfinished_and_unreadable_runs_are_listed(tmp_path, capsys):
     assert only(rows, run="done")["state"] == "done"
     assert only(rows, run="halfway")["state"] == "epoch 2/10"
     broken = only(rows, run="broken")
-    assert broken["state"].startswith("unreadable: invalid YAML") and "line 2" in broken["state"]
+    assert broken["state"].startswith("unreadable: YAML syntax error in") and "line 2" in broken["state"]
     assert (broken["dataset"], broken["split"], broken["R1"]) == ("", "", "")
     assert rows[-1] is broken  # unreadable runs come last
     assert "| started" in printed and "| broken" in printed

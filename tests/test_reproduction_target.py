@@ -32,6 +32,8 @@ def write_run(folder, loss_names: str, r1s, dataset: str = "CUHK-PEDES"):
         for e, r in enumerate(r1s, 1)
     ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    best = {"R1": max(r1s), "epoch": r1s.index(max(r1s)) + 1}  # as training records it
+    (folder / "progress.json").write_text(json.dumps({"best": best}), encoding="utf-8")
     return folder
 
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 from conftest import ROOT, copy_run, tiny_batch, tiny_config, with_project_on_path
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from train_fixtures import epoch_means, make_fixture, read_metrics, tiny_run_args
 
 import train as train_cli
@@ -19,8 +20,8 @@ from configs.loader import load_config
 from model import objectives
 from model.build import build_criterion, build_model, model_from_checkpoint
 from processor import checkpointing as ckpt
+from processor.epoch_loop import EpochReport, NonFiniteLossError, StepLog, Stepper, train_one_epoch
 from processor.precision import Precision
-from processor.trainer import EpochReport, NonFiniteLossError, StepLog, Stepper, train_one_epoch
 from solver import build_optimizer
 from utils.io import save_atomic
 
@@ -37,7 +38,12 @@ def test_run_folder_contents_and_test_cli(tmp_path):
     assert train_cli.main(tiny_run_args(root, run, 2, "eval.at_start=true", "eval.i2t=true")) == 0
     for name in ("config.yaml", "train.log", "metrics.jsonl", "last.pth", "best.pth"):
         assert (run / name).is_file(), name
-    assert any((run / "tensorboard").iterdir())
+    # the one TensorBoard writer holds the loop's, the memory and the evaluation curves
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    loop = {"train/loss", "train/lr", "train/samples_per_s", "memory/rss_mb", "CUHK-PEDES/test/i2t/R1"}
+    assert loop <= set(events.Tags()["scalars"])
+    assert [event.step for event in events.Scalars("CUHK-PEDES/test/t2i/R1")] == [0, 1, 2]
     rows = read_metrics(run)
     assert all(set(row) == METRIC_KEYS for row in rows)
     assert [(r["epoch"], r["task"]) for r in rows] == [(e, t) for e in (0, 1, 2) for t in ("t2i", "i2t")]
@@ -49,6 +55,9 @@ def test_run_folder_contents_and_test_cli(tmp_path):
     best = torch.load(run / "best.pth", weights_only=True)
     t2i = {r["epoch"]: r for r in rows if r["task"] == "t2i"}
     assert best["metrics"]["R1"] == max(t2i[e]["R1"] for e in (1, 2))
+    # the best epoch is decided once: progress.json and the closing summary name best.pth's
+    assert json.loads((run / "progress.json").read_text())["best"]["epoch"] == best["epoch"]
+    assert f"best (epoch {best['epoch']}, test)" in (run / "train.log").read_text()
     # test.py rebuilds the model from the run folder and reproduces the best epoch's figures.
     assert test_cli.main([str(run)]) == 0
     tested = json.loads((run / "test_best_CUHK-PEDES_test.json").read_text())["results"]["CUHK-PEDES"]

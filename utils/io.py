@@ -20,6 +20,7 @@ from typing import IO, Any, Callable, Dict, Iterator, List
 from configs.defaults import Config
 from configs.loader import config_yaml
 from utils.metric_names import SELECTION_METRIC
+from utils.run_layout import PROGRESS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,15 @@ def save_config(cfg: Config, path: str | Path) -> None:
     """The resolved config as YAML (readable back by ``configs.load_config``), atomically."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, config_yaml(cfg))
+
+
+def read_progress(output_dir: str | Path) -> Dict[str, Any]:
+    """A run folder's progress.json: ``{"epoch": completed epochs, "epochs": planned, "best":
+    {R1, "epoch"}}`` (the best epoch as the run decided it); {} when absent or unreadable."""
+    try:
+        return json.loads((Path(output_dir) / PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def write_with(path: str | Path, writer: Callable[[IO], None]) -> None:

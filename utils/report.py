@@ -1,9 +1,10 @@
 """Compare training runs: ``python -m utils.report DIR [DIR ...] [--csv FILE] [--plot FILE]``.
 
-A run (a folder holding config.yaml) is reported at its selected epoch: the best t2i R1 on its
-dataset and ``eval.split`` among epochs > 0 (earliest on ties), plus its test row there when it
-was selected on val. Runs differing only in ``train.seed`` are pooled as ``mean ± std (n)``;
-differing config keys become columns; the paper's figures are added per dataset.
+A run (a folder holding config.yaml) is reported at the best epoch it recorded in progress.json
+(training's choice: the best t2i R1 on its dataset and ``eval.split`` among epochs > 0, earliest
+on ties; best.pth's epoch), plus its test row there when it was selected on val. Runs
+differing only in ``train.seed`` are pooled as ``mean ± std (n)``; differing config keys
+become columns; the paper's figures are added per dataset.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Training runs as ``python -m utils.report`` reads them: a run folder's config and metrics
-rows (:class:`RunResult`), the run folders under a directory, and how runs are told apart
-(the config keys that differ) and pooled (runs differing only in their seed)."""
+"""Training runs as ``python -m utils.report`` reads them: a run folder's config (read by
+``configs.loader``, as training reads it), metrics rows and best epoch (as the run decided it,
+from progress.json) (:class:`RunResult`), the run folders under a directory, and how runs are
+told apart (the config keys that differ) and pooled (runs differing only in their seed)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import yaml
-
-from configs.errors import UserError
-from utils.io import read_metrics_rows
+from configs.errors import ConfigError, UserError
+from configs.loader import config_to_dict, load_config
+from utils.io import read_metrics_rows, read_progress
 from utils.metric_names import SELECTION_METRIC, SELECTION_TASK
 from utils.run_layout import CONFIG_FILE, METRICS_FILE, WHERE_KEYS
 
@@ -27,12 +27,14 @@ class ReportError(UserError):
 
 @dataclass
 class RunResult:
-    """A run folder as the report reads it: its config and metrics rows, or why it cannot be read."""
+    """A run folder as the report reads it: its config, metrics rows and best epoch, or why it
+    cannot be read."""
 
     folder: Path
     config: Dict[str, Any] = field(default_factory=dict)  # dotted keys, e.g. "loss.names"
     rows: List[dict] = field(default_factory=list)  # metrics.jsonl
     error: str = ""  # why the run cannot be read ("" = it can)
+    best_epoch: int = 0  # progress.json's best epoch (0: none trained and evaluated yet)
 
     @property
     def dataset(self) -> str:
@@ -56,8 +58,8 @@ class RunResult:
         return {row["epoch"]: row for row in self.rows if (row["dataset"], row["split"], row["task"]) == wanted}
 
     def selected_epoch(self) -> Optional[int]:
-        trained = [row for epoch, row in self.curve().items() if epoch > 0]
-        return max(trained, key=lambda row: (row[SELECTION_METRIC], -row["epoch"]))["epoch"] if trained else None
+        """The best epoch the run recorded, when its row is in metrics.jsonl."""
+        return self.best_epoch if self.best_epoch > 0 and self.best_epoch in self.curve() else None
 
     def state(self) -> str:
         if self.error:
@@ -101,24 +103,15 @@ def flatten(config: Dict[str, Any]) -> Dict[str, Any]:
     return flat
 
 
-def _yaml_reason(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    return f"invalid YAML: {problem}" + (f" (line {mark.line + 1})" if mark is not None else "")
-
-
 def read_run(folder: str | Path) -> RunResult:
-    """The run's config and metrics; a config that cannot be read gives a run with ``error``."""
+    """The run's config, metrics and best epoch; a config that cannot be read gives a run with ``error``."""
     run = RunResult(Path(folder))
     try:
-        tree = yaml.safe_load((run.folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        return RunResult(run.folder, error=_yaml_reason(error))
+        run.config = flatten(config_to_dict(load_config(run.folder / CONFIG_FILE, check=False)))
+    except ConfigError as error:
+        return RunResult(run.folder, error=str(error))
     except (OSError, UnicodeDecodeError) as error:
         return RunResult(run.folder, error=f"{CONFIG_FILE}: {error}")
-    if not isinstance(tree, dict):
-        return RunResult(run.folder, error=f"{CONFIG_FILE} is not a mapping of config sections")
-    run.config = flatten(tree)
     if not run.dataset:
         return RunResult(run.folder, error=f"{CONFIG_FILE} has no data.dataset")
     try:
@@ -126,6 +119,8 @@ def read_run(folder: str | Path) -> RunResult:
         run.rows = [row for row in rows if isinstance(row["epoch"], int) and is_number(row[SELECTION_METRIC])]
     except (OSError, UnicodeDecodeError) as error:
         run.error = f"{METRICS_FILE}: {error}"
+    best = read_progress(run.folder).get("best")
+    run.best_epoch = best["epoch"] if isinstance(best, dict) and isinstance(best.get("epoch"), int) else 0
     return run
 
 

@@ -1,11 +1,12 @@
-"""The training loop of one epoch, with device-side loss sums and the non-finite guard."""
+"""The training loop of one epoch: the optimisation step (:class:`Stepper`), device-side loss
+sums and the non-finite guard; ``processor.training`` runs it once per epoch."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -136,11 +137,12 @@ class Stepper:
 @dataclass
 class EpochReport:
     """How an epoch reports: every ``log_period`` steps its averages go to the log (when
-    ``progress``; ``epochs``: the run's total, for the time left), TensorBoard (``writer``) and
-    the progress bar. ``processes``: the ranks sharing each step (samples/s counts the global batch)."""
+    ``progress``; ``epochs``: the run's total, for the time left), TensorBoard (``scalars``:
+    tag -> value at a step, e.g. ``RunKeeper.scalars``) and the progress bar. ``processes``:
+    the ranks sharing each step (samples/s counts the global batch)."""
 
     log_period: int
-    writer: Any = None
+    scalars: Optional[Callable[[Dict[str, float], int], None]] = None
     progress: bool = True
     epochs: int = 0
     processes: int = 1
@@ -173,11 +175,9 @@ def train_one_epoch(
             if report.progress:
                 epochs = max(report.epochs, epoch + 1)
                 logger.info("%s", log_line(epoch, epochs, done, max(steps, done), averages, lr, rate, elapsed / done))
-            if report.writer is not None:
-                for name, value in averages.items():
-                    report.writer.add_scalar(f"train/{name}", value, step)
-                report.writer.add_scalar("train/lr", lr, step)
-                report.writer.add_scalar("train/samples_per_s", rate, step)
+            if report.scalars is not None:
+                tags = {f"train/{name}": value for name, value in averages.items()}
+                report.scalars({**tags, "train/lr": lr, "train/samples_per_s": rate}, step)
     log.check_finite()
     averages = epoch_log.flush()
     averages["samples_per_s"] = seen / max(time.perf_counter() - started, 1e-9)
