@@ -6,11 +6,12 @@ each naming the dotted key, the value given and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Iterable, List
 
 from configs.datasets import NO_VAL, SPLITS, dataset_problem
-from configs.defaults import LOSS_NAMES, LOSS_SETTINGS, Config
+from configs.defaults import LOSS_NAMES, LOSS_SETTINGS, Config, SolverConfig
 from configs.errors import ConfigError
 
 # Every set of allowed values, declared once and checked here, when a config is loaded: the
@@ -164,3 +165,11 @@ def validate(cfg: Config) -> None:
             f"invalid configuration ({len(problems)} problem"
             f"{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems)
         )
+
+
+def validate_solver(solver: SolverConfig) -> None:
+    """:func:`validate` of a ``solver`` section alone: the solver's public builders take the
+    section, not the whole config. The other sections are defaults, in fp32: the check of
+    ``solver.eps`` against ``train.precision`` belongs to the whole config."""
+    cfg = Config()
+    validate(dataclasses.replace(cfg, solver=solver, train=dataclasses.replace(cfg.train, precision="fp32")))

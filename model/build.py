@@ -11,6 +11,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from configs.defaults import LOSS_SETTINGS, Config
+from configs.validation import validate
 
 from .clip import ClipArch, arch_from_state_dict, build_clip, clip_from_state_dict, create_clip, fit_position_embedding
 from .clip_weights import clean_clip_state_dict, is_torchscript_archive, read_clip_state_dict
@@ -41,7 +42,9 @@ def build_criterion(cfg: Config, collective: Optional[Collective] = None) -> FMF
     """The training losses of ``cfg``: ``criterion(model(batch), batch) -> (terms, metrics)``.
     ``collective``: the process group the batch-coupled losses gather over under torchrun
     (``utils.distributed.loss_collective``); None = this process's batch alone.
-    ``cfg``: as ``configs.loader.load_config`` returns it (validated)."""
+    A config that fails :func:`configs.validation.validate` is refused (ConfigError): this is a
+    public entry, which a config built in Python reaches without ``load_config``."""
+    validate(cfg)
     settings = {section: getattr(cfg, section) for section in LOSS_SETTINGS}
     logit_scale = 1.0 / cfg.model.temperature
     return FMFALoss(cfg.loss.names, cfg.loss.weights, logit_scale=logit_scale, collective=collective, **settings)

@@ -21,6 +21,7 @@ import torch.nn as nn
 from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 
 from configs.defaults import VOCAB_SIZE, Config, heads_needed
+from configs.errors import UserError
 
 from .clip import encode_image_tokens, encode_text_tokens
 
@@ -193,8 +194,11 @@ class FMFA(nn.Module):
 def head_arguments(cfg: Config, num_classes: int) -> Dict[str, int]:
     """:class:`FMFA`'s head arguments for the heads the enabled losses need
     (``configs.defaults.LOSS_SPECS``): the ID classifier with ``num_classes`` outputs, IRR
-    with ``cfg.model.cmt_depth`` layers; 0 = no such head."""
+    with ``cfg.model.cmt_depth`` layers; 0 = no such head. UserError when the ID classifier is
+    needed and ``num_classes`` (an argument, not a config value) is below 1."""
     heads = heads_needed(cfg.loss.names)
+    if "id_classifier" in heads and num_classes < 1:
+        raise UserError(f"loss.names={'+'.join(cfg.loss.names)} needs the ID classifier: num_classes > 0")
     return {
         "num_classes": num_classes if "id_classifier" in heads else 0,
         "cmt_depth": cfg.model.cmt_depth if "irr" in heads else 0,

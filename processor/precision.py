@@ -20,6 +20,10 @@ class Precision:
     mode: str
     device: torch.device
 
+    def __post_init__(self):
+        if self.mode not in AUTOCAST_DTYPES:  # a public entry: the mode may come from Python, unvalidated
+            raise ValueError(f"train.precision={self.mode!r}; expected one of {', '.join(AUTOCAST_DTYPES)}")
+
     @property
     def autocast_dtype(self) -> Optional[torch.dtype]:
         return AUTOCAST_DTYPES[self.mode]

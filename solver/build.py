@@ -16,6 +16,8 @@ import inspect
 import torch
 from torch import nn
 
+from configs.validation import validate_solver
+
 __all__ = ["build_optimizer"]
 
 BACKBONE_PREFIX = "base_model."
@@ -76,7 +78,8 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     ~4x faster), else the multi-tensor (foreach) ones; with ``fused=False`` PyTorch picks
     its default implementation.
     """
-    cls = getattr(torch.optim, cfg.optimizer)  # one of configs.validation.OPTIMIZERS
+    validate_solver(cfg)  # a public entry: a section built in Python skips load_config
+    cls = getattr(torch.optim, cfg.optimizer)
     groups = _param_groups(model, cfg)
     if not groups:
         raise ValueError("build_optimizer: the model has no parameter with requires_grad=True")

@@ -22,6 +22,8 @@ from bisect import bisect_right
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from configs.validation import validate_solver
+
 __all__ = ["build_lr_scheduler", "lr_at", "lr_factor"]
 
 
@@ -75,8 +77,10 @@ def build_lr_scheduler(optimizer: Optimizer, cfg, last_epoch: int = -1) -> Lambd
     The per-group functions are plain closures, so ``state_dict()`` stores only the
     counters (``last_epoch``, ``base_lrs``, ...), and the schedule itself always comes
     from the current config.  To resume, build the optimizer and scheduler as for a new
-    run and call ``load_state_dict`` on both.
+    run and call ``load_state_dict`` on both. The section is validated here, once (a public
+    entry), not at every epoch.
     """
+    validate_solver(cfg)
 
     def make(group_base_lr: float):
         def factor(epoch: int) -> float:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import assert_rel_close, tiny_batch, tiny_config
 
 from configs.defaults import Config
-from configs.errors import ConfigError
+from configs.errors import ConfigError, UserError
 from configs.loader import apply_overrides
 from configs.validation import LOSS_NAMES, validate
 from model.build import build_criterion, build_model
@@ -96,6 +96,15 @@ def test_weight_for_a_disabled_loss_is_an_error():
     cfg = _config("sdm", {"efa": 2.0})
     with pytest.raises(ConfigError, match=r"loss.weights=\{'efa': 2.0\}"):
         validate(cfg)
+
+
+def test_public_builders_refuse_a_config_that_never_went_through_load_config():
+    """build_criterion and build_model are called from Python with configs built there: an
+    unknown loss is refused at the call, and the ID head needs a class count."""
+    with pytest.raises(ConfigError, match="loss.names"):
+        build_criterion(_config("a-sdm+triplet"))
+    with pytest.raises(UserError, match="needs the ID classifier: num_classes > 0"):
+        build_model(_config("sdm+id"), num_classes=0)
 
 
 def test_model_outputs_predictions_and_no_losses():

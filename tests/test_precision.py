@@ -97,3 +97,8 @@ def test_amp_fp16_scaler_backs_off_on_overflow_and_keeps_its_scale_otherwise():
     assert scaler.get_scale() == backed_off
     # SGD on the unscaled gradient: d(0.01 sum over 2 rows of W x + b) / dW = 0.02 for x = ones.
     torch.testing.assert_close(layer.weight.detach(), before - 0.1 * 0.02, rtol=0, atol=1e-6)
+
+
+def test_an_unknown_mode_is_refused_when_built():
+    with pytest.raises(ValueError, match="train.precision='fp8'; expected one of fp32, amp_bf16"):
+        Precision("fp8", torch.device("cpu"))

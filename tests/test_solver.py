@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from configs.defaults import SolverConfig
+from configs.errors import ConfigError
 from solver import build_lr_scheduler, build_optimizer, lr_at, lr_factor
 
 
@@ -248,3 +249,21 @@ def test_fused_kernels_on_cpu_match_the_default():
             opt.step()
     for a, b in zip(reference.parameters(), fused_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "bad, key", [(SolverConfig(optimizer="Lion"), "solver.optimizer"), (SolverConfig(lr=0.0), "solver.lr")]
+)
+def test_build_optimizer_refuses_an_unvalidated_section(bad, key):
+    with pytest.raises(ConfigError, match=key):
+        build_optimizer(nn.Linear(2, 2), bad)
+
+
+@pytest.mark.parametrize(
+    "bad, key",
+    [(SolverConfig(scheduler="onecycle"), "solver.scheduler"), (SolverConfig(warmup_method="Linear"), "warmup_method")],
+)
+def test_build_lr_scheduler_refuses_an_unvalidated_section_instead_of_a_default_schedule(bad, key):
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match=key):
+        build_lr_scheduler(optimizer, bad)
