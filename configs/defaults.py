@@ -208,9 +208,9 @@ class TrainConfig:
     # Off under train.deterministic. Touches what runs in float32: the fp32/amp modes' matmuls
     # and every mode's float32 losses. CPU: no effect.
     tf32: bool = True
-    # torch.compile the training forward (CPU, paper size: 0.92x step time and 0.68x step
-    # memory, docs/memory.md; GPU not measured). Evaluation and checkpoints use the plain
-    # module; the first steps are slow while it compiles.
+    # torch.compile the training forward (its measured time and memory: docs/memory.md).
+    # Evaluation and checkpoints use the plain module; the first steps are slow while it
+    # compiles.
     compile: bool = False
     # Several processes (torchrun): true = the batch-coupled losses (SDM/A-SDM, ITC, CMPM,
     # EFA) compare every sample of the global batch (data.batch_size) with every other, and
@@ -231,7 +231,7 @@ class EvalConfig:
     split: str = "test"
     cross_domain: List[str] = field(default_factory=list)  # other datasets evaluated too (built-in or your own)
     batch_size: int = 512
-    query_chunk: int = 256  # queries ranked at once on the device (256 fastest on CPU, measured)
+    query_chunk: int = 256  # queries ranked at once on the device (docs/performance.md, 'Ranking')
     i2t: bool = False  # also report image-to-text
     at_start: bool = False  # also evaluate the untrained model (epoch 0) before training
 

@@ -67,8 +67,7 @@ def exit_skipping_final_gc(status: Optional[int]) -> NoReturn:
     first (``gc.freeze``): the interpreter's garbage collections at exit then skip the objects
     that torch and open_clip build at import. Their memory goes back with the process; atexit
     handlers, logging and open files still close as before. Never call it where the process
-    goes on. Measured on the 2-core CPU machine, ``time python train.py`` with
-    ``tests/train_fixtures.tiny_run_args`` for one epoch: 11.8 s before, 9.7 s after (median
-    of 3 each)."""
+    goes on. Why: those collections walk every object torch and open_clip built, a cost paid
+    at every exit of a short program (docs/testing.md, 'Time', has the measured share)."""
     gc.freeze()
     sys.exit(status)
