@@ -14,10 +14,10 @@ from configs.datasets import NO_VAL, SPLITS, dataset_problem
 from configs.defaults import LOSS_NAMES, LOSS_SETTINGS, Config, SolverConfig
 from configs.errors import ConfigError
 
-# Every set of allowed values, declared once and checked here, when a config is loaded: the
-# code that builds from a config takes its values as checked. The datasets' table is
-# configs/datasets.py; the losses' is LOSS_SPECS in configs/defaults.py (each settings
-# section's allowed values: its requirements()).
+# Every check of a config is made here, when it is loaded (and at the public builders of
+# SPEC section 8, which may be given a config built in Python); the code that builds from a
+# config takes its values as checked. The allowed values are declared below, except the
+# datasets' (configs/datasets.py) and each loss settings section's (its requirements()).
 
 ID_CLASSES = ("captions", "identities")
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_fp16")
