@@ -56,9 +56,11 @@ def test_eval_speed_benchmark_tiny_preset(capsys):
     out = run_script(
         capsys, eval_speed.main, "--repeats", "1", "--images", "60", "--captions", "120", "--jpeg", "--workers", "0"
     )
-    match = re.search(r"60 images \+ 120 captions encoded in ([\d.]+) s .* ranked in ([\d.]+) s", out)
+    match = re.search(r"model only .*: 60 images \+ 120 captions encoded in ([\d.]+) s .* ranked in ([\d.]+) s", out)
     assert match and float(match.group(1)) > 0
-    assert re.search(r"from JPEGs \(0 workers\): \d+ images \+ \d+ captions in [\d.]+ s", out)
+    assert re.search(
+        r"with JPEG decoding \(0 loader workers, synthetic JPEGs\): \d+ images \+ \d+ captions in [\d.]+ s", out
+    )
 
 
 def test_efficiency_report_tiny_preset(capsys):
