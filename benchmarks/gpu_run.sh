@@ -199,7 +199,9 @@ section "b. step pure_fp16" 0 120 "$py" -m benchmarks.train_step --modes pure_fp
 section "b. step pure_fp16 + grad checkpointing" 0 120 \
     "$py" -m benchmarks.train_step --modes pure_fp16 --grad-checkpointing "${step_args[@]}"
 section "c. evaluation pure_fp16" 0 120 "$py" -m benchmarks.eval_speed --mode pure_fp16 "${eval_args[@]}"
-section "d. draw Synthetic-PEDES" 0 90 "$py" -m datasets.synthetic --root "$work/data" "${draw_args[@]}"
+draw="d. draw Synthetic-PEDES"
+[[ $sections == *e* && $sections != *d* ]] && draw="e. draw Synthetic-PEDES (section d's data)"
+section "$draw" 0 90 "$py" -m datasets.synthetic --root "$work/data" "${draw_args[@]}"
 section "d. run, killed after epoch 1" 137 150 env FMFA_FAULT_KILL_AFTER_EPOCH=1 PYTHONPATH=".:${PYTHONPATH:-}" \
     "$py" tests/fault_injection.py "${run_args[@]}" train.output_dir="$run"
 section "d. run, resumed to epoch 2" 0 120 "$py" train.py "${run_args[@]}" train.output_dir="$run"
