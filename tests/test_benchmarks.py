@@ -177,12 +177,13 @@ def test_gpu_run_stops_at_once_without_the_packages(tmp_path):
 def test_gpu_run_header_names_commit_space_and_versions_without_git(tmp_path):
     """A copy of the script with no .git, as the GPU machine receives the tree: the commit comes
     from the wheels' COMMIT file; free space and the extra versions are in the header; section f
-    says why it was not run."""
+    says why it was not run; a rerun of section e alone draws section d's data first."""
     (tmp_path / "repo" / "benchmarks").mkdir(parents=True)
     shutil.copy(ROOT / "benchmarks" / "gpu_run.sh", tmp_path / "repo" / "benchmarks")
     (tmp_path / "repo" / ".whl").mkdir()
     (tmp_path / "repo" / ".whl" / "COMMIT").write_text("abc1234, wheels fetched 2026-12-06 05:00 UTC\n")
-    env = {**os.environ, "PYTHON": sys.executable, "GPU_RUN_SECTIONS": "x", "GPU_RUN_WORK": str(tmp_path / "work")}
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_RUN_SECTIONS": "e", "GPU_RUN_BUDGET": "1"}
+    env["GPU_RUN_WORK"] = str(tmp_path / "work")
     run_ok(["bash", "benchmarks/gpu_run.sh", str(tmp_path / "out")], cwd=tmp_path / "repo", env=env)
     report = (tmp_path / "out" / "gpu_run.md").read_text()
     assert "commit abc1234, wheels fetched 2026-12-06 05:00 UTC (from .whl/COMMIT: no .git here)" in report
@@ -192,6 +193,9 @@ def test_gpu_run_header_names_commit_space_and_versions_without_git(tmp_path):
     assert re.search(r"^Filesystem .*\n.* /dev/shm$", report, re.M) and "/dev/shm: " in report, report[:900]
     assert re.search(r"^work folder .*: \d+ GiB free", report, re.M), report[:900]
     assert "| f. 2-GPU equality (NCCL) | not run (0 GPU) | 0 |" in report
+    rows = re.findall(r"^\| ([a-f]\. [^|]+?) \| ([^|]+?) \|", report, re.M)
+    assert rows[4] == ("e. draw Synthetic-PEDES (section d's data)", "not run (time budget spent)"), rows
+    assert rows[8] == ("e. run with train.deterministic=true", "not run (time budget spent)"), rows
 
 
 @pytest.mark.slow(seconds=10)
