@@ -2,9 +2,11 @@
 queries with the evaluator's ``extract_features``, then rank with ``retrieval_metrics``.
 
 Inputs are random tensors already on the device (model cost only) in ``eval.batch_size``
-batches; ``--jpeg`` also times the real evaluation loaders on synthetic JPEGs at the
-preset's image size. Paper preset (ViT-B/16, 384 x 128) on a GPU; tiny on a CPU, where
-``--images/--captions`` default to a tenth of the split.
+batches ("model only"); ``--jpeg`` also times the real evaluation loaders on synthetic JPEGs
+at the preset's image size, decoded by ``--workers`` loader processes ("with JPEG decoding").
+Kernels as ``train.py`` sets them (TF32 per ``train.tf32``); on a GPU, the peak memory
+allocated and reserved over the timed runs. Paper preset (ViT-B/16, 384 x 128) on a GPU;
+tiny on a CPU, where ``--images/--captions`` default to a tenth of the split.
 
     python -m benchmarks.eval_speed [--mode amp_bf16] [--jpeg --workers 8]
 """
@@ -38,6 +40,7 @@ from model.build import build_model
 from processor.evaluator import extract_features, retrieval_metrics
 from processor.precision import Precision
 from utils.cli import describe, exit_skipping_final_gc
+from utils.reproducibility import configure_kernels
 
 
 def tensor_loaders(cfg, images: int, captions: int, device: torch.device) -> EvalLoaders:
@@ -97,29 +100,47 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     scale = 1 if preset == "paper" else 10
     images, captions = args.images or CUHK_TEST_IMAGES // scale, args.captions or CUHK_TEST_CAPTIONS // scale
     cfg = preset_config(preset)
+    configure_kernels(cfg.train.deterministic, cfg.train.tf32)  # as train.py: TF32 per train.tf32
     precision = Precision(args.mode or ("amp_bf16" if device.type == "cuda" else "fp32"), device)
     model = precision.prepare_model(build_model(cfg, num_classes=cuhk_id_outputs(cfg))).to(device).eval()
     loaders = tensor_loaders(cfg, images, captions, device)
     time_evaluation(model, loaders, precision, cfg.eval.query_chunk)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     runs = [time_evaluation(model, loaders, precision, cfg.eval.query_chunk) for _ in range(args.repeats)]
     encode, ranking = (statistics.median(values) for values in zip(*runs))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"{name}, preset {preset}, {precision.mode}, eval batch {cfg.eval.batch_size}: {images} images + "
-        f"{captions} captions encoded in {encode:.2f} s ({images / encode:.0f} images/s with the captions), "
+        f"{name}, preset {preset}, {precision.mode}, eval batch {cfg.eval.batch_size}, TF32 "
+        f"{torch.backends.cuda.matmul.allow_tf32}; model only (random tensors already on the device): {images} "
+        f"images + {captions} captions encoded in {encode:.2f} s ({images / encode:.0f} images/s with the captions), "
         f"ranked in {ranking:.3f} s; total {encode + ranking:.2f} s (median of {args.repeats})"
     )
+    if device.type == "cuda":
+        print(
+            f"peak GPU memory over the timed runs: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB "
+            f"allocated, {torch.cuda.max_memory_reserved(device) / 2**30:.2f} GiB reserved"
+        )
     if args.jpeg:
         with tempfile.TemporaryDirectory() as root:
             height, width = cfg.model.image_size
             ids = max(images // 3, 1)
-            generate(root, num_train_ids=1, num_val_ids=1, num_test_ids=ids, image_size=(height, width), seed=0)
+            generate(
+                root,
+                num_train_ids=1,
+                num_val_ids=1,
+                num_test_ids=ids,
+                image_size=(height, width),
+                seed=0,
+                workers=max(args.workers, 1),
+            )
             jpeg_loaders = build_eval_loaders(on_synthetic_set(cfg, root, args.workers, device))
             encode, ranking = time_evaluation(model, jpeg_loaders, precision, cfg.eval.query_chunk)
-            count = len(jpeg_loaders.images.dataset)
+            count, workers = len(jpeg_loaders.images.dataset), jpeg_loaders.images.num_workers
             print(
-                f"from JPEGs ({args.workers} workers): {count} images + {len(jpeg_loaders.texts.dataset)} captions"
-                f" in {encode:.2f} s ({count / encode:.0f} images/s), ranked in {ranking:.3f} s"
+                f"with JPEG decoding ({workers} loader workers, synthetic JPEGs): {count} images + "
+                f"{len(jpeg_loaders.texts.dataset)} captions in {encode:.2f} s ({count / encode:.0f} images/s), "
+                f"ranked in {ranking:.3f} s (one run)"
             )
 
 

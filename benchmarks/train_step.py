@@ -6,10 +6,13 @@ Samples/s is the median over ``--repeats`` timed runs of ``--steps`` steps each,
 ``--warmup`` steps, with the device synchronised around each run. FLOPs per step are
 counted once with ``torch.utils.flop_counter`` (forward + backward; the same in every
 mode, and without grad checkpointing's recomputed forward); the optimizer is the config's
-(``solver.fused`` as set, off in the shipped configs; ``--fused`` turns it on); MFU = FLOPs
-x steps/s / ``--peak-tflops`` (default: the GPU's dense bf16 peak when known). Full
-pipeline (``--pipeline``): the same step fed by the real training DataLoader on synthetic
-JPEGs at the preset's image size.
+(``solver.fused`` as set, off in the shipped configs; ``--fused`` turns it on); kernels as
+``train.py`` sets them (TF32 per ``train.tf32``). MFU = FLOPs x steps/s over two peaks, each
+named: the data sheet's dense bf16 peak (``--peak-tflops``, default the GPU's when known)
+and the bf16 matrix-product rate measured on the lent H100/H200 machines. Peak memory:
+allocated and reserved by the caching allocator (reserved is what must fit). Full pipeline
+(``--pipeline``): the same step fed by the real training DataLoader on synthetic JPEGs at
+the preset's image size.
 
 Memory comparison (``--memory``): default fp32, fp32 with ``model.grad_checkpointing``,
 amp_bf16 and fp32 + torch.compile side by side, each in its own subprocess (a clean peak):
@@ -63,6 +66,7 @@ from processor.epoch_loop import EpochReport, Stepper, train_one_epoch
 from processor.precision import Precision
 from solver import build_optimizer
 from utils.cli import describe, exit_skipping_final_gc
+from utils.reproducibility import configure_kernels
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 DENSE_BF16_PEAK_TFLOPS = {
@@ -77,11 +81,17 @@ DENSE_BF16_PEAK_TFLOPS = {
 }
 
 
-def known_peak(device: torch.device) -> Optional[float]:
+# The 8192^3 bf16 matrix product through torch, measured on the lent machines (769-798 TFLOP/s:
+# /work/.library/device/KINDS.md): what a GEMM-bound step could reach there in practice.
+MEASURED_BF16_TFLOPS = {"H100": 790.0, "H200": 790.0}
+
+
+def known_peak(device: torch.device, table: Dict[str, float] = DENSE_BF16_PEAK_TFLOPS) -> Optional[float]:
+    """The first of ``table``'s rates whose key is in the GPU's name; None on a CPU or an unknown GPU."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in DENSE_BF16_PEAK_TFLOPS.items() if key in name), None)
+    return next((peak for key, peak in table.items() if key in name), None)
 
 
 class StepBench:
@@ -140,6 +150,7 @@ def step_figures(cfg: Config, mode: str, device: torch.device, args, num_classes
     }
     if device.type == "cuda":
         figures["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        figures["reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
     del bench
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -342,6 +353,33 @@ def memory_comparison(preset: str, device: torch.device, args) -> None:
     )
 
 
+def step_table(
+    cfg: Config, device: torch.device, args, num_classes: int, flops: int, peaks
+) -> tuple[PrettyTable, Dict[str, float]]:
+    """One row per ``--modes`` entry: samples/s, step ms, TFLOP/s, MFU against each of ``peaks``
+    (datasheet, measured; None: n/a) and peak memory allocated / reserved; and each mode's samples/s."""
+    table = PrettyTable(
+        [
+            "mode",
+            "samples/s",
+            "step ms",
+            "TFLOP/s",
+            "MFU % (datasheet)",
+            "MFU % (measured)",
+            "peak GiB alloc",
+            "peak GiB reserved",
+        ]
+    )
+    rates = {}
+    for mode in args.modes:
+        fig = step_figures(cfg, mode, device, args, num_classes, flops)
+        rates[mode] = fig["samples_s"]
+        mfu = [f"{100 * fig['tflops'] / rate:.1f}" if rate else "n/a" for rate in peaks]
+        memory = [f"{fig[key]:.2f}" if key in fig else "n/a" for key in ("peak_gib", "reserved_gib")]
+        table.add_row([mode, f"{fig['samples_s']:.1f}", f"{fig['step_ms']:.1f}", f"{fig['tflops']:.3g}", *mfu, *memory])
+    return table, rates
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument(
@@ -392,11 +430,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     )
     if args.batch or args.memory_variant:
         cfg = replace(cfg, data=replace(cfg.data, batch_size=args.batch or 16))
+    configure_kernels(cfg.train.deterministic, cfg.train.tf32)  # as train.py: TF32 per train.tf32
     num_classes = cuhk_id_outputs(cfg) if preset == "paper" else 50
     if args.memory_variant:  # one --memory variant, in the subprocess memory_comparison started
         print(json.dumps(variant_figures(cfg, args.memory_variant, device, args, num_classes)))
         return
     peak = args.peak_tflops or known_peak(device)
+    measured = known_peak(device, MEASURED_BF16_TFLOPS)
     flops = count_step_flops(cfg, device, num_classes)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
@@ -404,25 +444,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         f"{cfg.model.image_size[1]}, {cfg.loss.names}"
         f"{', grad checkpointing' if args.grad_checkpointing else ''}, {cfg.solver.optimizer} "
         f"(solver.fused={cfg.solver.fused}); {flops / 1e9:.1f} GFLOP per step (fwd + bwd without the recomputed "
-        f"forward of grad checkpointing, torch.utils.flop_counter); MFU against "
-        f"{f'{peak:.1f} TFLOP/s dense bf16' if peak else 'n/a'}"
+        f"forward of grad checkpointing, torch.utils.flop_counter); TF32 {torch.backends.cuda.matmul.allow_tf32}; "
+        f"median of {args.repeats} runs of {args.steps} steps{', torch.compile' if args.compile else ''}"
     )
-    table = PrettyTable(["mode", "samples/s", "step ms", "TFLOP/s", "MFU %", "peak GiB"])
-    rates = {}
-    for mode in args.modes:
-        fig = step_figures(cfg, mode, device, args, num_classes, flops)
-        rates[mode] = fig["samples_s"]
-        mfu = f"{100 * fig['tflops'] / peak:.1f}" if peak else "n/a"
-        table.add_row(
-            [
-                mode,
-                f"{fig['samples_s']:.1f}",
-                f"{fig['step_ms']:.1f}",
-                f"{fig['tflops']:.3g}",
-                mfu,
-                f"{fig['peak_gib']:.2f}" if "peak_gib" in fig else "n/a",
-            ]
-        )
+    print(
+        f"MFU (datasheet) against {f'{peak:.1f} TFLOP/s, the dense bf16 peak' if peak else 'n/a'}; MFU (measured) "
+        f"against {f'{measured:.0f} TFLOP/s, the bf16 GEMM rate measured on these machines' if measured else 'n/a'}"
+    )
+    table, rates = step_table(cfg, device, args, num_classes, flops, (peak, measured))
     print(table)
     if preset == "paper":
         for mode, rate in rates.items():

@@ -158,6 +158,9 @@ class DataConfig:
     num_workers: int = 8
     pin_memory: bool = True
     persistent_workers: bool = True
+    # true: training drops each epoch's last partial batch, so every step has one batch size
+    # (torch.compile then compiles once); false = the authors' code, which trains on it.
+    drop_last: bool = False
 
 
 @dataclass

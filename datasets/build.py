@@ -40,6 +40,7 @@ def make_loader(
     pin_memory: bool,
     sampler: Optional[Sampler] = None,
     num_workers: Optional[int] = None,
+    drop_last: bool = False,
 ) -> DataLoader:
     workers = data.num_workers if num_workers is None else num_workers
     return DataLoader(
@@ -50,7 +51,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=data.persistent_workers and workers > 0,
-        drop_last=False,
+        drop_last=drop_last,
     )
 
 
@@ -80,7 +81,13 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
     else:
         sampler = RandomSampler(len(dataset), cfg.train.seed, rank, world_size, data.batch_size)
     num_classes = len(dataset) if cfg.model.id_classes == "captions" else pairs.num_classes
-    return make_loader(dataset, data, per_rank, pins_memory(cfg), sampler), num_classes
+    if data.drop_last and len(sampler) < per_rank:
+        raise ConfigError(
+            f"data.drop_last=true with {len(sampler)} training pairs per rank, fewer than one batch of {per_rank}: "
+            "every batch would be dropped (set data.drop_last=false or a smaller data.batch_size)"
+        )
+    loader = make_loader(dataset, data, per_rank, pins_memory(cfg), sampler, drop_last=data.drop_last)
+    return loader, num_classes
 
 
 @dataclass

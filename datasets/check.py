@@ -57,7 +57,7 @@ def annotation_problems(root: Path, name: str) -> Tuple[List[str], List[Tuple[st
 def image_problems(images: Sequence[Tuple[str, Path]], show_progress: bool = True) -> List[str]:
     """Every missing or undecodable image of (where it was named, path), as "where: why"."""
     problems = []
-    for where, image in tqdm(images, desc="images", disable=not show_progress):
+    for where, image in tqdm(images, desc="images", disable=None if show_progress else True):
         try:
             load_image(image)
         except DataError as error:

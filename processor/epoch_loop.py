@@ -96,13 +96,16 @@ def log_line(
     lr: float,
     rate: float,
     seconds_per_step: float,
+    recent_rate: float,
 ) -> str:
-    """The train.log line written every log_period steps (time left: this and the remaining epochs)."""
+    """The train.log line written every log_period steps: samples/s averaged from the epoch's
+    start (worker start-up and any compilation included) and over the steps since the previous
+    line (the steady state); time left: this and the remaining epochs."""
     left = seconds_per_step * ((steps - done) + max(epochs - epoch - 1, 0) * steps)
     values = ", ".join(f"{name} {value:.4f}" for name, value in averages.items())
     return (
-        f"epoch {epoch + 1}/{epochs} step {done}/{steps}: {values}, lr {lr:.3e}, {rate:.1f} samples/s, "
-        f"{_duration(left)} left"
+        f"epoch {epoch + 1}/{epochs} step {done}/{steps}: {values}, lr {lr:.3e}, {rate:.1f} samples/s from the "
+        f"epoch's start, {recent_rate:.1f} since the last line, {_duration(left)} left"
     )
 
 
@@ -152,13 +155,16 @@ def train_one_epoch(
     stepper: Stepper, loader: DataLoader, epoch: int, step: int, report: EpochReport
 ) -> tuple[int, Dict[str, float]]:
     """One pass over ``loader`` from global step ``step`` of 0-based epoch ``epoch``; returns
-    the global step and the epoch's mean losses/metrics."""
+    the global step and the epoch's mean losses/metrics, with ``samples_per_s`` from the epoch's
+    start and ``samples_per_s_steady`` from its first log line on (after the first log period)."""
     stepper.model.train()
     device = stepper.precision.device
     log, epoch_log = StepLog(device), StepLog(device)
     started, seen, done = time.perf_counter(), 0, 0
+    marks: List[Tuple[float, int]] = [(started, 0)]  # (time, samples seen) at each log line
     steps = len(loader) if hasattr(loader, "__len__") else 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not report.progress, dynamic_ncols=True, leave=False)
+    # disable=None: no bar outside a terminal (a log file would hold its redraws); the log lines remain
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=None if report.progress else True, leave=False)
     for batch in bar:
         batch = move_batch(batch, device)
         terms, metrics = stepper.step(batch)
@@ -168,17 +174,25 @@ def train_one_epoch(
         log.add(step, terms, metrics)
         epoch_log.add(step, terms, metrics)
         if step % report.log_period == 0:
-            averages = log.flush()
-            elapsed = time.perf_counter() - started
-            rate, lr = seen / elapsed, stepper.optimizer.param_groups[0]["lr"]
+            averages = log.flush()  # waits for the device: the times below are of finished steps
+            now = time.perf_counter()
+            rate, lr = seen / (now - started), stepper.optimizer.param_groups[0]["lr"]
+            recent = (seen - marks[-1][1]) / max(now - marks[-1][0], 1e-9)
+            marks.append((now, seen))
             bar.set_postfix(loss=f"{averages['loss']:.3f}", samples_s=f"{rate:.1f}")
             if report.progress:
                 epochs = max(report.epochs, epoch + 1)
-                logger.info("%s", log_line(epoch, epochs, done, max(steps, done), averages, lr, rate, elapsed / done))
+                line = log_line(
+                    epoch, epochs, done, max(steps, done), averages, lr, rate, (now - started) / done, recent
+                )
+                logger.info("%s", line)
             if report.scalars is not None:
                 tags = {f"train/{name}": value for name, value in averages.items()}
                 report.scalars({**tags, "train/lr": lr, "train/samples_per_s": rate}, step)
     log.check_finite()
     averages = epoch_log.flush()
-    averages["samples_per_s"] = seen / max(time.perf_counter() - started, 1e-9)
+    ended = time.perf_counter()
+    averages["samples_per_s"] = seen / max(ended - started, 1e-9)
+    if len(marks) > 1 and seen > marks[1][1]:
+        averages["samples_per_s_steady"] = (seen - marks[1][1]) / max(ended - marks[1][0], 1e-9)
     return step, averages

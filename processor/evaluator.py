@@ -34,7 +34,7 @@ def _encode_all(
     encode, loader: DataLoader, device: torch.device, autocast: ContextManager, desc: str, progress: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     feats, pids = [], []
-    for batch_pids, inputs in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for batch_pids, inputs in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
         with autocast:
             feats.append(encode(inputs.to(device, non_blocking=True)).float())
         pids.append(batch_pids)

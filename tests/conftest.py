@@ -61,6 +61,16 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
     items.sort(key=lambda item: -weight[item.path])
 
 
+@pytest.fixture(autouse=True)
+def cublas_workspace_left_as_found():
+    """No test leaves CUBLAS_WORKSPACE_CONFIG changed: train.deterministic sets it for its
+    process, and every later test (and the programs they start) would inherit it."""
+    before = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    yield
+    after = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    assert after == before, f"CUBLAS_WORKSPACE_CONFIG left as {after!r} (was {before!r}): restore it (monkeypatch)"
+
+
 COMPACT_GOLDEN = ROOT / "tests" / "golden"
 FULL_GOLDEN = Path(os.environ.get("FMFA_GOLDEN", ROOT.parent / "shared" / "golden"))
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import run_ok
+from conftest import ROOT, run_ok
 
 from benchmarks import ddp_loss, efficiency, eval_speed, shared_caption, train_step
 
@@ -59,9 +63,11 @@ def test_eval_speed_benchmark_tiny_preset(capsys):
     out = run_script(
         capsys, eval_speed.main, "--repeats", "1", "--images", "60", "--captions", "120", "--jpeg", "--workers", "0"
     )
-    match = re.search(r"60 images \+ 120 captions encoded in ([\d.]+) s .* ranked in ([\d.]+) s", out)
+    match = re.search(r"model only .*: 60 images \+ 120 captions encoded in ([\d.]+) s .* ranked in ([\d.]+) s", out)
     assert match and float(match.group(1)) > 0
-    assert re.search(r"from JPEGs \(0 workers\): \d+ images \+ \d+ captions in [\d.]+ s", out)
+    assert re.search(
+        r"with JPEG decoding \(0 loader workers, synthetic JPEGs\): \d+ images \+ \d+ captions in [\d.]+ s", out
+    )
 
 
 def test_efficiency_report_tiny_preset(capsys):
@@ -122,13 +128,101 @@ def test_gpu_run_runs_its_cpu_preset(tmp_path):
     run_ok(["bash", "benchmarks/gpu_run.sh", str(out)], env={**env, "GPU_RUN_WORK": str(work)})
     report = (out / "gpu_run.md").read_text()
     rows = dict(re.findall(r"^\| ([a-f]\. [^|]+?) \| ([^|]+?) \|", report, re.M))
-    assert [name[0] for name in rows] == list("abbcddddee"), rows
-    assert all(v.startswith("not run (") for k, v in rows.items() if k[0] in "abce"), rows
+    assert [name[0] for name in rows] == list("abbcddddeeef"), rows
+    assert all(v.startswith("not run (") for k, v in rows.items() if k[0] in "abcef"), rows
     assert rows["d. run, killed after epoch 1"] == "137 (expected)" and rows["d. run, resumed to epoch 2"] == "0"
     assert rows["d. draw Synthetic-PEDES"] == rows["d. test.py on the run"] == "0", rows
-    assert re.search(r"^python [\d.]+ \| torch .+ \| open_clip [\d.]+ \| GPUs 0$", report, re.M), report[:600]
     files = sorted(p.name for p in out.iterdir())
     assert files == ["config.yaml", "gpu_run.log", "gpu_run.md", "metrics.jsonl", "test.json", "train.log"], files
     assert [r["epoch"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2]
     assert "resumed from" in (out / "train.log").read_text()
     assert not list(out.glob("*.pth")) and (work / "run" / "last.pth").is_file()
+    assert "\r" not in (out / "gpu_run.log").read_text()  # progress as lines, not a bar's redraws
+
+
+def hide_modules(folder: Path, *names: str) -> Path:
+    """A sitecustomize.py in ``folder`` that makes ``names`` unimportable (PYTHONPATH=folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {set(names)!r}:\n"
+        "            raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    return folder
+
+
+def test_gpu_run_stops_at_once_without_the_packages(tmp_path):
+    """No open_clip or prettytable and no wheels to install: one line naming them and the command
+    that fetches the wheels, in seconds, before any section."""
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(hide_modules(tmp_path / "hide", "open_clip", "prettytable")),
+        "GPU_RUN_WHEELS": str(tmp_path / "no_wheels"),
+        "GPU_RUN_WORK": str(tmp_path / "work"),
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_run.sh", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and time.monotonic() - started < 20, result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("gpu_run.sh: not run: open_clip prettytable missing"), line
+    assert f"bash benchmarks/gpu_wheels.sh {tmp_path / 'no_wheels'}" in line
+    report = (tmp_path / "out" / "gpu_run.md").read_text()
+    assert "not run: open_clip prettytable missing" in report and "| a. " not in report
+
+
+@pytest.mark.slow(seconds=10)
+def test_gpu_run_header_names_commit_space_and_versions_without_git(tmp_path):
+    """A copy of the script with no .git, as the GPU machine receives the tree: the commit comes
+    from the wheels' COMMIT file; free space and the extra versions are in the header; section f
+    says why it was not run; a rerun of section e alone draws section d's data first."""
+    (tmp_path / "repo" / "benchmarks").mkdir(parents=True)
+    shutil.copy(ROOT / "benchmarks" / "gpu_run.sh", tmp_path / "repo" / "benchmarks")
+    (tmp_path / "repo" / ".whl").mkdir()
+    (tmp_path / "repo" / ".whl" / "COMMIT").write_text("abc1234, wheels fetched 2026-12-06 05:00 UTC\n")
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_RUN_SECTIONS": "e", "GPU_RUN_BUDGET": "1"}
+    env["GPU_RUN_WORK"] = str(tmp_path / "work")
+    run_ok(["bash", "benchmarks/gpu_run.sh", str(tmp_path / "out")], cwd=tmp_path / "repo", env=env)
+    report = (tmp_path / "out" / "gpu_run.md").read_text()
+    assert "commit abc1234, wheels fetched 2026-12-06 05:00 UTC (from .whl/COMMIT: no .git here)" in report
+    versions = r"^python [\d.]+ \| torch .+ \| open_clip [\d.]+ \| transformers \S+ \| timm \S+ "
+    versions += r"\| huggingface_hub \S+ \| GPUs 0$"
+    assert re.search(versions, report, re.M), report[:900]
+    assert re.search(r"^Filesystem .*\n.* /dev/shm$", report, re.M) and "/dev/shm: " in report, report[:900]
+    assert re.search(r"^work folder .*: \d+ GiB free", report, re.M), report[:900]
+    assert "| f. 2-GPU equality (NCCL) | not run (0 GPU) | 0 |" in report
+    rows = re.findall(r"^\| ([a-f]\. [^|]+?) \| ([^|]+?) \|", report, re.M)
+    assert rows[4] == ("e. draw Synthetic-PEDES (section d's data)", "not run (time budget spent)"), rows
+    assert rows[8] == ("e. run with train.deterministic=true", "not run (time budget spent)"), rows
+
+
+@pytest.mark.slow(seconds=10)
+def test_gpu_run_stops_when_nvidia_smi_lists_a_gpu_torch_does_not_see(tmp_path):
+    """A GPU machine whose torch sees no GPU stops with utils/gpu.py's reason instead of quietly
+    running the CPU preset."""
+    (tmp_path / "bin").mkdir()
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.write_text(
+        '#!/bin/sh\ncase "$*" in\n  -L) echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)";;\n'
+        "  *driver_version*) echo 580.65.06;;\nesac\n"
+    )
+    smi.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        "PYTHON": sys.executable,
+        "CUDA_VISIBLE_DEVICES": "",
+        "GPU_RUN_WORK": str(tmp_path / "work"),
+    }
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_run.sh", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr
+    assert "nvidia-smi lists 1 GPU(s) but torch sees none: " in result.stderr
+    assert "CUDA_VISIBLE_DEVICES=''" in result.stderr  # utils.gpu's reason
+    assert "| a. " not in (tmp_path / "out" / "gpu_run.md").read_text()

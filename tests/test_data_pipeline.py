@@ -10,6 +10,7 @@ import torch
 from data_fixtures import fixture_records, make_dataset
 
 from configs.defaults import Config, DataConfig, ModelConfig, TrainConfig
+from configs.errors import ConfigError
 from datasets.bases import ImageTextMLMDataset, mask_tokens
 from datasets.build import build_eval_loaders, build_train_loader, read_dataset
 from datasets.readers import DataError, RetrievalDataset
@@ -214,6 +215,20 @@ def test_loader_batches_independent_of_worker_count(tmp_path):
         assert pairs, f"no batches in epoch {epoch}"
         for a, b in pairs:
             assert a and a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_the_last_partial_batch_is_trained_unless_drop_last(tmp_path):
+    """20 training pairs in batches of 6: the paper's code trains 6, 6, 6, 2; data.drop_last=true
+    (one batch size for torch.compile) 6, 6, 6; and refuses a batch larger than the epoch."""
+    make_dataset(tmp_path, "CUHK-PEDES")
+    read_dataset.cache_clear()
+    assert DataConfig().drop_last is False
+    kept, _ = build_train_loader(tiny_data_config(tmp_path, batch_size=6))
+    dropped, _ = build_train_loader(tiny_data_config(tmp_path, batch_size=6, drop_last=True))
+    assert [len(batch["pids"]) for batch in batches(kept, 0)] == [6, 6, 6, 2]
+    assert [len(batch["pids"]) for batch in batches(dropped, 0)] == [6, 6, 6] and len(dropped) == 3
+    with pytest.raises(ConfigError, match="data.drop_last=true with 20 training pairs per rank"):
+        build_train_loader(tiny_data_config(tmp_path, batch_size=32, drop_last=True))
 
 
 def test_id_classes_follow_the_config_labels_stay_identities(tmp_path):

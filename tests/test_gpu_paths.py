@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 from train_fixtures import make_fixture, tiny_run_args
 
 import train as train_cli
 from configs.defaults import Config, TrainConfig
 from configs.errors import ConfigError
 from configs.loader import load_config
+from datasets import build as data_build
 from datasets.build import build_train_loader, pins_memory
 from processor import checkpointing as ckpt
 from processor.preflight import check_device
@@ -41,14 +43,31 @@ def gpus(monkeypatch):
 
 @pytest.fixture
 def no_cuda_init(monkeypatch):
-    """Any initialisation of CUDA (pinned memory, a CUDA generator, a kernel) fails the test."""
+    """Any initialisation of CUDA (pinned memory, a CUDA generator, a kernel) fails the test.
+    Pinning is refused at the tensor too: with a driver it starts CUDA in C++, past _lazy_init."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("CUDA was initialised")
 
     monkeypatch.setattr(torch.cuda, "_lazy_init", refuse)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", refuse)
     for name in ("get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all"):
         monkeypatch.setattr(torch.cuda, name, refuse)
+
+
+@pytest.fixture
+def loaders_built(monkeypatch):
+    """Every DataLoader datasets.build makes, kept: whether it pins is its own decision, whatever
+    this host (without a driver, torch skips the pinning a loader asks for)."""
+    built = []
+
+    class Kept(DataLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(data_build, "DataLoader", Kept)
+    return built
 
 
 def test_the_process_group_waits_the_configured_time(monkeypatch):
@@ -135,7 +154,9 @@ def tf32_restored():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-def test_a_cpu_run_on_a_gpu_machine_leaves_the_gpu_alone(gpus, no_cuda_init, tf32_restored, tmp_path, monkeypatch):
+def test_a_cpu_run_on_a_gpu_machine_leaves_the_gpu_alone(
+    gpus, no_cuda_init, loaders_built, tf32_restored, tmp_path, monkeypatch
+):
     """train.device=cpu: no pinned memory (pinning initialises CUDA), no CUDA generator state in
     last.pth, and the GPUs hidden from the process (torch's Adam looks for a CUDA graph capture
     at every step when a GPU is visible); a whole epoch, its evaluation and its checkpoint run
@@ -151,11 +172,29 @@ def test_a_cpu_run_on_a_gpu_machine_leaves_the_gpu_alone(gpus, no_cuda_init, tf3
     assert ckpt.rng_state(torch.device("cpu")).keys() == {"torch"}
     torch.backends.cuda.matmul.allow_tf32 = False
     assert train_cli.main(tiny_run_args(root, tmp_path / "run", 1)) == 0
+    assert len(loaders_built) >= 3 and not any(loader.pin_memory for loader in loaders_built)  # train, eval x 2
     assert ckpt.load_training_state(tmp_path / "run" / "last.pth")["rng"].keys() == {"torch"}
     assert torch.backends.cuda.matmul.allow_tf32 is True  # train.tf32's default, set by train.py
 
 
+def test_the_generator_state_goes_to_this_ranks_own_gpu(gpus, monkeypatch):
+    """Restored onto cuda:1: the state saved on cuda:0 goes there, and of an old list of every
+    GPU's state (torch.cuda.get_rng_state_all) cuda:1's entry, or the first when the list is shorter."""
+    gpus.count = 2
+    restored = []
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((torch.device(device), int(state[0])))
+    )
+    cpu = torch.get_rng_state()
+    for cuda in (torch.full((4,), 0), [torch.full((4,), 0), torch.full((4,), 1)], [torch.full((4,), 0)]):
+        ckpt.restore_rng_state({"torch": cpu, "cuda": cuda}, CUDA1)
+    assert restored == [(CUDA1, 0), (CUDA1, 1), (CUDA1, 0)]
+
+
 def test_tf32_is_on_by_default_and_off_when_deterministic(monkeypatch, tf32_restored):
+    # train.deterministic sets cuBLAS's workspace for the process; restored after the test
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "unset by this test")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda enabled: None)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
@@ -163,6 +202,8 @@ def test_tf32_is_on_by_default_and_off_when_deterministic(monkeypatch, tf32_rest
     for deterministic, tf32, expected in [(False, True, True), (True, True, False), (False, False, False)]:
         configure_kernels(deterministic, tf32)
         assert torch.backends.cuda.matmul.allow_tf32 is torch.backends.cudnn.allow_tf32 is expected
+        assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == (":4096:8" if deterministic else None)
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
 
 
 def test_gpu_peak_memory_is_per_epoch_and_per_phase(monkeypatch):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import re
 import signal
 import subprocess
 import sys
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +23,7 @@ from configs.loader import load_config
 from model import objectives
 from model.build import build_criterion, build_model, model_from_checkpoint
 from processor import checkpointing as ckpt
+from processor import epoch_loop
 from processor.epoch_loop import EpochReport, NonFiniteLossError, StepLog, Stepper, train_one_epoch
 from processor.precision import Precision
 from solver import build_optimizer
@@ -86,6 +90,38 @@ def test_precision_modes_train(mode):
     assert (scaler is not None) == (mode == "amp_fp16")
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert "base_model.visual.conv1.weight" in changed and "classifier.weight" in changed
+
+
+def test_epoch_logs_steady_state_samples_per_s_and_no_bar_outside_a_terminal(capsys, caplog, monkeypatch):
+    """A slow first batch (worker start-up, compilation) weighs on the from-start average only;
+    stderr is not a terminal here, so progress is the log's lines, not a redrawn bar. The clock
+    is the batches': 10 s before the first, then 1 s each."""
+    clock = [0.0]
+    monkeypatch.setattr(epoch_loop, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def batches():
+        for seed in range(6):
+            clock[0] += 11.0 if seed == 0 else 1.0
+            yield tiny_batch(seed=seed)
+
+    size = tiny_batch()["pids"].shape[0]
+    torch.manual_seed(0)
+    model = build_model(tiny_config(), num_classes=4)
+    optimizer = build_optimizer(model, tiny_config().solver)
+    stepper = Stepper(model, build_criterion(tiny_config()), optimizer, Precision("fp32", torch.device("cpu")))
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="processor.epoch_loop"):
+        _, averages = train_one_epoch(stepper, batches(), 0, 0, EpochReport(log_period=2, progress=True, epochs=1))
+    lines = [r.getMessage() for r in caplog.records if "samples/s" in r.getMessage()]
+    rates = [re.search(r"([\d.]+) samples/s from the epoch's start, ([\d.]+) since the last line", x) for x in lines]
+    assert [(float(m[1]), float(m[2])) for m in rates] == [
+        pytest.approx((2 * size / 12, 2 * size / 12), abs=0.05),
+        pytest.approx((4 * size / 14, 2 * size / 2), abs=0.05),
+        pytest.approx((6 * size / 16, 2 * size / 2), abs=0.05),
+    ], lines
+    assert averages["samples_per_s"] == pytest.approx(6 * size / 16)
+    assert averages["samples_per_s_steady"] == pytest.approx(4 * size / 4)  # from the first line on
+    assert "\r" not in capsys.readouterr().err
 
 
 def test_step_log_reports_the_first_non_finite_term():
