@@ -115,6 +115,10 @@ def arch_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> ClipArch:
     )
 
 
+class ImageSizeError(WeightsError):
+    """Weights trained at an image size whose patch grid the model's image size cannot take."""
+
+
 def fit_position_embedding(
     state_dict: Dict[str, torch.Tensor], clip: open_clip.model.CLIP, source: str
 ) -> Dict[str, torch.Tensor]:
@@ -129,7 +133,7 @@ def fit_position_embedding(
     if pos.shape[0] != grid[0] * grid[1] + 1:
         old = round((pos.shape[0] - 1) ** 0.5)
         if old * old + 1 != pos.shape[0]:
-            raise WeightsError(
+            raise ImageSizeError(
                 f"{source}: position embedding for {pos.shape[0] - 1} patches is not a square "
                 f"grid and does not fit the model's {grid[0]} x {grid[1]} grid; "
                 f"use the image size it was trained at"
