@@ -13,7 +13,7 @@ from configs.defaults import Config
 from configs.errors import ConfigError, raise_all
 from datasets.readers import check_dataset_files
 from model.clip_weights import check_pretrain
-from model.weights_file import WeightsError, WeightsNotFoundError
+from model.weights_file import WeightsError, WeightsNotFoundError, load_weights_file
 from processor.checkpointing import TRAINING_STATE_KEYS
 from utils.gpu import missing_gpu_reason
 from utils.run_layout import LAST
@@ -76,11 +76,13 @@ def check_resume(resume: str) -> None:
 
 
 def _checkpoint_keys(path: Path) -> List[str]:
-    """The top-level keys of a checkpoint, its tensors memory-mapped rather than read."""
+    """The top-level keys of a checkpoint, its tensors memory-mapped rather than read; a file
+    that cannot be mapped (an old-format or refused pickle, not a checkpoint) is read the safe
+    way, whose errors name the file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise WeightsError(f"train.resume={path}: not a readable PyTorch checkpoint ({error})") from None
+    except Exception:  # torch raises many types here; the safe reader below says which problem it is
+        state = load_weights_file(str(path))
     return list(state) if isinstance(state, dict) else []
 
 
