@@ -179,7 +179,15 @@ def encode_image_tokens(clip: open_clip.model.CLIP, images: torch.Tensor) -> tor
 
 
 def encode_text_tokens(clip: open_clip.model.CLIP, ids: torch.Tensor) -> torch.Tensor:
-    """``ln_final(all tokens) @ text_projection`` under the causal mask  ->  [B, L, embed_dim]."""
+    """``ln_final(all tokens) @ text_projection`` under the causal mask  ->  [B, L, embed_dim].
+    ``L`` must be the encoder's context length (its position embeddings); other lengths are
+    refused with the tokenizer call that fits."""
+    length = clip.positional_embedding.shape[0]
+    if ids.shape[-1] != length:
+        raise ValueError(
+            f"token ids of length {ids.shape[-1]}, but this text encoder takes {length} per caption: "
+            f"tokenize with tokenize_batch(captions, text_length={length})"
+        )
     cast_dtype = clip.transformer.get_cast_dtype()
     x = clip.token_embedding(ids).to(cast_dtype) + clip.positional_embedding.to(cast_dtype)
     x = clip.transformer(x, attn_mask=clip.attn_mask)

@@ -17,6 +17,7 @@ from train_fixtures import ONE_EPOCH_QUICKSTART
 import test as test_cli
 from configs.loader import load_config
 from datasets.synthetic import generate
+from datasets.tokenizer import tokenize_batch
 from model.build import build_model, model_from_checkpoint
 from utils.io import save_config
 
@@ -67,6 +68,9 @@ def test_model_from_checkpoint_takes_the_run_image_size_or_says_how(run, tmp_pat
     with pytest.raises(ValueError, match=r"pass image_size=\(H, W\), or keep the run's config.yaml beside"):
         model_from_checkpoint(str(lone))
     assert model_from_checkpoint(str(lone), image_size=(96, 32)).image_size == (96, 32)
+    next_step = r"takes 48 per caption: tokenize with tokenize_batch\(captions, text_length=48\)"
+    with pytest.raises(ValueError, match=next_step):
+        model.encode_text(tokenize_batch(["a man in a black jacket"]))  # the tokenizer's default 77
 
 
 def test_the_python_block_of_docs_tools_runs_on_a_run_file(run, tmp_path, monkeypatch, capsys):
