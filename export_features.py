@@ -18,10 +18,12 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from configs.errors import raise_all
 from datasets.build import build_eval_loaders
+from datasets.readers import check_dataset_files
 from processor.evaluator import extract_features
-from serving.gallery import encode_folder
-from serving.inference import LoadedModel, load_model
+from serving.gallery import encode_folder, list_images
+from serving.inference import LoadedModel, load_model, resolve_source, source_config
 from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
 from utils.io import write_with
 from utils.logger import setup_logging
@@ -57,6 +59,22 @@ def write_npz(arrays: Dict[str, np.ndarray], output: Path) -> None:
     write_with(output, lambda stream: np.savez(stream, **arrays))
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """The weights and what to encode (``--images`` or the dataset's files) exist: every
+    missing input reported at once, before the model loads."""
+    checks = [lambda: resolve_source(args.source, args.config, args.overrides, args.which)]
+    if args.images is not None:
+        checks.append(lambda: list_images(args.images))
+    else:
+        checks.append(lambda: check_dataset_files(dataset_root(args), args.dataset))
+    raise_all(checks)
+
+
+def dataset_root(args: argparse.Namespace) -> str:
+    """``--root``, else the data.root of the source's config."""
+    return args.root or source_config(args.source, args.config, args.overrides, args.which)[0].data.root
+
+
 @report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=describe(__doc__))
@@ -71,6 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.output.suffix != ".npz":
         parser.error(f"--output {args.output}: expected a .npz file name")
     setup_logging()
+    check_inputs(args)
     loaded = load_model(args.source, args.config, args.overrides, args.which)
     arrays = (
         folder_arrays(loaded, args.images)

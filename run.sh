@@ -25,7 +25,7 @@ set -euo pipefail
 SECTIONS="paper authors_code ablation sweeps finetune"
 here=$(pwd)
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-absolute() { case "$1" in /*) echo "$1" ;; *) echo "$here/$1" ;; esac; }
+absolute() { case "$1" in /* | open_clip:* | none) echo "$1" ;; *) echo "$here/$1" ;; esac; }
 
 DATA_ROOT=$(absolute "${DATA_ROOT:-data}")
 CLIP_WEIGHTS=$(absolute "${CLIP_WEIGHTS:-data/ViT-B-16.pt}")
@@ -51,12 +51,15 @@ dataset_of() {  # the dataset a config file names
 }
 
 SECTION_RUNS=()
+PLANNING=0   # 1: train() only records its command line in PLANNED (the check before any run starts)
+PLANNED=()
 train() {  # train CONFIG NAME [key=value ...]
   local config=$1 name=$2; shift 2
   local folder="$RUNS/$(dataset_of "$config")/$name"
   local args=(--config "configs/$config" data.root="$DATA_ROOT" model.pretrain="$CLIP_WEIGHTS"
     train.name="$name" train.output_dir="$folder" train.auto_resume=true "$@")
   if [[ "$SMOKE" == 1 ]]; then args+=("${SMOKE_ARGS[@]}"); fi
+  if [[ "$PLANNING" == 1 ]]; then PLANNED+=(--run "${args[@]}"); return; fi
   SECTION_RUNS+=("$folder")
   echo "== $folder"
   if [[ "$NPROC" -gt 1 ]]; then
@@ -132,6 +135,10 @@ fi
 if [[ "$SMOKE" == 1 ]]; then
   "$PYTHON" -m datasets.synthetic --root "$SMOKE_DATA" --train-ids 24 --val-ids 6 --test-ids 6 \
     --image-size 96 32 > /dev/null
+else  # every run's weights, data, config and device, all problems at once, before the first run starts
+  PLANNING=1 && "$section" && PLANNING=0
+  "$PYTHON" -m processor.section_check --section "$section" --as model.pretrain=CLIP_WEIGHTS \
+    --as data.root=DATA_ROOT "${PLANNED[@]}"
 fi
 "$section"
 report_options=()

@@ -24,7 +24,7 @@ from configs.irra_flags import refuse_foreign_flags
 from datasets.readers import check_dataset_files
 from processor.evaluator import eval_targets, evaluate, results_table
 from processor.preflight import eval_datasets
-from serving.inference import check_weights, model_for, source_config
+from serving.inference import check_weights, default_config_hint, model_for, source_config
 from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
 from utils.io import write_text_atomic
 from utils.logger import setup_logging
@@ -43,12 +43,13 @@ def parser() -> argparse.ArgumentParser:
 
 def default_output(source: Path, weights: Path, which: str, cfg: Config) -> Path:
     """Named by what was evaluated, so no two evaluations overwrite each other:
-    ``RUN/test_<which>_<datasets>_<split>.json`` for a run folder, else
-    ``<weights>.<datasets>_<split>.metrics.json`` beside the weights."""
+    ``test_<weights>_<datasets>_<split>[_t2i+i2t].json`` beside the weights, where ``<weights>``
+    is ``best`` or ``last`` for a run folder and the file's stem otherwise; ``_t2i+i2t`` marks
+    an evaluation with ``eval.i2t=true`` (both directions)."""
     datasets = "+".join([cfg.data.dataset, *cfg.eval.cross_domain])
-    if source.is_dir():
-        return source / f"test_{which}_{datasets}_{cfg.eval.split}.json"
-    return weights.with_name(f"{weights.name}.{datasets}_{cfg.eval.split}.metrics.json")
+    tasks = "_t2i+i2t" if cfg.eval.i2t else ""
+    name = which if source.is_dir() else weights.stem
+    return weights.with_name(f"test_{name}_{datasets}_{cfg.eval.split}{tasks}.json")
 
 
 @report_user_errors
@@ -59,10 +60,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     cfg, weights = source_config(args.source, args.config, args.overrides, args.which)
     data_checks = [lambda name=name: check_dataset_files(cfg.data.root, name) for name in eval_datasets(cfg)]
-    raise_all([lambda: check_weights(args.source, weights), *data_checks])  # every missing input at once
+    with default_config_hint(args.source, args.config):
+        raise_all([lambda: check_weights(args.source, weights), *data_checks])  # every missing input at once
+        targets = eval_targets(cfg)  # the annotations are read (and checked) before the weights load
+        loaded = model_for(cfg, weights)
     output = Path(args.output) if args.output else default_output(Path(args.source), weights, args.which, cfg)
-    targets = eval_targets(cfg)  # the annotations are read (and checked) before the weights load
-    loaded = model_for(cfg, weights)
     results: Dict[str, dict] = {}
     for loaders in targets:
         metrics = evaluate(loaded.model, loaders, loaded.device, loaded.autocast, cfg.eval, progress=True)

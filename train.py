@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from configs.errors import UserError
 from configs.loader import build_parser, parse_args
-from processor.preflight import check_device, check_run_inputs
+from processor.preflight import check_run_inputs
 from processor.run_keeper import RunKeeper
 from processor.training import Training
 from utils.cli import describe, exit_skipping_final_gc, report_user_errors
@@ -43,8 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg, _ = parse_args(argv, build_parser(describe(__doc__)))
     if cfg.train.device == "cpu":
         keep_off_the_gpus()
-    check_run_inputs(cfg)  # before any folder is made or annotation read
-    check_device(cfg, pick_device(cfg.train.device))
+    check_run_inputs(cfg, pick_device(cfg.train.device))  # every problem at once, before any folder is made
     info = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     try:
         run = RunKeeper(cfg, info)  # the folder and the start decision; every rank reads the same folder

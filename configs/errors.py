@@ -28,13 +28,15 @@ class UserErrors(UserError):
 
 def raise_all(checks: Iterable[Callable[[], object]]) -> None:
     """Run every check; raise nothing when all pass, the one :class:`UserError` when one fails
-    (its own type, so callers can still catch it), else :class:`UserErrors` listing them all."""
+    (its own type, so callers can still catch it), else :class:`UserErrors` listing them all
+    (a problem two checks find is listed once)."""
     errors: List[UserError] = []
     for check in checks:
         try:
             check()
         except UserError as error:
-            errors.append(error)
+            if str(error) not in map(str, errors):
+                errors.append(error)
     if len(errors) == 1:
         raise errors[0]
     if errors:

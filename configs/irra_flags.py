@@ -84,11 +84,20 @@ def _value_after(argv: Sequence[str], index: int) -> Optional[str]:
     return following if following and not following.startswith("-") and "=" not in following else None
 
 
+def _is_switch(key: str) -> bool:
+    """``key`` (dotted) is a bool setting: its option is a switch that means ``key=true``."""
+    section, _, leaf = key.partition(".")
+    return isinstance(getattr(getattr(Config(), section), leaf), bool)
+
+
 def suggestion(flag: str, value: Optional[str]) -> Optional[str]:
-    """The override an unknown ``--flag [value]`` becomes, or None when nothing fits."""
+    """The override an unknown ``--flag [value]`` becomes, or None when nothing fits. A bool
+    key's option without a value is a switch (IRRA's ``--i2t``): ``key=true``."""
     template = IRRA_FLAGS.get(flag)
     if template is None:
         key = config_keys().get(flag.lstrip("-").replace("-", "_"))
+        if key and value is None and _is_switch(key):
+            return f"{key}=true"
         template = f"{key}={{}}" if key else None
     if template is None:
         return None

@@ -111,7 +111,31 @@ def _checked(dotted: str, value: Any, tp: Any, where: str) -> Any:
     except TypeError:
         raise ConfigError(
             f"{dotted}{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+            f"{_how_to_write(dotted, value, tp, where)}"
         ) from None
+
+
+def _how_to_write(dotted: str, value: Any, tp: Any, where: str) -> str:
+    """The form to type instead, for the slips that have one: a bare value for a list, a number for a bool."""
+    in_file = "(in " in where
+    if typing.get_origin(tp) in (list, List) and not isinstance(value, (list, dict)):
+        listed = f"[{value}]" if value is not None and value != "" else "[]"
+        form = f"{dotted.rpartition('.')[2]}: {listed}" if in_file else f"{dotted}={listed}"
+        return f"; a list is written in brackets: {form}"
+    if tp is bool and not isinstance(value, bool):
+        form = f"{dotted.rpartition('.')[2]}: true" if in_file else f"{dotted}=true or {dotted}=false"
+        return f"; write {form}"
+    return ""
+
+
+def _sections_with(leaf: str) -> List[str]:
+    """Every dotted key whose last part is ``leaf`` (``batch_size`` -> data.batch_size, eval.batch_size)."""
+    cfg = Config()
+    return [
+        f"{section.name}.{leaf}"
+        for section in dataclasses.fields(cfg)
+        if any(field.name == leaf for field in dataclasses.fields(getattr(cfg, section.name)))
+    ]
 
 
 def _set(cfg: Config, dotted: str, value: Any, where: str, raw: Optional[str] = None) -> None:
@@ -120,6 +144,11 @@ def _set(cfg: Config, dotted: str, value: Any, where: str, raw: Optional[str] = 
     parts = dotted.split(".")
     sections = [f.name for f in dataclasses.fields(cfg)]
     if parts[0] not in sections:
+        keys = _sections_with(parts[0]) if len(parts) == 1 else []
+        if keys:
+            shown = raw.strip() if raw is not None else repr(value)
+            forms = " or ".join(f"{key}={shown}" for key in keys)
+            raise ConfigError(f"'{dotted}'{where} has no section: keys are written section.key, here {forms}")
         raise _unknown(parts[0], sections, where)
     section = getattr(cfg, parts[0])
     if len(parts) == 1:  # a whole section: a mapping of its keys
@@ -197,6 +226,11 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     for override in overrides:
         key, sep, raw = override.partition("=")
         key = key.strip()
+        if not sep and key.endswith((".yaml", ".yml")):
+            raise ConfigError(
+                f"override {override!r} is a config file, not key=value; a config file goes after --config: "
+                f"--config {key}"
+            )
         if not sep or not key:
             raise ConfigError(f"override {override!r} is not of the form key=value (e.g. solver.lr=1e-5)")
         try:

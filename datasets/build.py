@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +34,23 @@ def pins_memory(cfg: Config) -> bool:
     return cfg.data.pin_memory and cfg.train.device != "cpu" and torch.cuda.is_available()
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@lru_cache(maxsize=None)
+def worker_count(requested: int) -> int:
+    """``requested`` loader workers, at most one per usable core (logged once when fewer). A
+    sample is drawn from (seed, epoch, index), not from a worker's state, so the batches are the
+    same whatever the count (tests/test_data_pipeline.py); only the loading speed changes."""
+    cores = usable_cores()
+    if requested <= cores:
+        return requested
+    logger.info("data.num_workers=%d: %d loader worker(s), one per usable CPU core", requested, cores)
+    return cores
+
+
 def make_loader(
     dataset: Dataset,
     data: DataConfig,
@@ -42,7 +60,7 @@ def make_loader(
     num_workers: Optional[int] = None,
     drop_last: bool = False,
 ) -> DataLoader:
-    workers = data.num_workers if num_workers is None else num_workers
+    workers = worker_count(data.num_workers if num_workers is None else num_workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,

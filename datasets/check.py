@@ -31,7 +31,7 @@ from datasets.readers import (
     load_json,
     record_problems,
 )
-from utils.cli import describe, exit_skipping_final_gc, report_user_errors
+from utils.cli import USER_ERROR_STATUS, describe, exit_skipping_final_gc, report_user_errors
 
 logger = logging.getLogger("datasets.check")
 
@@ -118,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="data.text_length: longer captions are reported as truncated (default: %(default)s)",
     )
-    parser.add_argument("--strict", action="store_true", help="caption warnings also make the exit status 1")
+    parser.add_argument(
+        "--strict", action="store_true", help=f"caption warnings also make the exit status {USER_ERROR_STATUS}"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.text_length < 1:
@@ -138,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         len(warnings),
         " (--strict: warnings fail the check)" if args.strict and warnings else "",
     )
-    return 1 if problems or (args.strict and warnings) else 0
+    return USER_ERROR_STATUS if problems or (args.strict and warnings) else 0
 
 
 if __name__ == "__main__":

@@ -6,14 +6,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 
 from configs.defaults import LOSS_SETTINGS, Config
+from configs.loader import load_config
 from configs.validation import validate
+from utils.run_layout import CONFIG_FILE
 
-from .clip import ClipArch, arch_from_state_dict, build_clip, clip_from_state_dict, create_clip, fit_position_embedding
+from .clip import (
+    ClipArch,
+    ImageSizeError,
+    arch_from_state_dict,
+    build_clip,
+    clip_from_state_dict,
+    create_clip,
+    fit_position_embedding,
+)
 from .clip_weights import clean_clip_state_dict, is_torchscript_archive, read_clip_state_dict
 from .fmfa import FMFA, head_arguments, head_arguments_in
 from .loss import Collective, FMFALoss
@@ -108,7 +119,8 @@ def _fmfa_from_state_dict(state_dict: Dict[str, torch.Tensor], image_size, sourc
             f"missing {missing[:8]}, unexpected {unexpected[:8]}"
         )
     logger.info(
-        "Loaded FMFA weights from %s: %s, %d identities, IRR depth %d",
+        "Loaded FMFA weights from %s: %s, ID head of %d classes (training identities, or training captions "
+        "under model.id_classes=captions), IRR depth %d",
         source,
         arch,
         heads["num_classes"],
@@ -117,23 +129,50 @@ def _fmfa_from_state_dict(state_dict: Dict[str, torch.Tensor], image_size, sourc
     return model
 
 
-def model_from_checkpoint(path: str, image_size: Tuple[int, int] = (384, 128)) -> FMFA:
+PAPER_IMAGE_SIZE = (384, 128)
+
+
+def run_image_size(path: str) -> Optional[Tuple[int, int]]:
+    """``model.image_size`` of the run's config.yaml beside ``path`` (logged), else None."""
+    beside = Path(path).parent / CONFIG_FILE
+    if not beside.is_file():
+        return None
+    height, width = load_config(beside, check=False).model.image_size
+    logger.info("%s: image size %d x %d from %s, the run's config beside it", path, height, width, beside)
+    return int(height), int(width)
+
+
+def model_from_checkpoint(path: str, image_size: Optional[Tuple[int, int]] = None) -> FMFA:
     """An FMFA model in eval mode from a weight file, its architecture read from the weights.
 
     ``path``: this project's or the reference's checkpoint (``{"model": state_dict}``,
     ``module.`` prefixes allowed), or bare CLIP weights (OpenAI TorchScript archive,
     OpenAI-format state dict, open_clip checkpoint), which give a model without heads.
+    ``image_size`` (H, W): by default the run's, from a config.yaml beside the file, else 384 x 128.
     """
     if not os.path.isfile(path):
         raise WeightsNotFoundError(f"checkpoint not found: {path!r}")
+    size = image_size or run_image_size(path)
+    try:
+        return _model_from_file(path, tuple(size or PAPER_IMAGE_SIZE))
+    except ImageSizeError as error:
+        if size is not None:
+            raise
+        raise ImageSizeError(
+            f"{error} (read at {PAPER_IMAGE_SIZE[0]} x {PAPER_IMAGE_SIZE[1]}, as no {CONFIG_FILE} is beside it: "
+            "pass image_size=(H, W), or keep the run's config.yaml beside the weights)"
+        ) from None
+
+
+def _model_from_file(path: str, image_size: Tuple[int, int]) -> FMFA:
     if is_torchscript_archive(path):
         state_dict = read_clip_state_dict(path)
     else:
         state_dict = unwrap_state_dict(load_weights_file(path), path)
     if is_fmfa_state_dict(state_dict):
-        model = _fmfa_from_state_dict(state_dict, tuple(image_size), path)
+        model = _fmfa_from_state_dict(state_dict, image_size, path)
     elif is_clip_state_dict(state_dict):
-        clip, arch = clip_from_state_dict(clean_clip_state_dict(state_dict, path), tuple(image_size), path)
+        clip, arch = clip_from_state_dict(clean_clip_state_dict(state_dict, path), image_size, path)
         model = FMFA(clip, arch.embed_dim, vocab_size=arch.vocab_size)
     else:
         raise WeightsError(

@@ -115,6 +115,10 @@ def arch_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> ClipArch:
     )
 
 
+class ImageSizeError(WeightsError):
+    """Weights trained at an image size whose patch grid the model's image size cannot take."""
+
+
 def fit_position_embedding(
     state_dict: Dict[str, torch.Tensor], clip: open_clip.model.CLIP, source: str
 ) -> Dict[str, torch.Tensor]:
@@ -129,7 +133,7 @@ def fit_position_embedding(
     if pos.shape[0] != grid[0] * grid[1] + 1:
         old = round((pos.shape[0] - 1) ** 0.5)
         if old * old + 1 != pos.shape[0]:
-            raise WeightsError(
+            raise ImageSizeError(
                 f"{source}: position embedding for {pos.shape[0] - 1} patches is not a square "
                 f"grid and does not fit the model's {grid[0]} x {grid[1]} grid; "
                 f"use the image size it was trained at"
@@ -175,7 +179,15 @@ def encode_image_tokens(clip: open_clip.model.CLIP, images: torch.Tensor) -> tor
 
 
 def encode_text_tokens(clip: open_clip.model.CLIP, ids: torch.Tensor) -> torch.Tensor:
-    """``ln_final(all tokens) @ text_projection`` under the causal mask  ->  [B, L, embed_dim]."""
+    """``ln_final(all tokens) @ text_projection`` under the causal mask  ->  [B, L, embed_dim].
+    ``L`` must be the encoder's context length (its position embeddings); other lengths are
+    refused with the tokenizer call that fits."""
+    length = clip.positional_embedding.shape[0]
+    if ids.shape[-1] != length:
+        raise ValueError(
+            f"token ids of length {ids.shape[-1]}, but this text encoder takes {length} per caption: "
+            f"tokenize with tokenize_batch(captions, text_length={length})"
+        )
     cast_dtype = clip.transformer.get_cast_dtype()
     x = clip.token_embedding(ids).to(cast_dtype) + clip.positional_embedding.to(cast_dtype)
     x = clip.transformer(x, attn_mask=clip.attn_mask)

@@ -112,6 +112,17 @@ class FMFA(nn.Module):
         return {name: bool(module.grad_checkpointing) for name, module in towers.items()}
 
     # ---- inference -------------------------------------------------------------------
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        """(H, W) the image encoder takes."""
+        height, width = self.base_model.visual.image_size
+        return int(height), int(width)
+
+    @property
+    def text_length(self) -> int:
+        """Token ids per caption the text encoder takes (its position embeddings)."""
+        return int(self.base_model.context_length)
+
     def encode_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, 1 + patches, embed_dim], class token first."""
         return encode_image_tokens(self.base_model, images)

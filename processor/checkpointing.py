@@ -78,6 +78,10 @@ class TrainingParts:
         self.epoch, self.step = state["epoch"], state["step"]
 
 
+# What a last.pth holds at least (a best.pth holds the weights and what test.py needs only).
+TRAINING_STATE_KEYS = frozenset({"model", "optimizer", "scheduler", "epoch", "step", "best", "rng"})
+
+
 def training_state(parts: TrainingParts, best: Dict[str, Any], config: Dict[str, Any]) -> Dict[str, Any]:
     """The content of ``last.pth`` after ``parts.epoch`` (1-based) completed epochs."""
     return {
@@ -107,7 +111,7 @@ def best_state(parts: TrainingParts, metrics: Dict[str, float], config: Dict[str
 
 def load_training_state(path: Path) -> Dict[str, Any]:
     state = load_weights_file(path)
-    missing = {"model", "optimizer", "scheduler", "epoch", "step", "best", "rng"} - set(state)
+    missing = TRAINING_STATE_KEYS - set(state)
     if missing:
         raise WeightsError(
             f"{path} is not a training checkpoint of this project (missing {sorted(missing)}); "

@@ -5,7 +5,7 @@ Each failure is a :class:`configs.errors.UserError` naming the key to set."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import Callable, List, Optional
 
 import torch
 
@@ -13,8 +13,10 @@ from configs.defaults import Config
 from configs.errors import ConfigError, raise_all
 from datasets.readers import check_dataset_files
 from model.clip_weights import check_pretrain
-from model.weights_file import WeightsNotFoundError
+from model.weights_file import WeightsError, WeightsNotFoundError, load_weights_file
+from processor.checkpointing import TRAINING_STATE_KEYS
 from utils.gpu import missing_gpu_reason
+from utils.run_layout import LAST
 
 # One fp32 training step of CLIP ViT-B/16 at 384 x 128 with the paper's heads, batch 16
 # (forward + backward + Adam) on a 2-core CPU: 15.4 s, from
@@ -28,14 +30,21 @@ INIT_FROM_HELP = (
 RESUME_HELP = "a run folder holding last.pth, or a last.pth file, or '' to start a fresh run"
 
 
-def check_run_inputs(cfg: Config) -> None:
-    """Weights (``model.pretrain``, ``model.init_from``, ``train.resume``) and datasets
-    (``data.root`` / ``data.dataset`` and ``eval.cross_domain``) exist."""
+def run_input_checks(cfg: Config) -> List[Callable[[], None]]:
+    """The checks that the weights (``model.pretrain``, ``model.init_from``, ``train.resume``)
+    and datasets (``data.root`` / ``data.dataset`` and ``eval.cross_domain``) exist."""
     checks = [lambda: check_pretrain(cfg.model.pretrain)]
     checks += [lambda: check_exists("model.init_from", cfg.model.init_from, INIT_FROM_HELP)]
-    checks += [lambda: check_exists("train.resume", cfg.train.resume, RESUME_HELP)]
+    checks += [lambda: check_resume(cfg.train.resume)]
     checks += [lambda name=name: check_dataset_files(cfg.data.root, name) for name in eval_datasets(cfg)]
-    raise_all(checks)  # every missing input in one report, not one per attempt
+    return checks
+
+
+def check_run_inputs(cfg: Config, device: Optional[torch.device] = None) -> None:
+    """Every input of :func:`run_input_checks` and, given the ``device`` the run would use,
+    :func:`check_device`: all the problems in one report, before anything is created."""
+    device_check = [] if device is None else [lambda: check_device(cfg, device)]
+    raise_all([*run_input_checks(cfg), *device_check])
 
 
 def eval_datasets(cfg: Config) -> List[str]:
@@ -47,6 +56,34 @@ def check_exists(key: str, path: str, help_text: str) -> None:
     """``path`` ("" = unset) exists; else a :class:`WeightsNotFoundError` naming ``key``."""
     if path and not Path(path).exists():
         raise WeightsNotFoundError(f"{key}={path!r}: not found; {help_text}")
+
+
+def check_resume(resume: str) -> None:
+    """``train.resume`` ("" = unset) is a run folder holding last.pth or a training checkpoint
+    (a last.pth); a best.pth, which holds the weights only, is refused with the two ways on."""
+    check_exists("train.resume", resume, RESUME_HELP)
+    path = Path(resume)
+    if not resume or path.is_dir():
+        return  # a folder without last.pth is answered by the run folder's start rules
+    missing = TRAINING_STATE_KEYS - set(_checkpoint_keys(path))
+    if missing:
+        folder = path.parent
+        raise WeightsError(
+            f"train.resume={resume}: not a training checkpoint (no {', '.join(sorted(missing))}: a best.pth "
+            f"holds the weights only). To continue the run: train.resume={folder} (its {LAST}); to start a "
+            f"new run from these weights: model.init_from={resume}"
+        )
+
+
+def _checkpoint_keys(path: Path) -> List[str]:
+    """The top-level keys of a checkpoint, its tensors memory-mapped rather than read; a file
+    that cannot be mapped (an old-format or refused pickle, not a checkpoint) is read the safe
+    way, whose errors name the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises many types here; the safe reader below says which problem it is
+        state = load_weights_file(str(path))
+    return list(state) if isinstance(state, dict) else []
 
 
 def is_gpu_sized(cfg: Config) -> bool:

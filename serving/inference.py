@@ -8,15 +8,17 @@ the run's config (or ``--config`` / overrides, else the defaults).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Optional, Protocol, Sequence, Tuple
+from typing import ContextManager, Iterator, Optional, Protocol, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from configs.defaults import Config
-from configs.errors import ConfigError
+from configs.errors import ConfigError, UserError
 from configs.loader import load_config
 from datasets.tokenizer import VOCAB_SIZE
 from model.build import model_from_checkpoint
@@ -27,19 +29,48 @@ from processor.precision import Precision
 from utils.distributed import pick_device
 from utils.run_layout import BEST, CONFIG_FILE, LAST
 
+logger = logging.getLogger(__name__)
+
 
 def source_config(
     source: str | Path, config: Optional[str] = None, overrides: Sequence[str] = (), which: str = "best"
 ) -> Tuple[Config, Path]:
     """(validated config, weights file) of a run folder or a weights file; the weights file
-    may be missing (:func:`check_weights` says so)."""
+    may be missing (:func:`check_weights` says so). A weights file with the run's config.yaml
+    beside it is read with that config unless ``config`` names another (logged)."""
     source = Path(source)
     if source.is_dir():
         saved = source / CONFIG_FILE
         if not saved.is_file():
             raise ConfigError(f"{source} is a folder without {CONFIG_FILE}; give a run folder or a weights file")
         return load_config(config or saved, overrides), source / (BEST if which == "best" else LAST)
+    beside = source.parent / CONFIG_FILE
+    if config is None and beside.is_file():
+        logger.info("%s: read with %s, the run's config beside it (--config FILE chooses another)", source, beside)
+        return load_config(beside, overrides), source
     return load_config(config, overrides), source
+
+
+def uses_default_config(source: str | Path, config: Optional[str]) -> bool:
+    """A weights file read with the defaults: no ``--config`` and no run config beside it."""
+    source = Path(source)
+    return config is None and source.is_file() and not (source.parent / CONFIG_FILE).is_file()
+
+
+@contextlib.contextmanager
+def default_config_hint(source: str | Path, config: Optional[str]) -> Iterator[None]:
+    """A user error met while a weights file is used with the default config gets the two ways
+    to give a run's weights their config (its dataset, image size and text length)."""
+    try:
+        yield
+    except UserError as error:
+        if not uses_default_config(source, config):
+            raise
+        raise ConfigError(
+            f"{error}\n({source} was read with the default config (data.dataset, model.image_size, "
+            f"data.text_length, ...) as no --config was given and no {CONFIG_FILE} is beside it; for a "
+            f"trained run's weights give its run folder as the source, or --config RUN_FOLDER/{CONFIG_FILE})"
+        ) from None
 
 
 def check_weights(source: str | Path, weights: Path, argument: str = "SOURCE") -> None:

@@ -73,14 +73,14 @@ def test_check_reports_warnings_and_fails_only_when_strict(tmp_path, caplog):
     assert check_main([str(tmp_path), "CUHK-PEDES", "--quiet"]) == 0
     assert "CUHK-PEDES: 0 problem(s), 3 caption warning(s)" in caplog.text
     assert "warning: 1 distinct caption(s) are shared by different identities" in caplog.text
-    assert check_main([str(tmp_path), "CUHK-PEDES", "--quiet", "--strict"]) == 1
-    assert check_main([str(tmp_path), "CUHK-PEDES", "--quiet", "--strict", "--text-length", "12"]) == 1
+    assert check_main([str(tmp_path), "CUHK-PEDES", "--quiet", "--strict"]) == 2
+    assert check_main([str(tmp_path), "CUHK-PEDES", "--quiet", "--strict", "--text-length", "12"]) == 2
 
 
 def test_clean_fixture_passes_strict_and_text_length_is_checked(tmp_path, capsys):
     make_dataset(tmp_path, "RSTPReid")
     assert check_main([str(tmp_path), "RSTPReid", "--quiet", "--strict"]) == 0
-    assert check_main([str(tmp_path), "RSTPReid", "--quiet", "--strict", "--text-length", "8"]) == 1
+    assert check_main([str(tmp_path), "RSTPReid", "--quiet", "--strict", "--text-length", "8"]) == 2
     with pytest.raises(SystemExit) as caught:
         check_main([str(tmp_path), "RSTPReid", "--text-length", "0"])
     assert caught.value.code == 2 and "--text-length 0: expected a positive number" in capsys.readouterr().err

@@ -224,3 +224,30 @@ def test_the_checks_can_fail(monkeypatch, tmp_path):
     for command in commands:
         with pytest.raises((AssertionError, SystemExit, ConfigError)):
             check_command(command, monkeypatch)
+
+
+MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def relative_links(path: Path) -> List[tuple]:
+    """(line, target) of every link in ``path`` that is not a URL or an anchor, code spans and blocks left out."""
+    text = re.sub(
+        r"^```.*?^```", lambda block: "\n" * block.group(0).count("\n"), path.read_text("utf-8"), flags=re.M | re.S
+    )
+    links = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for target in MARKDOWN_LINK.findall(re.sub(r"`[^`]*`", "", line)):
+            if not re.match(r"[a-z]+:|#", target):
+                links.append((number, target.split("#")[0]))
+    return links
+
+
+def test_every_relative_link_of_the_docs_resolves():
+    broken = [
+        f"{doc.relative_to(ROOT)}:{line}: {target}"
+        for doc in DOCS
+        for line, target in relative_links(doc)
+        if not (doc.parent / target).exists()
+    ]
+    assert sum(len(relative_links(doc)) for doc in DOCS) > 10  # the links are found at all
+    assert broken == [], "links resolve from the file's own folder (docs/x.md links 'y.md', not 'docs/y.md')"

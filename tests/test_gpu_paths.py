@@ -98,7 +98,7 @@ def test_train_py_passes_its_timeout_on(monkeypatch):
         seen.update(device=device, timeout=timeout_minutes)
         raise Stop
 
-    monkeypatch.setattr(train_cli, "check_run_inputs", lambda cfg: None)
+    monkeypatch.setattr(train_cli, "check_run_inputs", lambda cfg, device: None)
     monkeypatch.setattr(train_cli, "init_distributed", fake_init)
     with pytest.raises(Stop):
         train_cli.main(["train.device=cpu", "train.dist_timeout_minutes=45"])

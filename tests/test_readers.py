@@ -249,7 +249,7 @@ def test_checker_reports_every_problem_and_exit_status(tmp_path, capsys):
     assert len(problems) == 2
     assert "record 0: image file" in problems[0] and "not found" in problems[0]
     assert "record 1: image file" in problems[1] and "cannot be decoded" in problems[1]
-    assert check_main([str(tmp_path), "RSTPReid", "--quiet"]) == 1
+    assert check_main([str(tmp_path), "RSTPReid", "--quiet"]) == 2
 
 
 def test_checker_reports_malformed_records_and_broken_images_in_one_run(tmp_path, capsys):
@@ -267,11 +267,11 @@ def test_checker_reports_malformed_records_and_broken_images_in_one_run(tmp_path
     assert "record 2: key 'split' is 'dev'" in problems[0] and "record 4: missing key 'captions'" in problems[1]
     assert "record 0: image file" in problems[2] and "not found" in problems[2]
     assert "record 1: image file" in problems[3] and "cannot be decoded" in problems[3]
-    assert check_main([str(tmp_path), "CUHK-PEDES", "--quiet"]) == 1
+    assert check_main([str(tmp_path), "CUHK-PEDES", "--quiet"]) == 2
 
 
 def test_checker_on_a_missing_dataset_names_the_key_and_the_source(tmp_path):
     problems = check_dataset(tmp_path, "RSTPReid", show_progress=False)
     assert len(problems) == 1 and f"dataset folder {tmp_path}/RSTPReid not found" in problems[0]
     assert "set data.root" in problems[0] and "NjtechCVLab/RSTPReid-Dataset" in problems[0]
-    assert check_main([str(tmp_path), "RSTPReid", "--quiet"]) == 1
+    assert check_main([str(tmp_path), "RSTPReid", "--quiet"]) == 2

@@ -178,18 +178,25 @@ def test_paper_row_only_for_datasets_present(tmp_path):
     assert rows[-1] is paper
 
 
-def test_csv_written_with_the_printed_rows(tmp_path, capsys):
+def test_csv_holds_numbers_mean_std_and_count_in_columns(tmp_path, capsys):
     runs = tmp_path / "runs"
     write_run(runs / "a", {}, curve([50, 60, 55], [40, 45, 44]))
     write_run(runs / "b", {"loss.names": "sdm+mlm+id"}, curve([40, 52, 51], [30, 35, 34]))
+    write_run(runs / "b2", {"loss.names": "sdm+mlm+id", "train.seed": 2}, curve([40, 56, 51], [30, 37, 34]))
     target = tmp_path / "report.csv"
     assert main([str(runs), "--csv", str(target)]) == 0
     with open(target, newline="", encoding="utf-8") as handle:
         written = list(csv.DictReader(handle))
-    assert written == rows_of(runs)
-    assert [row["run"] for row in written] == ["a", "b", PAPER_LABEL]
+    assert [row["run"] for row in written] == ["a", "b, b2", PAPER_LABEL]
+    assert list(written[0])[3:6] == ["R1", "R1_std", "R1_n"]
+    single, pooled, paper = written
+    assert (float(single["R1"]), single["R1_std"], single["R1_n"]) == (60.0, "", "1")
+    # b and b2 differ only in the seed: R1 52 and 56, mean 54, sample std 2.828
+    assert float(pooled["R1"]) == 54.0 and abs(float(pooled["R1_std"]) - 8**0.5) < 1e-9 and pooled["R1_n"] == "2"
+    assert float(paper["R1"]) == 74.16 and paper["R1_n"] == "" and paper["mINP"] == ""
+    assert not any("±" in value for row in written for value in row.values())
     printed = capsys.readouterr().out
-    assert printed.startswith("| run") and "| 60.00" in printed and "sdm+mlm+id" in printed
+    assert printed.startswith("| run") and "| 60.00" in printed and "54.00 ± 2.83 (2)" in printed
 
 
 def test_plot_written_as_png(tmp_path):

@@ -59,8 +59,11 @@ def test_run_sh_commands_parse_and_validate(section, count, tmp_path):
     report = [arg for arg in calls[-1] if arg != "--paper-ablation"]  # the ablation's table adds the paper's R1
     assert report[:2] == ["-m", "utils.report"] and len(report) == 2 + count  # the section's table
     assert ("--paper-ablation" in calls[-1]) == (section == "ablation")
+    check = calls[0]  # every run checked before the first starts, with the same arguments
+    assert check[:4] == ["-m", "processor.section_check", "--section", section]
     calls = [argv for argv in calls if argv[0] == "train.py"]
     assert len(calls) == count
+    assert " ".join(check).split(" --run ")[1:] == [" ".join(argv[1:]) for argv in calls]
     names = set()
     for argv in calls:
         cfg = parse_cli(argv[1:])  # loads the YAML, applies the overrides, validates
@@ -81,13 +84,27 @@ def test_from_another_folder_with_torchrun_and_the_callers_gpus(tmp_path):
     recorder, record = recording_python(tmp_path)
     env = {"PYTHON": str(recorder), "NPROC": "2", "CUDA_VISIBLE_DEVICES": "2,3", "DATA_ROOT": "mydata"}
     assert run_sh("paper", cwd=tmp_path, **env).returncode == 0
-    first = recorded(record)[0]
+    first = recorded(record)[1]  # after the section's check
     assert first[0] == "2,3"  # an existing CUDA_VISIBLE_DEVICES is kept
     assert first[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert f"data.root={tmp_path}/mydata" in first
     assert f"train.output_dir={tmp_path}/runs/CUHK-PEDES/fmfa_paper" in first
     assert run_sh("paper", cwd=tmp_path, GPU="1", **{**env, "NPROC": "1"}).returncode == 0
     assert recorded(record)[-2][0] == "1"  # GPU=1 sets it
+
+
+def test_paper_section_names_every_missing_input_in_its_own_words(tmp_path):
+    """The real check, before any run: CLIP_WEIGHTS and DATA_ROOT (run.sh's variables, not the
+    config keys) and every dataset of the section, once each; no run folder is made."""
+    result = run_sh("paper", cwd=tmp_path, PYTHON=sys.executable, GPU="")
+    assert result.returncode == 2 and not (tmp_path / "runs").exists()
+    err = result.stderr
+    assert "run.sh paper:" in err and "in the section's 3 run(s), found before any starts" in err
+    assert f"CLIP_WEIGHTS='{tmp_path}/data/ViT-B-16.pt': file not found. Set CLIP_WEIGHTS to" in err
+    assert "model.pretrain" not in err and "data.root" not in err and err.count("set DATA_ROOT to") == 3
+    for dataset in ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid"):
+        assert f"dataset folder {tmp_path}/data/{dataset} not found" in err
+    assert err.count("CLIP_WEIGHTS=") == 1 and "== " not in result.stdout  # once, and no run started
 
 
 def killing_python(tmp_path: Path) -> tuple[Path, Path]:

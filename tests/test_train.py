@@ -64,7 +64,7 @@ def test_run_folder_contents_and_test_cli(tmp_path):
     assert f"best (epoch {best['epoch']}, test)" in (run / "train.log").read_text()
     # test.py rebuilds the model from the run folder and reproduces the best epoch's figures.
     assert test_cli.main([str(run)]) == 0
-    tested = json.loads((run / "test_best_CUHK-PEDES_test.json").read_text())["results"]["CUHK-PEDES"]
+    tested = json.loads((run / "test_best_CUHK-PEDES_test_t2i+i2t.json").read_text())["results"]["CUHK-PEDES"]
     for key in ("R1", "R5", "R10", "mAP", "mINP"):
         assert tested["t2i"][key] == pytest.approx(t2i[best["epoch"]][key], abs=1e-4)
     assert model_from_checkpoint(str(run / "best.pth"), image_size=(32, 16)).classifier.out_features == 20

@@ -60,10 +60,25 @@ NOT_IN_PAPER = "extra (not in the paper)"
 # --------------------------------------------------------------------------------- the rows
 
 
-def _statistic(values: List[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.2f}" if values else ""
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)})"
+class Statistic(str):
+    """A metric over pooled runs as the table prints it (``mean ± std (n)``, or the one value),
+    keeping the numbers for the CSV's mean / std / n columns."""
+
+    mean: Optional[float]
+    std: Optional[float]
+    n: int
+
+    def __new__(cls, values: List[float]) -> "Statistic":
+        mean = statistics.mean(values) if values else None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        text = "" if mean is None else f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f} ({len(values)})"
+        result = super().__new__(cls, text)
+        result.mean, result.std, result.n = mean, std, len(values)
+        return result
+
+
+def _statistic(values: List[float]) -> Statistic:
+    return Statistic(values)
 
 
 def _metric_row(base: Dict[str, str], split: str, picked: List[dict]) -> Dict[str, str]:
@@ -140,11 +155,30 @@ def markdown_table(rows: Sequence[Dict[str, str]]) -> str:
     return table.get_string()
 
 
+def csv_row(row: Dict[str, str]) -> Dict[str, object]:
+    """``row`` with each metric as numbers: ``R1`` (the mean), ``R1_std`` (empty for one run)
+    and ``R1_n`` (runs pooled; empty for the paper's row and where the row has no figure)."""
+    result: Dict[str, object] = {}
+    for column, text in row.items():
+        if column not in METRICS:
+            result[column] = text
+            continue
+        if isinstance(text, Statistic):  # this report's runs
+            mean, std, n = text.mean, text.std, text.n if text.n else ""
+        else:  # a figure quoted as it was published (the paper's row)
+            mean, std, n = text, None, ""
+        result |= {column: "" if mean is None else mean, f"{column}_std": "" if std is None else std}
+        result[f"{column}_n"] = n
+    return result
+
+
 def write_csv(rows: Sequence[Dict[str, str]], path: str | Path) -> None:
+    """The rows as CSV, every metric as numbers (:func:`csv_row`)."""
+    table = [csv_row(row) for row in rows] or [csv_row(dict.fromkeys(COLUMNS, ""))]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else list(COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(table if rows else [])
     write_text_atomic(path, buffer.getvalue())
 
 
