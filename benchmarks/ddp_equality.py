@@ -6,7 +6,7 @@ global-batch losses under torchrun, fp32 without TF32); rank 0 saves every loss 
 metric and (after DDP's averaging) parameter gradient. ``compare``: the largest relative
 error per case between two such files. With ``float64`` the step runs in float64 (model and
 batch; the losses keep float64): the reference that float32 steps on 1 and on N processes
-each approximate to float32 rounding. Used by tests/test_ddp.py (gloo on the CPU) and
+each approximate to float32 rounding. Used by tests/runs/test_ddp.py (gloo on the CPU) and
 benchmarks/gpu_run.sh (NCCL on two GPUs).
 
     python -m benchmarks.ddp_equality step DATA_ROOT one.pt [key=value ...]

@@ -43,7 +43,7 @@ def usable_cores() -> int:
 def worker_count(requested: int) -> int:
     """``requested`` loader workers, at most one per usable core (logged once when fewer). A
     sample is drawn from (seed, epoch, index), not from a worker's state, so the batches are the
-    same whatever the count (tests/test_data_pipeline.py); only the loading speed changes."""
+    same whatever the count (tests/unit/test_data_pipeline.py); only the loading speed changes."""
     cores = usable_cores()
     if requested <= cores:
         return requested

@@ -1,6 +1,6 @@
 """Independent float64 numpy versions of the losses of docs/method.md, written from docs/method.md's
 definitions (and IRRA's for ITC / CMPM), never from model/objectives.py: the oracles of
-tests/test_oracles.py and tests/test_objectives.py. Inputs and outputs are numpy arrays."""
+tests/parity/test_oracles.py and tests/unit/test_objectives.py. Inputs and outputs are numpy arrays."""
 
 from __future__ import annotations
 

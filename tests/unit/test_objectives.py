@@ -76,7 +76,7 @@ def test_a_sdm_weights_at_least_one_so_a_sdm_is_not_below_sdm():
 
 
 def test_a_sdm_unknown_mode_is_an_error_not_another_gap():
-    """A config's asdm.mode is checked at load (tests/test_config.py); called directly, the
+    """A config's asdm.mode is checked at load (tests/unit/test_config.py); called directly, the
     function has no fallback gap for a mode it does not know."""
     x = torch.randn(4, 8)
     with pytest.raises(KeyError, match="softmax"):

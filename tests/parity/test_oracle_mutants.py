@@ -1,4 +1,4 @@
-"""The oracle checks of tests/test_oracles.py reject wrong code: each runs on a torch copy
+"""The oracle checks of tests/parity/test_oracles.py reject wrong code: each runs on a torch copy
 of the loss written here, which passes when faithful (bug=None) and must raise
 AssertionError with any one deliberate bug switched on."""
 
@@ -175,7 +175,7 @@ CASES = [  # (check, copy, bugs); each check also runs on copy(bug=None), which 
             *[b for b in AFFINITY_BUGS if b not in EFA_BLIND],
         ],
     ),
-    # the hand-worked cases of tests/test_oracles_by_hand.py (values only: a detached weight is
+    # the hand-worked cases of tests/parity/test_oracles_by_hand.py (values only: a detached weight is
     # invisible there; row 2's g = 0 is what catches g_is_the_diagonal / probability_wrong_diagonal)
     (functools.partial(by_hand.check_asdm_shared_identity, mode=None), sdm_copy, SDM_BUGS),
     (

@@ -1,4 +1,4 @@
-"""Every batch-coupled loss split over N = 2, 3, 4 ranks is the one-process loss (issue 29, gap 1).
+"""Every batch-coupled loss split over N = 2, 3, 4 ranks is the one-process loss.
 
 Under torchrun each rank scores its own rows against the gathered columns of the whole batch,
 its rows starting at rank x R. Here the ranks are threads of this process (tests/thread_group.py:

@@ -1,4 +1,4 @@
-"""A run selected on val reports best.pth on the test split (issue 29, gap 4).
+"""A run selected on val reports best.pth on the test split.
 
 After the last epoch, a run with ``eval.split=val`` evaluates its best.pth on the test split and
 writes those rows under the best epoch. Here the val selection is steered so that epoch 1 wins

@@ -14,7 +14,7 @@ from PIL import Image
 
 from utils.report import PAPER_LABEL, find_runs, main, markdown_table, read_run, report_rows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 BASE = {
     "model": {"pretrain": "data/ViT-B-16.pt", "image_size": [384, 128]},

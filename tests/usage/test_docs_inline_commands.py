@@ -1,5 +1,5 @@
 """Commands written inline in README.md and docs/*.md (`` `python -m benchmarks.efa` ``) are
-checked as the fenced ones are (tests/test_docs_commands.py): a figure's command quoted in a
+checked as the fenced ones are (tests/usage/test_docs_commands.py): a figure's command quoted in a
 sentence must parse as written too. Inline commands may mark optional parts with brackets
 (``[--jpeg]``: checked with them), stand for a value with a capital placeholder (``--batch B``:
 checked with 1), and end in a comment (``(reads its config.yaml)``, dropped). A program named

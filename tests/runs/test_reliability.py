@@ -1,4 +1,4 @@
-"""Faults and bad input never lose a run, hang, or run foreign code (issue 7)."""
+"""Faults and bad input never lose a run, hang, or run foreign code."""
 
 from __future__ import annotations
 

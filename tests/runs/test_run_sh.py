@@ -128,7 +128,7 @@ def test_a_killed_run_stops_the_section_and_a_rerun_repeats_its_commands(tmp_pat
     """SMOKE=1 bash run.sh paper with its second run SIGKILLed: set -e stops the section there
     (no third run, no table); the rerun issues the same commands (the same folders, with
     train.auto_resume=true), so each run is reported finished, continued from its last.pth or
-    started by train.py itself (tests/test_reliability.py, tests/test_train.py), then tabulates
+    started by train.py itself (tests/runs/test_reliability.py, tests/runs/test_train.py), then tabulates
     all three. Every SMOKE command is a valid tiny CPU run on the drawn synthetic set."""
     runs = tmp_path / "runs"
     second = runs / "ICFG-PEDES" / "fmfa_paper"

@@ -1,4 +1,4 @@
-"""A run stopped after its first epoch resumes exactly in every low-precision mode (issue 29, gap 3).
+"""A run stopped after its first epoch resumes exactly in every low-precision mode.
 
 fp32 resumes are covered by test_train.py / test_reliability.py. Here the run stops right
 after epoch 1's checkpoints are written (an exception raised from ``RunKeeper.save``, in process)

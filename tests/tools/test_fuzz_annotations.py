@@ -6,7 +6,7 @@ Reproducible: the examples are derandomized (hypothesis seeds them from a digest
 function, not from the clock) and no example database is read or written, so every run, on
 any machine, tries the same EXAMPLES mutations in the same order (checked below). A failure therefore comes back
 by rerunning that test id, e.g.
-    .venv/bin/python -m pytest "tests/test_fuzz_annotations.py::test_byte_mutations_give_clear_errors[RSTPReid]"
+    .venv/bin/python -m pytest "tests/tools/test_fuzz_annotations.py::test_byte_mutations_give_clear_errors[RSTPReid]"
 and hypothesis prints the shrunk falsifying example with an ``@reproduce_failure(...)`` line
 that replays it alone when pasted above the test.
 """

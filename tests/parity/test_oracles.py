@@ -2,7 +2,7 @@
 
 Expected values come from tests/numpy_oracles.py (written from docs/method.md, never calling the
 code under test) or are worked by hand in the comments. Each ``check_*`` takes the
-implementation to judge, so tests/test_oracle_mutants.py can show that deliberately
+implementation to judge, so tests/parity/test_oracle_mutants.py can show that deliberately
 broken copies fail the very same checks.
 """
 

@@ -10,7 +10,7 @@ import pytest
 from configs import Config, ConfigError, config_to_dict, load_config, parse_cli, validate
 from utils.io import save_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 YAMLS = sorted(CONFIGS.glob("*.yaml"))
 
 

@@ -1,4 +1,4 @@
-"""Which caption feeds which loss, from the loader through the training forward (issue 29, gap 2).
+"""Which caption feeds which loss, from the loader through the training forward.
 
 ``data.share_masked_caption=false``: the global losses (A-SDM, ID, EFA) see the clean caption and
 MLM the masked one. ``true`` (the authors' in-place masking): every loss sees the masked caption.

@@ -1,8 +1,8 @@
 """Loss cases worked by hand (docs/method.md, "Losses"), each chosen so that a plausible
 misreading of the definition gives a different number: a shared identity whose first batch
 index is not the row's own (A-SDM), LSE pooling with lambda = 2 (EFA step 4) and an asymmetric
-3 x 3 ranking (EFA step 5). As in tests/test_oracles.py, each ``check_*`` takes the
-implementation to judge, so tests/test_oracle_mutants.py can show broken copies fail it.
+3 x 3 ranking (EFA step 5). As in tests/parity/test_oracles.py, each ``check_*`` takes the
+implementation to judge, so tests/parity/test_oracle_mutants.py can show broken copies fail it.
 """
 
 from __future__ import annotations

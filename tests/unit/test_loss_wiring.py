@@ -22,7 +22,7 @@ from model import objectives
 from model.build import build_criterion
 from model.loss import FMFALoss
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 AUTHORS_CODE = dict(mode="cosine", factor=0.1, text_margin=0.1, image_margin=0.9)
 # docs/method.md, "Paper versus code": the paper's column per dataset, the code's for the rest.
 EXPECTED_BY_FILE = {
