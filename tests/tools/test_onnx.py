@@ -1,4 +1,4 @@
-"""export_onnx.py, search.py --onnx, the tokenizer.json and the README's stand-alone example,
+"""export_onnx.py, search.py --onnx, the tokenizer.json and docs/onnx.md's stand-alone example,
 on a tiny model trained for one epoch on the CUHK-PEDES fixture; the latency benchmark's tiny preset."""
 
 from __future__ import annotations
@@ -252,14 +252,15 @@ def test_tokenizer_json_gives_the_project_ids():
     assert tokenizer.encode("x <|endoftext|>").ids == tokenize("x <|endoftext|>", CONTEXT).tolist()
 
 
-def _readme_example() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Deployable encoders (ONNX)", 1)[1].split("\n## ", 1)[0]
+def _standalone_example() -> str:
+    """docs/onnx.md's example of an export used without this repository."""
+    text = (ROOT / "docs" / "onnx.md").read_text(encoding="utf-8")
+    section = text.split("## Using an export without this repository", 1)[1].split("\n## ", 1)[0]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_example_runs_without_the_repository(tiny, tmp_path):
-    """The README's code, run by a Python that cannot import this repository (isolated mode, in
+def test_the_standalone_example_runs_without_the_repository(tiny, tmp_path):
+    """docs/onnx.md's code, run by a Python that cannot import this repository (isolated mode, in
     another folder), embeds captions and images like the PyTorch model."""
     root, run, exported, _ = tiny
     shutil.copytree(exported, tmp_path / "exported")
@@ -272,7 +273,7 @@ def test_readme_example_runs_without_the_repository(tiny, tmp_path):
         "np.save('texts.npy', embed_texts(inputs['captions']))\n"
         "np.save('images.npy', embed_images(inputs['paths']))\n"
     )
-    out = run_ok([sys.executable, "-I", "-c", _readme_example() + probe], cwd=tmp_path, timeout=120)
+    out = run_ok([sys.executable, "-I", "-c", _standalone_example() + probe], cwd=tmp_path, timeout=120)
     assert "photos/" in out.stdout  # the example's own printout: the top images
     loaded = _pytorch(run, root)
     texts = loaded.embed_texts(tokenize_batch(CAPTIONS, CONTEXT))
