@@ -18,10 +18,10 @@ from processor.checkpointing import TRAINING_STATE_KEYS
 from utils.gpu import missing_gpu_reason
 from utils.run_layout import LAST
 
-# One fp32 training step of CLIP ViT-B/16 at 384 x 128 with the paper's heads, batch 16
-# (forward + backward + Adam) on a 2-core CPU: 15.4 s, from
-# `python -m benchmarks.train_step --memory --preset paper --batch 16` (docs/memory.md).
-CPU_SECONDS_PER_16_SAMPLES = 15.0
+# A training sample of CLIP ViT-B/16 at 384 x 128 with the paper's heads (forward + backward),
+# counted by benchmarks.train_step (docs/performance.md): a count, not a time, so it holds on
+# every machine.
+GFLOP_PER_PAPER_SAMPLE = 125
 PAPER_IMAGE_AREA = 384 * 128
 INIT_FROM_HELP = (
     "a checkpoint in the authors' key layout ({'model': state_dict}, 'base_model.*' keys), e.g. the HAM or "
@@ -98,12 +98,13 @@ def check_device(cfg: Config, device: torch.device) -> None:
     train for weeks. ``train.device=cpu`` says the user means it."""
     if cfg.train.device != "auto" or device.type != "cpu" or not is_gpu_sized(cfg):
         return
-    per_step = CPU_SECONDS_PER_16_SAMPLES * cfg.data.batch_size / 16
+    per_step = GFLOP_PER_PAPER_SAMPLE * cfg.data.batch_size / 1000
     raise ConfigError(
         f"train.device=auto found no GPU ({missing_gpu_reason()}), and this config trains a CLIP ViT-B/16-sized "
         "model at "
-        f"{cfg.model.image_size[0]} x {cfg.model.image_size[1]}: about {CPU_SECONDS_PER_16_SAMPLES:.0f} s per step "
-        f"of 16 samples on a 2-core CPU (so ~{per_step:.0f} s per step of data.batch_size={cfg.data.batch_size}). "
+        f"{cfg.model.image_size[0]} x {cfg.model.image_size[1]}: about {GFLOP_PER_PAPER_SAMPLE} GFLOP per training "
+        f"sample (~{per_step:.0f} TFLOP per step of data.batch_size={cfg.data.batch_size}; docs/performance.md), "
+        "days to weeks per epoch on a CPU. "
         "Run it where a GPU is visible, or set train.device=cpu to train on the CPU anyway "
         "(configs/quickstart.yaml is the CPU-sized recipe)"
     )

@@ -346,5 +346,5 @@ def test_device_auto_refuses_a_gpu_sized_config_on_the_cpu(tmp_path, capsys, mon
     root, run = make_fixture(tmp_path / "data"), tmp_path / "run"
     paper_sized = ["model.image_size=[384,128]", "model.patch_size=16", "model.vision_width=768", "train.device=auto"]
     message = user_error(capsys, train_cli.main, tiny_run_args(root, run, 1, *paper_sized))
-    assert "train.device=auto found no GPU" in message and "s per step of 16 samples" in message
+    assert "train.device=auto found no GPU" in message and "GFLOP per training sample" in message
     assert "train.device=cpu" in message and not run.exists()
