@@ -61,7 +61,8 @@ def build_page(loaded: Encoders, page: PageGallery, source: str, top_k: int = 10
     def pick_caption(seed: int):
         return split_caption(page, seed), seed + 1, ""
 
-    with gr.Blocks(title="FMFA search", analytics_enabled=False) as demo:
+    # The copies of shown images that Gradio serves are deleted after an hour, and all at a restart.
+    with gr.Blocks(title="FMFA search", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"## Search by description\n{source} · {page.describe()}", elem_id="about")
         with gr.Row():
             query = gr.Textbox(

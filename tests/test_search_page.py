@@ -67,8 +67,8 @@ def web_python() -> str:
     (.ci/run makes it: gradio wants another pillow than requirements.txt's)."""
     for python in (sys.executable, os.environ.get("FMFA_WEB_PYTHON"), str(ROOT / ".venv-web" / "bin" / "python")):
         if python and Path(python).exists():
-            found = subprocess.run([python, "-c", "import gradio"], capture_output=True).returncode == 0
-            if found:
+            probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('gradio') is None)"
+            if subprocess.run([python, "-c", probe], capture_output=True).returncode == 0:
                 return python
     reason = "no Python with gradio (README 'Search page': pip install -r requirements-web.txt into .venv-web)"
     if os.environ.get("CI"):
@@ -217,7 +217,8 @@ def test_the_page_shows_search_py_top_k_framed_with_maps_and_messages(tiny, page
     screenshot = tmp_path / "page.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
     if os.environ.get("FMFA_PAGE_SCREENSHOT"):  # docs/search_page.png: docs/tools.md says how it is made
-        shutil.copy(screenshot, os.environ["FMFA_PAGE_SCREENSHOT"])
+        with Image.open(screenshot) as picture:  # 128 colours: a third of the bytes, for the repository
+            picture.convert("RGB").quantize(colors=128).save(os.environ["FMFA_PAGE_SCREENSHOT"], optimize=True)
     # A word that is not in the query is named in the page.
     browser.find_element(By.CSS_SELECTOR, "#words textarea").send_keys("umbrella")
     browser.find_elements(By.CSS_SELECTOR, "#results .thumbnail-item")[0].click()
