@@ -216,7 +216,7 @@ def test_the_page_shows_search_py_top_k_framed_with_maps_and_messages(tiny, page
     )
     screenshot = tmp_path / "page.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
-    if os.environ.get("FMFA_PAGE_SCREENSHOT"):  # docs/search_page.png: docs/tools.md says how it is made
+    if os.environ.get("FMFA_PAGE_SCREENSHOT"):  # docs/search-page.png: docs/tools.md says how it is made
         with Image.open(screenshot) as picture:  # 128 colours: a third of the bytes, for the repository
             picture.convert("RGB").quantize(colors=128).save(os.environ["FMFA_PAGE_SCREENSHOT"], optimize=True)
     # A word that is not in the query is named in the page.
