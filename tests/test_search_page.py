@@ -70,7 +70,11 @@ def web_python() -> str:
             probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('gradio') is None)"
             if subprocess.run([python, "-c", probe], capture_output=True).returncode == 0:
                 return python
-    reason = "no Python with gradio (README 'Search page': pip install -r requirements-web.txt into .venv-web)"
+    unavailable("no Python with gradio (README 'Search page': pip install -r requirements-web.txt into .venv-web)")
+
+
+def unavailable(reason: str) -> None:
+    """Skip for want of the browser test's tools, except in CI, where that is a failure."""
     if os.environ.get("CI"):
         pytest.fail(f"CI must run the browser test: {reason}")
     pytest.skip(reason)
@@ -118,13 +122,14 @@ def wait_for_page(server: subprocess.Popen, port: int, log: Path, limit: float =
 def browser(tmp_path_factory):
     """Debian's headless Chromium under chromedriver (never a downloaded browser), with a new
     empty profile."""
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        unavailable("selenium is not installed (pip install -r requirements.txt)")
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if missing:
-        reason = f"{', '.join(missing)} missing: apt-get install chromium chromium-driver"
-        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+        unavailable(f"{', '.join(missing)} missing: apt-get install chromium chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium_profile')}"]:
