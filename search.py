@@ -16,29 +16,20 @@ import argparse
 import logging
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 from prettytable import PrettyTable
 
 from configs.errors import raise_all
 from datasets.bases import load_image
-from datasets.tokenizer import tokenize
-from serving.gallery import Gallery, encode_folder, list_images
-from serving.inference import Encoders, load_model, resolve_source
+from serving.gallery import encode_folder, list_images, rank_gallery
+from serving.inference import load_model, resolve_source
 from serving.onnx_model import OnnxEncoders
 from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
 from utils.figures import ranked_row
 from utils.logger import setup_logging
 
 logger = logging.getLogger("search")
-
-
-def rank_gallery(loaded: Encoders, gallery: Gallery, query: str, top_k: int) -> List[Tuple[Path, float]]:
-    """The ``top_k`` images of ``gallery`` for ``query`` with their cosine similarity."""
-    text = loaded.embed_texts(tokenize(query, loaded.text_length).unsqueeze(0))
-    scores = gallery.features @ text[0]
-    best = scores.topk(min(top_k, len(gallery.paths)))
-    return [(gallery.paths[i], float(s)) for s, i in zip(best.values, best.indices)]
 
 
 def default_output(query: str) -> Path:

@@ -17,16 +17,11 @@ import random
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import numpy as np
-import torch
-
 from configs.errors import UserError
 from datasets.bases import load_image
 from datasets.build import build_eval_loaders, read_dataset
-from datasets.tokenizer import EOT_ID, SOT_ID, tokenize
-from datasets.transforms import build_transform
-from model.objectives import text_patch_affinity
 from processor.evaluator import extract_features
+from serving.efa_maps import default_words, word_maps
 from serving.inference import LoadedModel, load_model
 from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
 from utils.figures import ranked_row, similarity_maps
@@ -65,17 +60,6 @@ def retrieval_pictures(loaded: LoadedModel, args) -> List[Path]:
     return written
 
 
-def word_positions(ids: torch.Tensor, word: str, text_length: int, caption: str) -> List[int]:
-    """Positions of ``word``'s BPE tokens inside the caption ``ids`` (first occurrence)."""
-    pieces = [t for t in tokenize(word, text_length).tolist() if t not in (0, SOT_ID, EOT_ID)]
-    row = ids.tolist()
-    for start in range(len(row) - len(pieces) + 1):
-        if row[start : start + len(pieces)] == pieces:
-            return list(range(start, start + len(pieces)))
-    raise UserError(f"word {word!r} is not in the caption {caption!r}")
-
-
-@torch.no_grad()
 def efa_maps(loaded: LoadedModel, args) -> List[Path]:
     cfg = loaded.cfg
     gallery = read_dataset(str(Path(args.root or cfg.data.root)), args.dataset).eval_set(args.split)
@@ -84,20 +68,11 @@ def efa_maps(loaded: LoadedModel, args) -> List[Path]:
     captions = gallery.captions_of(args.index)
     if not 0 <= args.caption < len(captions):
         raise UserError(f"--caption {args.caption}: image {args.index} has {len(captions)} captions")
-    caption, image = captions[args.caption], load_image(gallery.image_paths[args.index])
-    ids = tokenize(caption, cfg.data.text_length)
-    words = args.words or [w.strip(".,") for w in caption.split() if len(w.strip(".,")) > 3][:3]
-    pixels = build_transform(cfg.model.image_size, train=False)(image).unsqueeze(0).to(loaded.device)
-    with loaded.autocast:
-        text_tokens = loaded.model.encode_text_tokens(ids.unsqueeze(0).to(loaded.device)).float()
-        patches = loaded.model.encode_image_tokens(pixels).float()[:, 1:]
-    dense, sparse = (a[0].cpu() for a in text_patch_affinity(text_tokens, patches, cfg.efa.threshold))
-    grid = tuple(loaded.model.base_model.visual.grid_size)
-    positions = [word_positions(ids, word, cfg.data.text_length, caption) for word in words]
-    maps = [[a[p].mean(0).reshape(grid).numpy() for p in positions] for a in (dense, sparse)]
+    caption = captions[args.caption]
+    words = args.words or default_words(caption)
+    shown, before, after = word_maps(loaded, load_image(gallery.image_paths[args.index]), caption, words)
     output = args.output_dir / f"efa_{args.dataset}_{args.split}_{args.index}_{args.caption}.png"
-    shown = image.resize((cfg.model.image_size[1], cfg.model.image_size[0]))
-    return [similarity_maps(shown, words, np.stack(maps[0]), np.stack(maps[1]), caption, output)]
+    return [similarity_maps(shown, words, before, after, caption, output)]
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:

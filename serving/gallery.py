@@ -1,6 +1,7 @@
-"""An image folder as a gallery: its images' embeddings, cached beside it and reused while
-the folder and the weights are unchanged; unreadable images are named and skipped. The
-encoders are a PyTorch model (serving.inference) or an ONNX export (serving.onnx_model)."""
+"""An image folder (or chosen images under one folder, e.g. a dataset split) as a gallery:
+its images' embeddings, cached in the folder and reused while the images and the weights are
+unchanged; unreadable images are named and skipped; ranked for a description. The encoders
+are a PyTorch model (serving.inference) or an ONNX export (serving.onnx_model)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
+from tqdm import tqdm
 
 from datasets.bases import load_image
 from datasets.readers import DataError
+from datasets.tokenizer import tokenize
 from datasets.transforms import build_transform
 from serving.inference import Encoders
 from utils.io import save_atomic
@@ -79,7 +82,8 @@ def _encode(loaded: Encoders, paths: List[Path], batch_size: int) -> Tuple[Dict[
     and the unreadable ones with the reason."""
     transform = build_transform(loaded.image_size, train=False)
     features, skipped = {}, {}
-    for start in range(0, len(paths), batch_size):
+    starts = range(0, len(paths), batch_size)
+    for start in tqdm(starts, desc=f"encoding {len(paths)} images", unit="batch", disable=len(starts) < 2):
         chunk = []
         for path in paths[start : start + batch_size]:
             try:
@@ -96,16 +100,19 @@ def _encode(loaded: Encoders, paths: List[Path], batch_size: int) -> Tuple[Dict[
 
 def encode_folder(folder: Path, loaded: Encoders, batch_size: int = 64, use_cache: bool = True) -> Gallery:
     """Embeddings of every readable image of ``folder``; only new or changed files are encoded."""
-    folder = Path(folder)
-    paths = list_images(folder)
+    return encode_images(Path(folder), list_images(Path(folder)), loaded, batch_size, use_cache)
+
+
+def encode_images(
+    folder: Path, paths: Sequence[Path], loaded: Encoders, batch_size: int = 64, use_cache: bool = True
+) -> Gallery:
+    """Embeddings of the readable ``paths`` (files under ``folder``, whose cache they share with
+    every other gallery of that folder); only images new to the cache or changed are encoded."""
     cache = cache_file(folder, loaded)
     cached = _read_cache(cache) if use_cache else {}
-    stamps = {path: _stamp(path) for path in paths}
-    known = {
-        p: cached[str(p.relative_to(folder))][1]
-        for p in paths
-        if str(p.relative_to(folder)) in cached and cached[str(p.relative_to(folder))][0] == stamps[p]
-    }
+    stamps = {path: _stamp(path) for path in paths if path.is_file()}  # a missing one is skipped below
+    names = {path: str(path.relative_to(folder)) for path in paths}
+    known = {p: cached[names[p]][1] for p in stamps if names[p] in cached and cached[names[p]][0] == stamps[p]}
     fresh, skipped = _encode(loaded, [p for p in paths if p not in known], batch_size)
     known.update(fresh)
     for path, reason in skipped.items():
@@ -115,18 +122,28 @@ def encode_folder(folder: Path, loaded: Encoders, batch_size: int = 64, use_cach
         raise DataError(f"none of the {len(paths)} images in {folder} could be read")
     gallery = Gallery(kept, torch.stack([known[p] for p in kept]), skipped, len(fresh))
     if use_cache and fresh:
-        _write_cache(cache, folder, gallery, stamps)
+        entries = {name: entry for name, entry in cached.items() if (folder / name).is_file()}  # other galleries'
+        entries.update({names[p]: (stamps[p], known[p]) for p in kept})
+        _write_cache(cache, entries)
     return gallery
 
 
-def _write_cache(cache: Path, folder: Path, gallery: Gallery, stamps: Dict[Path, Tuple[int, int]]) -> None:
+def rank_gallery(loaded: Encoders, gallery: Gallery, query: str, top_k: int) -> List[Tuple[Path, float]]:
+    """The ``top_k`` images of ``gallery`` for ``query`` with their cosine similarity, best first."""
+    text = loaded.embed_texts(tokenize(query, loaded.text_length).unsqueeze(0))
+    scores = gallery.features @ text[0]
+    best = scores.topk(min(top_k, len(gallery.paths)))
+    return [(gallery.paths[i], float(s)) for s, i in zip(best.values, best.indices)]
+
+
+def _write_cache(cache: Path, entries: Dict[str, Tuple[Tuple[int, int], torch.Tensor]]) -> None:
     try:
         cache.parent.mkdir(exist_ok=True)
         save_atomic(
             {
-                "names": [str(p.relative_to(folder)) for p in gallery.paths],
-                "stamps": [list(stamps[p]) for p in gallery.paths],
-                "features": gallery.features,
+                "names": list(entries),
+                "stamps": [list(stamp) for stamp, _ in entries.values()],
+                "features": torch.stack([feature for _, feature in entries.values()]),
             },
             cache,
         )

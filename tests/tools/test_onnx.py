@@ -29,12 +29,13 @@ from datasets.bases import load_image
 from datasets.build import read_dataset
 from datasets.tokenizer import EOT_ID, SOT_ID, tokenize, tokenize_batch
 from datasets.transforms import build_transform
-from serving import onnx_export
+from serving import onnx_export, page_search
 from serving.gallery import encode_folder
 from serving.inference import load_model
 from serving.onnx_export import TOLERANCE, compare_top_k
 from serving.onnx_model import OnnxEncoders
 from serving.onnx_tokenizer import build_hf_tokenizer, clean_caption
+from serving.page_search import PageMessage, efa_map, split_gallery
 
 CONTEXT = 32  # the tiny run's model.context_length / data.text_length
 # Captions of every kind the tokenizer meets: punctuation, numbers, contractions, accents and
@@ -300,3 +301,20 @@ def test_latency_benchmark_tiny(tmp_path, capsys):
         assert row["ratio"] == pytest.approx(row["pytorch_ms"] / row["onnxruntime_ms"])
     assert result["file_bytes"]["text.onnx"] > 49408 * 64 * 4  # the token embedding alone
     assert "| caption |   32  |" in capsys.readouterr().out
+
+
+def test_search_page_on_onnx_ranks_and_says_the_maps_need_the_weights(tiny):
+    """The search page's results on an export are search.py's ranking of it; the map of a result
+    is a sentence saying it needs the PyTorch weights."""
+    root, _, exported, _ = tiny
+    encoders = OnnxEncoders(exported)
+    page = split_gallery(root, "CUHK-PEDES", "test", encoders, use_cache=False)
+    query = read_dataset(str(root), "CUHK-PEDES").eval_set("test").captions[0]
+    results = page_search.search(encoders, page, query, 4)
+    assert results.hits == search.rank_gallery(encoders, page.gallery, query, 4)
+    own = page.caption_pids[query]  # a caption of the split: every result framed by identity
+    assert [("✓" in caption, "✗" in caption) for _, caption in results.items] == [
+        (page.image_pids[path] == own, page.image_pids[path] != own) for path, _ in results.hits
+    ]
+    with pytest.raises(PageMessage, match="need the PyTorch weights .* ONNX export"):
+        efa_map(encoders, results, 0, "")

@@ -25,10 +25,12 @@ from configs.loader import load_config
 from datasets.bases import load_image
 from datasets.build import build_eval_loaders, read_dataset
 from datasets.synthetic import generate
+from datasets.tokenizer import tokenize
 from datasets.transforms import build_transform
 from model.build import build_model, initialise_from
 from model.objectives import text_patch_affinity
 from processor.evaluator import extract_features
+from serving.efa_maps import word_positions
 from serving.gallery import encode_folder
 from serving.inference import load_model
 from utils import figures
@@ -187,10 +189,10 @@ def test_efa_similarity_maps(quick, tmp_path):
     with Image.open(picture) as png:
         assert png.height > png.width  # one row per word
     loaded = load_model(run, overrides=[f"data.root={root}"])
-    ids = visualize.tokenize("a man in a red coat with a backpack", 48)
-    assert visualize.word_positions(ids, "backpack", 48, "") == [9]  # after SOT and 8 words
+    ids = tokenize("a man in a red coat with a backpack", 48)
+    assert word_positions(ids, "backpack", 48, "") == [9]  # after SOT and 8 words
     with pytest.raises(UserError, match="'umbrella' is not in the caption"):
-        visualize.word_positions(ids, "umbrella", 48, "caption text")
+        word_positions(ids, "umbrella", 48, "caption text")
     dense, sparse = text_patch_affinity(torch.randn(2, 5, 8), torch.randn(2, 12, 8), threshold=3.0)
     assert torch.allclose(sparse.sum(-1), torch.ones(2, 5))
     assert torch.equal(sparse == 0, dense <= 3.0 / 12)
@@ -253,7 +255,7 @@ def test_efa_picture_colours_exactly_the_patches_the_sparse_map_keeps(quick, tmp
     # The maps: the oracle's dense / sparse affinity of the model's tokens, averaged over each word's pieces.
     loaded = load_model(run, overrides=[f"data.root={root}"])
     cfg, record = loaded.cfg, read_dataset(str(root), "Synthetic-PEDES").split_records("test")[1]
-    ids = visualize.tokenize(caption, cfg.data.text_length)
+    ids = tokenize(caption, cfg.data.text_length)
     pixels = build_transform(cfg.model.image_size, train=False)(load_image(record.image_path)).unsqueeze(0)
     with torch.no_grad(), loaded.autocast:
         text = loaded.model.encode_text_tokens(ids.unsqueeze(0)).double().numpy()
@@ -263,7 +265,7 @@ def test_efa_picture_colours_exactly_the_patches_the_sparse_map_keeps(quick, tmp
     grid = tuple(size // cfg.model.patch_size for size in cfg.model.image_size)  # (12, 4)
     assert after.shape == before.shape == (len(words), *grid)
     for row, word in enumerate(words):
-        places = visualize.word_positions(ids, word, cfg.data.text_length, caption)
+        places = word_positions(ids, word, cfg.data.text_length, caption)
         np.testing.assert_allclose(before[row], dense[places].mean(0).reshape(grid), atol=1e-5)
         np.testing.assert_allclose(after[row], sparse[places].mean(0).reshape(grid), atol=1e-5)
         assert np.array_equal(after[row] == 0, sparse[places].mean(0).reshape(grid) == 0)
