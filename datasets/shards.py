@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from datasets.readers import DataError, load_json
 
 MANIFEST = "manifest.json"
 FORMAT = "fmfa-webdataset-shards"
 VERSION = 1
+BLOCK = 512  # tar block size
 
 
 def shard_name(number: int) -> str:
@@ -127,45 +127,56 @@ def _member_key(name: str) -> tuple:
     return (f"{directory}/{stem}" if directory else stem), extension
 
 
+def _member(handle: BinaryIO, read: bool) -> Optional[Tuple[str, bytes]]:
+    """The next member of a USTAR archive as (name, data; b"" when not ``read``, its bytes
+    seeked over), or None at the end-of-archive block. Only regular files, as the writer
+    writes them; a short read or a wrong header checksum raises EOFError/ValueError."""
+    header = handle.read(BLOCK)
+    if len(header) < BLOCK:
+        raise EOFError("archive ends inside a header (no end-of-archive block)")
+    if header == bytes(BLOCK):
+        return None
+    if int(header[148:156].split(b"\0")[0].strip() or b"0", 8) != sum(header) - sum(header[148:156]) + 256:
+        raise ValueError("header checksum mismatch")
+    if header[156:157] not in (b"0", b"\0"):
+        raise ValueError(f"member type {header[156:157]!r}; expected regular files only")
+    name = (header[345:500].split(b"\0")[0] + b"/" if header[345] else b"") + header[:100].split(b"\0")[0]
+    size = int(header[124:136].split(b"\0")[0].strip() or b"0", 8)
+    padded = -(-size // BLOCK) * BLOCK
+    if not read:
+        handle.seek(padded, 1)
+        return name.decode("utf-8"), b""
+    data = handle.read(padded)
+    if len(data) < size:
+        raise EOFError(f"member {name.decode('utf-8', 'replace')}: {len(data)} of {size} bytes")
+    return name.decode("utf-8"), data[:size]
+
+
 def read_samples(path: Path, skip: int = 0) -> Iterator[ShardSample]:
     """The samples of the shard at ``path`` from its ``skip``-th on, read sequentially (the
-    images of skipped samples are seeked over, not read). A truncated or malformed shard
+    members of skipped samples are seeked over, not read). A truncated or malformed shard
     raises DataError naming it and the sample reached."""
     number = 0
     try:
-        with tarfile.open(path, mode="r:") as archive:
+        with open(path, "rb") as handle:
             while True:
-                meta = archive.next()
+                meta = _member(handle, number >= skip)
                 if meta is None:
                     return
-                image = archive.next()
-                key, extension = _member_key(meta.name)
-                if image is None or extension != "json" or _member_key(image.name)[0] != key:
-                    raise DataError(f"shard {path}: sample {number}: expected KEY.json then KEY.<image> members")
+                image = _member(handle, number >= skip)
+                key, extension = _member_key(meta[0])
+                if image is None or extension != "json" or _member_key(image[0])[0] != key:
+                    raise ValueError("expected KEY.json then KEY.<image> members")
                 if number >= skip:
-                    yield _sample(archive, meta, image, key)
+                    record = json.loads(meta[1])
+                    captions, pid = list(record["captions"]), record.get("id")
+                    yield ShardSample(key, int(record["index"]), str(record["image"]), image[1], captions, pid)
                 number += 1
-    except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError, KeyError) as error:
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
         raise DataError(
             f"shard {path}: unreadable at sample {number} ({type(error).__name__}: {error}); truncated or "
             "damaged: rerun python -m datasets.write_shards with the same --out to rewrite it"
         ) from None
-
-
-def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    handle = archive.extractfile(member)
-    data = handle.read() if handle is not None else b""
-    if len(data) != member.size:
-        raise EOFError(f"member {member.name}: {len(data)} of {member.size} bytes")
-    return data
-
-
-def _sample(archive: tarfile.TarFile, meta: tarfile.TarInfo, image: tarfile.TarInfo, key: str) -> ShardSample:
-    record = json.loads(_read_member(archive, meta))
-    pid = record.get("id")
-    return ShardSample(
-        key, int(record["index"]), str(record["image"]), _read_member(archive, image), list(record["captions"]), pid
-    )
 
 
 def image_file(sample: ShardSample) -> io.BytesIO:

@@ -186,3 +186,14 @@ def test_data_shards_builds_a_streaming_loader(tmp_path):
     loader.sampler.set_epoch(2)
     pids = torch.cat([batch["pids"] for batch in loader])
     assert len(pids) == 45 and int(pids.max()) == 11
+
+
+def test_shards_are_plain_tar_in_webdataset_naming(tmp_path):
+    """Any tar reader (webdataset's is Python's tarfile) sees KEY.json, KEY.jpg per record."""
+    write_corpus(tmp_path)
+    write_shards(tmp_path, "Corpus", tmp_path / "shards", shard_size=4)
+    with tarfile.open(tmp_path / "shards" / "shard-000001.tar") as archive:
+        names = archive.getnames()
+        meta = json.loads(archive.extractfile("000000004.json").read())
+    assert names == [f"00000000{index}.{kind}" for index in range(4, 8) for kind in ("json", "jpg")]
+    assert meta == {"index": 4, "image": "4.jpg", "captions": ["person 4 caption 0", "person 4 caption 1"], "id": 2}
