@@ -14,7 +14,7 @@ from typing import Callable
 import pytest
 from conftest import run_ok
 
-from benchmarks import ddp_loss, efficiency, eval_speed, shared_caption, train_step
+from benchmarks import ddp_loss, efficiency, eval_speed, shard_loader, shared_caption, train_step
 
 
 def run_script(capsys, main: Callable, *args: str) -> str:
@@ -129,3 +129,15 @@ def test_gpu_run_runs_its_cpu_preset(tmp_path):
     assert [r["epoch"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2]
     assert "resumed from" in (out / "train.log").read_text()
     assert not list(out.glob("*.pth")) and (work / "run" / "last.pth").is_file()
+
+
+@pytest.mark.slow(seconds=30)
+def test_shard_loader_benchmark_tiny_preset(capsys):
+    """Files and shards both load, and the ratio printed is that of the two rates printed."""
+    argv = ["--ids", "4", "--workers", "0", "--batches", "1", "--batch-size", "4", "--rounds", "1"]
+    out = run_script(capsys, shard_loader.main, *argv)
+    files, shards, ratio = (
+        float(value) for value in re.search(r"^\s+0\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M).groups()
+    )
+    assert files > 0 and shards > 0 and abs(ratio - shards / files) <= 0.01 + 0.01 * ratio
+    assert re.search(r"bare reads, images/s: files \d+, shards \d+ .*tarfile \d+$", out, re.M)
