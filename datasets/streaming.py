@@ -148,7 +148,9 @@ class ShardStream(IterableDataset):
             if sample_number >= len(info.captions) or len(sample.captions) != info.captions[sample_number]:
                 raise DataError(f"shard {path}: sample {sample.key} differs from the manifest; rewrite the shards")
             image_id = self.image_bases[shard] + sample_number
-            pid = image_id if self.labels is None else self.labels[sample.pid]
+            pid = image_id if self.labels is None else self.labels.get(sample.pid, -1)
+            if pid < 0:
+                raise DataError(f"shard {path}: sample {sample.key} has identity {sample.pid!r}, not in the manifest")
             name = f"{path}:{sample.key}.{sample.image_name.rpartition('.')[2]}"
             for caption_number, caption in enumerate(sample.captions):
                 local = bounds[sample_number] + caption_number

@@ -109,7 +109,7 @@ def write_shard(job: ShardJob, skip_bad: bool) -> Tuple[Optional[dict], List[dic
     """Write one shard; (its manifest entry, or None when a record was refused and not
     ``skip_bad``; the refused records as {"record", "problem"})."""
     kept = kept_entry(job)
-    if kept is not None:
+    if kept is not None and (skip_bad or not kept.get("skipped")):  # a refused image may be back since
         return kept, kept.get("skipped", [])
     out = Path(job.out)
     target, partial = out / shard_name(job.number), out / (shard_name(job.number) + ".partial")

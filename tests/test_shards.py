@@ -126,6 +126,9 @@ def test_a_missing_image_is_named_and_nothing_is_lost(tmp_path):
     manifest = json.loads((tmp_path / "shards" / MANIFEST).read_text())
     assert [item["record"] for item in manifest["skipped"]] == [7]
     assert read_manifest(tmp_path / "shards").pairs == 45 - 2  # record 7's two captions, nothing else
+    write_corpus(tmp_path)  # the image is back: a rerun without --skip-bad writes its shard again
+    write_shards(tmp_path, "Corpus", tmp_path / "shards", shard_size=5)
+    assert read_manifest(tmp_path / "shards").pairs == 45
 
 
 def test_a_record_without_captions_is_refused_by_record(tmp_path):
