@@ -200,3 +200,18 @@ def test_shards_are_plain_tar_in_webdataset_naming(tmp_path):
         meta = json.loads(archive.extractfile("000000004.json").read())
     assert names == [f"00000000{index}.{kind}" for index in range(4, 8) for kind in ("json", "jpg")]
     assert meta == {"index": 4, "image": "4.jpg", "captions": ["person 4 caption 0", "person 4 caption 1"], "id": 2}
+
+
+def test_persistent_workers_see_each_new_epoch(tmp_path):
+    """set_epoch reaches workers started in an earlier epoch: their epoch 1 is a fresh loader's."""
+    write_corpus(tmp_path)
+    write_shards(tmp_path, "Corpus", tmp_path / "shards", shard_size=4)
+
+    def image_ids(loader, epoch):
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([batch["image_ids"] for batch in loader]).tolist()
+
+    kept = StreamLoader(stream(tmp_path / "shards"), batch_size=3, num_workers=2, persistent_workers=True)
+    first, second = image_ids(kept, 0), image_ids(kept, 1)
+    fresh = StreamLoader(stream(tmp_path / "shards"), batch_size=3, num_workers=2)
+    assert second == image_ids(fresh, 1) and second != first
