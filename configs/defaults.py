@@ -155,6 +155,14 @@ class DataConfig:
     # runs once per batch; false = the clean caption for the global losses (the papers' text).
     share_masked_caption: bool = True
     text_length: int = CONTEXT_LENGTH
+    # Train on a sharded corpus instead of data.dataset's train split: the folder that
+    # `python -m datasets.write_shards` wrote (docs/pretraining.md); data.dataset is still the
+    # evaluated one. "" = the files of data.dataset (the reference).
+    shards: str = ""
+    # With data.shards: image-caption pairs per epoch (the schedule's unit); 0 = one pass over the corpus.
+    shard_epoch_samples: int = 0
+    # With data.shards: pairs each loader worker holds, yielding one drawn at random per pair read.
+    shuffle_buffer: int = 10000
     num_workers: int = 8
     pin_memory: bool = True
     persistent_workers: bool = True

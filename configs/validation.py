@@ -98,6 +98,8 @@ def validate(cfg: Config) -> None:
     need(d.batch_size >= 1, "data.batch_size", d.batch_size, ">= 1")
     choice("data.sampler", d.sampler, SAMPLERS)
     need(d.num_instance >= 1, "data.num_instance", d.num_instance, ">= 1")
+    need(d.shard_epoch_samples >= 0, "data.shard_epoch_samples", d.shard_epoch_samples, ">= 0 (0: one pass)")
+    need(d.shuffle_buffer >= 1, "data.shuffle_buffer", d.shuffle_buffer, ">= 1")
     if d.sampler == "identity" and d.batch_size >= 1 and d.num_instance >= 1:
         need(
             d.batch_size % d.num_instance == 0,

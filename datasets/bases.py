@@ -9,8 +9,9 @@ keys (see ``datasets.samplers``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Sequence, Tuple, Union
+from typing import BinaryIO, Callable, Dict, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,15 +25,21 @@ MLM_PROBABILITY = 0.15
 SampleKey = Union[int, Tuple[int, int]]
 
 
-def load_image(path: Path) -> Image.Image:
-    """The image as RGB; a missing or undecodable file raises :class:`DataError` naming it."""
+def decode_image(source: Union[Path, BinaryIO], name: str) -> Image.Image:
+    """The image in ``source`` (a path, or a file object such as a shard's member) as RGB; a
+    missing or undecodable one raises :class:`DataError` naming it ``name``."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             return image.convert("RGB")
     except FileNotFoundError:
-        raise DataError(f"image file {path} not found") from None
+        raise DataError(f"image file {name} not found") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DataError(f"image file {path} cannot be decoded: {error}") from None
+        raise DataError(f"image file {name} cannot be decoded: {error}") from None
+
+
+def load_image(path: Path) -> Image.Image:
+    """The image as RGB; a missing or undecodable file raises :class:`DataError` naming it."""
+    return decode_image(path, str(path))
 
 
 def tokenize_captions(captions: Sequence[str], text_length: int) -> torch.Tensor:
@@ -108,21 +115,45 @@ class ImageTextMLMDataset(Dataset):
 
     def __getitem__(self, key: SampleKey) -> Dict[str, torch.Tensor]:
         epoch, index = split_key(key)
-        seed = sample_seed(self.seed, epoch, index)
         image = load_image(Path(str(self.image_paths[index])))
-        # torchvision draws from the global CPU generator: seed a private copy of it. Only the
-        # CPU one: torch.manual_seed also seeds every accelerator, and on a CUDA build without
-        # a GPU its lazy-init bookkeeping took 0.7 ms per sample, a third of the loading time.
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            image = self.transform(image)
-        tokens = self.tokens[index].long()
-        item = {"pids": self.pids[index], "image_ids": self.image_ids[index], "images": image, "caption_ids": tokens}
-        if self.masked_language:
-            item["mlm_ids"], item["mlm_labels"] = mask_tokens(tokens, torch.Generator().manual_seed(seed))
-            if self.share_masked_caption:  # the authors' in-place masking: every loss sees the masked caption
-                item["caption_ids"] = item["mlm_ids"]
-        return item
+        return training_item(
+            TrainingSample(image, self.tokens[index], self.pids[index], self.image_ids[index]),
+            sample_seed(self.seed, epoch, index),
+            self.transform,
+            self.masked_language,
+            self.share_masked_caption,
+        )
+
+
+@dataclass
+class TrainingSample:
+    """One image-caption pair before augmentation: the decoded image, the caption's token ids
+    [text_length], its identity label and its image's index (0-d long tensors)."""
+
+    image: Image.Image
+    tokens: torch.Tensor
+    pid: torch.Tensor
+    image_id: torch.Tensor
+
+
+def training_item(
+    sample: TrainingSample, seed: int, transform: Callable, masked_language: bool, share_masked_caption: bool
+) -> Dict[str, torch.Tensor]:
+    """The training batch entry of ``sample``: its augmentation and MLM masking drawn from
+    ``seed`` (:func:`sample_seed`), whichever dataset (files or shards) read it."""
+    # torchvision draws from the global CPU generator: seed a private copy of it. Only the
+    # CPU one: torch.manual_seed also seeds every accelerator, and on a CUDA build without
+    # a GPU its lazy-init bookkeeping took 0.7 ms per sample, a third of the loading time.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        image = transform(sample.image)
+    tokens = sample.tokens.long()
+    item = {"pids": sample.pid, "image_ids": sample.image_id, "images": image, "caption_ids": tokens}
+    if masked_language:
+        item["mlm_ids"], item["mlm_labels"] = mask_tokens(tokens, torch.Generator().manual_seed(seed))
+        if share_masked_caption:  # the authors' in-place masking: every loss sees the masked caption
+            item["caption_ids"] = item["mlm_ids"]
+    return item
 
 
 class ImageDataset(Dataset):

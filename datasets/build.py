@@ -17,6 +17,8 @@ from configs.errors import ConfigError
 from datasets.bases import ImageDataset, ImageTextMLMDataset, TextDataset
 from datasets.readers import EvalSet, RetrievalDataset
 from datasets.samplers import IdentitySampler, RandomSampler
+from datasets.shards import read_manifest
+from datasets.streaming import ShardStream, StreamLoader
 from datasets.transforms import build_transform
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,8 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
     if data.batch_size % world_size:
         raise ConfigError(f"data.batch_size={data.batch_size} is not divisible by the {world_size} ranks")
     per_rank = data.batch_size // world_size
+    if data.shards:
+        return build_stream_loader(cfg, rank, world_size)
     source = read_dataset(data.root, data.dataset)
     pairs = source.train_pairs(data.train_split)
     transform = build_transform(cfg.model.image_size, train=True, augment=data.augment)
@@ -132,3 +136,41 @@ def build_eval_loaders(
     texts = make_loader(TextDataset(eval_set, cfg.data.text_length), data, cfg.eval.batch_size, pin, num_workers=0)
     images = make_loader(ImageDataset(eval_set, transform), data, cfg.eval.batch_size, pin, num_workers=workers)
     return EvalLoaders(name, split, texts, images, eval_set)
+
+
+def build_stream_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple[DataLoader, int]:
+    """:func:`build_train_loader` for ``data.shards``: a :class:`datasets.streaming.StreamLoader`
+    over the shard folder, and the ID classifier's outputs (captions or identities, as there)."""
+    data, per_rank = cfg.data, cfg.data.batch_size // world_size
+    manifest = read_manifest(data.shards)
+    if "id" in cfg.loss.names and not manifest.identities:
+        raise ConfigError(
+            f"loss.names includes 'id', but the corpus data.shards={data.shards} "
+            f"({manifest.source.get('name', 'written with --no-identities')}) has no person identities: "
+            f"the ID loss needs them; drop it (e.g. loss.names={'+'.join(n for n in cfg.loss.names if n != 'id')})"
+        )
+    if data.sampler != "random":
+        raise ConfigError(f"data.sampler={data.sampler!r} needs random access; data.shards streams: use random")
+    stream = ShardStream(
+        manifest,
+        build_transform(cfg.model.image_size, train=True, augment=data.augment),
+        per_rank,
+        data.text_length,
+        seed=cfg.train.seed,
+        masked_language=loss_needs(cfg.loss.names).masked_captions,
+        share_masked_caption=data.share_masked_caption,
+        rank=rank,
+        world_size=world_size,
+        epoch_pairs=data.shard_epoch_samples,
+        shuffle_buffer=data.shuffle_buffer,
+    )
+    workers = data.num_workers
+    loader = StreamLoader(
+        stream,
+        batch_size=per_rank,
+        num_workers=workers,
+        pin_memory=pins_memory(cfg),
+        persistent_workers=data.persistent_workers and workers > 0,
+    )
+    num_classes = manifest.pairs if cfg.model.id_classes == "captions" else len(stream.labels or {})
+    return loader, num_classes

@@ -18,7 +18,7 @@ from typing import Callable
 import pytest
 from conftest import ROOT, run_ok
 
-from benchmarks import ddp_loss, efficiency, eval_speed, shared_caption, train_step
+from benchmarks import ddp_loss, efficiency, eval_speed, shard_loader, shared_caption, train_step
 
 
 def run_script(capsys, main: Callable, *args: str) -> str:
@@ -226,3 +226,15 @@ def test_gpu_run_stops_when_nvidia_smi_lists_a_gpu_torch_does_not_see(tmp_path):
     assert "nvidia-smi lists 1 GPU(s) but torch sees none: " in result.stderr
     assert "CUDA_VISIBLE_DEVICES=''" in result.stderr  # utils.gpu's reason
     assert "| a. " not in (tmp_path / "out" / "gpu_run.md").read_text()
+
+
+@pytest.mark.slow(seconds=30)
+def test_shard_loader_benchmark_tiny_preset(capsys):
+    """Files and shards both load, and the ratio printed is that of the two rates printed."""
+    argv = ["--ids", "4", "--workers", "0", "--batches", "1", "--batch-size", "4", "--rounds", "1"]
+    out = run_script(capsys, shard_loader.main, *argv)
+    files, shards, ratio = (
+        float(value) for value in re.search(r"^\s+0\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M).groups()
+    )
+    assert files > 0 and shards > 0 and abs(ratio - shards / files) <= 0.01 + 0.01 * ratio
+    assert re.search(r"bare reads, images/s: files \d+, shards \d+ .*tarfile \d+$", out, re.M)
