@@ -157,7 +157,7 @@ def build_stream_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tupl
         per_rank,
         data.text_length,
         seed=cfg.train.seed,
-        masked_language=loss_needs(cfg.loss.names).masked_captions,
+        masked_language=masked_captions_needed(cfg.loss.names),
         share_masked_caption=data.share_masked_caption,
         rank=rank,
         world_size=world_size,
