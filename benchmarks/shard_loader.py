@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from benchmarks.data_pipeline import measure
 from configs.defaults import Config, DataConfig, LossConfig, ModelConfig
-from datasets.build import build_train_loader, read_dataset
 from datasets.shards import read_manifest, read_samples
 from datasets.synthetic import generate
 from datasets.write_shards import write_shards
@@ -44,19 +44,6 @@ def loader_config(root: str, shards: str, workers: int, batch_size: int) -> Conf
         shuffle_buffer=1000,
     )
     return Config(model=ModelConfig(image_size=[384, 128]), loss=LossConfig(names=["sdm", "mlm"]), data=data)
-
-
-def images_per_second(cfg: Config, batches: int) -> float:
-    """Images/s over ``batches`` batches after one warm-up batch (worker start-up excluded)."""
-    read_dataset.cache_clear()
-    loader, _ = build_train_loader(cfg)
-    loader.sampler.set_epoch(0)
-    iterator = iter(loader)
-    next(iterator)
-    started, images = time.perf_counter(), 0
-    for _ in range(batches):
-        images += next(iterator)["images"].shape[0]
-    return images / (time.perf_counter() - started)
 
 
 def bare_reads(root: Path, shards: Path) -> Dict[str, float]:
@@ -104,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for _ in range(args.rounds):
                 for kind, folder in (("files", ""), ("shards", str(shards))):
                     cfg = loader_config(tmp, folder, workers, args.batch_size)
-                    rates[kind].append(images_per_second(cfg, args.batches))
+                    rates[kind].append(measure(cfg, args.batches))
             cores = max(workers, 1)
             files, sharded = (statistics.median(rates[kind]) / cores for kind in ("files", "shards"))
             print(f"{workers:>8} {files:>17.1f} {sharded:>18.1f} {sharded / files:>13.2f}")

@@ -196,8 +196,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*found in sys.modules after imp
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[f"{c.where} {c.words[0]}" for c in COMMANDS])
 def test_a_documented_command_parses(command, monkeypatch):
+    parses(command, check_command, monkeypatch)
+
+
+def parses(command: Command, check, monkeypatch) -> None:
+    """``check(command, monkeypatch)``, any failure reported with the command and where it is written."""
     try:
-        check_command(command, monkeypatch)
+        check(command, monkeypatch)
     except SystemExit as stop:
         pytest.fail(f"{command.where}: {shlex.join(command.words)}\nexits {stop.code} while parsing")
     except Exception as error:

@@ -15,7 +15,7 @@ from typing import List, Sequence
 
 import pytest
 from conftest import ROOT
-from test_docs_commands import DOCS, FENCE, Command, check_command
+from test_docs_commands import DOCS, FENCE, Command, check_command, parses
 
 from configs.errors import ConfigError
 
@@ -82,12 +82,7 @@ def test_the_docs_quote_commands_inline():
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[f"{c.where} {' '.join(c.words[:3])}" for c in COMMANDS])
 def test_an_inline_command_parses(command, monkeypatch):
-    try:
-        check_inline(command, monkeypatch)
-    except SystemExit as stop:
-        pytest.fail(f"{command.where}: {shlex.join(command.words)}\nexits {stop.code} while parsing")
-    except Exception as error:
-        pytest.fail(f"{command.where}: {shlex.join(command.words)}\n{type(error).__name__}: {error}")
+    parses(command, check_inline, monkeypatch)
 
 
 def test_a_renamed_flag_in_an_inline_command_is_caught(tmp_path, monkeypatch):
