@@ -11,6 +11,10 @@ needs (images before it are seeked over) and passes the pairs through a shuffle 
 from (seed, epoch, rank, worker). Every pair of an epoch is thus read exactly once by exactly
 one worker of one rank, and every rank yields the same number of batches.
 
+A run resumed inside an epoch (``skip_batches``) starts each worker past the pairs it gave
+before, the workers taking their turns in the DataLoader's order as before; the shuffle
+buffer's draws are replayed on stream positions, so no pair already trained is decoded.
+
 A pair's augmentation and masking are seeded by (seed, epoch, its index in the manifest), as
 :class:`datasets.bases.ImageTextMLMDataset` seeds them by (seed, epoch, index): a corpus
 written from a dataset's train split gives the same pair the same tensors from either.
