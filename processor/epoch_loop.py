@@ -225,7 +225,7 @@ def train_one_epoch(
                 tags = {f"train/{name}": value for name, value in averages.items()}
                 report.scalars({**tags, "train/lr": lr, "train/samples_per_s": rate}, step)
         if report.checkpoint is not None and report.checkpoint_every and step % report.checkpoint_every == 0:
-            if done < steps:
+            if done < steps or not steps:  # a loader without a length: every N steps
                 log.check_finite()  # never a checkpoint of weights a non-finite loss reached
                 epoch_log.check_finite()
                 report.checkpoint(step, EpochPosition(done, {"log": log.state(), "epoch_log": epoch_log.state()}))
