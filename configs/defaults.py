@@ -211,6 +211,10 @@ class TrainConfig:
     eval_period: int = 1  # epochs between evaluations
     resume: str = ""  # a run folder or a last.pth to continue from
     auto_resume: bool = False  # continue from output_dir/last.pth when it exists (torchrun restarts always do)
+    # Also write last.pth every N optimisation steps inside an epoch, with the position reached
+    # (batches trained, loss sums, the loader's layout): a resumed run continues at the next
+    # sample, with the weights of an unbroken run. 0 = only after each epoch.
+    checkpoint_every_steps: int = 0
     # Repeatable runs on the same machine: deterministic algorithms (an error names any op
     # without one), no cuDNN autotuning; data order and augmentation are seeded either way.
     deterministic: bool = False

@@ -150,6 +150,7 @@ def validate(cfg: Config) -> None:
     need(t.dist_timeout_minutes > 0, "train.dist_timeout_minutes", t.dist_timeout_minutes, "> 0")
     need(t.log_period >= 1, "train.log_period", t.log_period, ">= 1")
     need(t.eval_period >= 1, "train.eval_period", t.eval_period, ">= 1")
+    need(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", t.checkpoint_every_steps, ">= 0 (0: off)")
 
     # eval
     choice("eval.split", e.split, SPLITS)

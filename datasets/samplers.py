@@ -2,7 +2,8 @@
 
 Both are distributed-ready: with ``world_size`` > 1 each rank iterates a disjoint share of
 the same epoch-wide order. The order is a function of (seed, epoch) only, so a resumed run
-sees the same batches. They yield ``(epoch, index)`` keys, which
+sees the same batches, and one resumed inside an epoch skips the batches trained (``skip_batches``)
+without loading them. They yield ``(epoch, index)`` keys, which
 ``datasets.bases.ImageTextMLMDataset`` uses to seed each sample's augmentation and masking.
 Call ``set_epoch`` before every epoch.
 """
@@ -25,9 +26,14 @@ class EpochSampler(Sampler[Tuple[int, int]]):
     def __init__(self, seed: int = 0, rank: int = 0, world_size: int = 1):
         _check_rank(rank, world_size)
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.skip = 0  # indices of the epoch's order already trained on (a resume inside an epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip_batches(self, batches: int, batch_size: int) -> None:
+        """Start the epoch's order after its first ``batches`` batches of ``batch_size`` (per rank)."""
+        self.skip = batches * batch_size
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -36,7 +42,7 @@ class EpochSampler(Sampler[Tuple[int, int]]):
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        return iter([(self.epoch, index) for index in self.indices()])
+        return iter([(self.epoch, index) for index in self.indices()[self.skip :]])
 
 
 class RandomSampler(EpochSampler):

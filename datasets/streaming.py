@@ -11,6 +11,10 @@ needs (images before it are seeked over) and passes the pairs through a shuffle 
 from (seed, epoch, rank, worker). Every pair of an epoch is thus read exactly once by exactly
 one worker of one rank, and every rank yields the same number of batches.
 
+A run resumed inside an epoch (``skip_batches``) starts each worker past the pairs it gave
+before, the workers taking their turns in the DataLoader's order as before; the shuffle
+buffer's draws are replayed on stream positions, so no pair already trained is decoded.
+
 A pair's augmentation and masking are seeded by (seed, epoch, its index in the manifest), as
 :class:`datasets.bases.ImageTextMLMDataset` seeds them by (seed, epoch, index): a corpus
 written from a dataset's train split gives the same pair the same tensors from either.
@@ -76,19 +80,86 @@ def stream_segments(pairs: List[int], seed: int, start: int, stop: int) -> Itera
         position += take
 
 
-def shuffled(pairs: Iterator[StreamPair], size: int, rng: random.Random) -> Iterator[StreamPair]:
-    """``pairs`` through a buffer of ``size``: each new pair takes the place of one drawn at
-    random and yielded; the rest are yielded in random order at the end."""
-    buffer: List[StreamPair] = []
+class ShuffleBuffer:
+    """A shuffle buffer of ``size``: each item pushed once it is full takes the place of one
+    drawn at random, which is returned; ``drain`` gives the rest in random order. The draws
+    depend on the count of items only, so a replay on stream positions repeats them."""
+
+    def __init__(self, size: int, rng: random.Random):
+        self.size, self.rng, self.items = size, rng, []
+
+    def push(self, item):
+        if len(self.items) < self.size:
+            self.items.append(item)
+            return None
+        slot = self.rng.randrange(self.size)
+        self.items[slot], item = item, self.items[slot]
+        return item
+
+    def drain(self) -> list:
+        self.rng.shuffle(self.items)
+        items, self.items = self.items, []
+        return items
+
+
+def through(buffer: ShuffleBuffer, pairs: Iterator[StreamPair]) -> Iterator[StreamPair]:
     for pair in pairs:
-        if len(buffer) < size:
-            buffer.append(pair)
-            continue
-        slot = rng.randrange(size)
-        buffer[slot], pair = pair, buffer[slot]
-        yield pair
-    rng.shuffle(buffer)
-    yield from buffer
+        out = buffer.push(pair)
+        if out is not None:
+            yield out
+    yield from buffer.drain()
+
+
+def shuffled(pairs: Iterator[StreamPair], size: int, rng: random.Random) -> Iterator[StreamPair]:
+    """``pairs`` through a :class:`ShuffleBuffer` of ``size``."""
+    return through(ShuffleBuffer(size, rng), pairs)
+
+
+def fetch(read: Callable[[int, int], Iterator[StreamPair]], positions: List[int]) -> Dict[int, StreamPair]:
+    """The pairs at ``positions`` (stream positions), read in one sequential pass."""
+    if not positions:
+        return {}
+    wanted, low = set(positions), min(positions)
+    return {p: pair for p, pair in enumerate(read(low, max(positions) + 1), start=low) if p in wanted}
+
+
+def resumed(
+    read: Callable[[int, int], Iterator[StreamPair]], start: int, stop: int, skip: int, size: int, rng: random.Random
+) -> Iterator[StreamPair]:
+    """What ``shuffled(read(start, stop), size, rng)`` yields after its first ``skip`` pairs,
+    without reading those: the shuffle is replayed on stream positions, then the pairs still
+    in the buffer are read (from the oldest one on) and the stream goes on from there."""
+    buffer, position, done = ShuffleBuffer(size, rng), start, 0
+    while done < skip and position < stop:
+        done += buffer.push(position) is not None
+        position += 1
+    if done < skip:  # in the final drain
+        rest = buffer.drain()[skip - done :]
+        pairs = fetch(read, rest)
+        yield from (pairs[p] for p in rest)
+        return
+    held = fetch(read, buffer.items)
+    buffer.items = [held[p] for p in buffer.items]
+    yield from through(buffer, read(position, stop))
+
+
+def worker_batches(per_rank: int, batch: int, workers: int) -> List[int]:
+    """Batches of each of a rank's ``workers`` loader workers in an epoch (:func:`consumer_range`)."""
+    batches = math.ceil(per_rank / batch)
+    return [(w + 1) * batches // workers - w * batches // workers for w in range(workers)]
+
+
+def resume_point(counts: List[int], consumed: int) -> Tuple[List[int], int]:
+    """After ``consumed`` batches of a DataLoader whose workers yield ``counts`` batches: the
+    batches each worker gave and the worker whose batch comes next. The DataLoader takes
+    one batch from each worker in turn, passing over workers that ran out."""
+    given, turn = [0] * len(counts), 0
+    for _ in range(consumed):
+        while given[turn] >= counts[turn]:
+            turn = (turn + 1) % len(counts)
+        given[turn] += 1
+        turn = (turn + 1) % len(counts)
+    return given, turn
 
 
 class ShardStream(IterableDataset):
@@ -123,9 +194,14 @@ class ShardStream(IterableDataset):
         self.image_bases = pair_offsets([len(shard.captions) for shard in manifest.shards])
         # Shared memory: workers (persistent ones included) read the epoch set after they started.
         self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
+        self._skip = torch.zeros(1, dtype=torch.long).share_memory_()  # batches of the epoch already trained
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = epoch
+
+    def skip_batches(self, batches: int) -> None:
+        """Start the epoch after its first ``batches`` batches (a resume inside an epoch)."""
+        self._skip[0] = batches
 
     def __len__(self) -> int:
         return self.per_rank
@@ -174,9 +250,14 @@ class ShardStream(IterableDataset):
         epoch = int(self._epoch[0])
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        start, stop = self.worker_range(epoch, worker, workers)
-        rng = random.Random(sample_seed(self.seed, epoch, self.rank * workers + worker))
-        for pair in shuffled(self.read_range(start, stop), self.shuffle_buffer, rng):
+        # Resumed after some batches: worker w plays the part of worker (w + turn), so that the
+        # DataLoader's round over its workers continues where the interrupted one stopped.
+        given, turn = resume_point(worker_batches(self.per_rank, self.batch_size, workers), int(self._skip[0]))
+        part = (worker + turn) % workers
+        start, stop = self.worker_range(epoch, part, workers)
+        skip = min(given[part] * self.batch_size, stop - start)
+        rng = random.Random(sample_seed(self.seed, epoch, self.rank * workers + part))
+        for pair in resumed(self.read_range, start, stop, skip, self.shuffle_buffer, rng):
             yield self.item(pair, epoch)
 
 
@@ -194,6 +275,9 @@ class EpochSetter(Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.stream.set_epoch(epoch)
+
+    def skip_batches(self, batches: int, batch_size: int = 0) -> None:
+        self.stream.skip_batches(batches)
 
 
 class StreamLoader(DataLoader):

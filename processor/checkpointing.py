@@ -56,7 +56,9 @@ def restore_rng_state(state: Dict[str, Any], device: torch.device) -> None:
 class TrainingParts:
     """What last.pth saves and a resume restores: the model (unwrapped), its optimizer, LR
     schedule and GradScaler (None without amp_fp16), the number of identities, the device
-    trained on (for its RNG), and the position: completed epochs and optimizer steps."""
+    trained on (for its RNG), and the position: completed epochs and optimizer steps, and
+    ``inside`` an epoch when saved there (its batches trained, loss sums and loader layout;
+    None at an epoch's end, and then last.pth holds no ``position``)."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -66,6 +68,7 @@ class TrainingParts:
     device: torch.device
     epoch: int = 0
     step: int = 0
+    inside: Optional[Dict[str, Any]] = None
 
     def restore(self, state: Dict[str, Any], source: str = "checkpoint", hint: str = "") -> None:
         """A loaded last.pth onto these parts: weights, optimizer, schedule, scaler, RNG and position."""
@@ -76,6 +79,7 @@ class TrainingParts:
             self.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"], self.device)
         self.epoch, self.step = state["epoch"], state["step"]
+        self.inside = state.get("position")
 
 
 # What a last.pth holds at least (a best.pth holds the weights and what test.py needs only).
@@ -83,8 +87,11 @@ TRAINING_STATE_KEYS = frozenset({"model", "optimizer", "scheduler", "epoch", "st
 
 
 def training_state(parts: TrainingParts, best: Dict[str, Any], config: Dict[str, Any]) -> Dict[str, Any]:
-    """The content of ``last.pth`` after ``parts.epoch`` (1-based) completed epochs."""
+    """The content of ``last.pth`` after ``parts.epoch`` (1-based) completed epochs (and
+    ``parts.inside`` the next one, when saved inside it)."""
+    position = {} if parts.inside is None else {"position": parts.inside}
     return {
+        **position,
         "model": parts.model.state_dict(),
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(),

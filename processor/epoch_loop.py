@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -70,6 +70,17 @@ class StepLog:
         self.sums.zero_()
         self.count = 0
         return averages
+
+    def state(self) -> Dict[str, Any]:
+        """The sums so far as plain values and CPU tensors (for a checkpoint inside an epoch)."""
+        tensors = {k: None if v is None else v.cpu() for k, v in (("sums", self.sums), ("first_bad", self.first_bad))}
+        return {"names": list(self.names), "count": self.count, **tensors}
+
+    def load(self, state: Dict[str, Any]) -> None:
+        """Continue from a :meth:`state`."""
+        self.names, self.count = list(state["names"]), state["count"]
+        for key in ("sums", "first_bad"):
+            setattr(self, key, None if state[key] is None else state[key].to(self.device))
 
 
 def move_batch(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
@@ -142,25 +153,49 @@ class EpochReport:
     """How an epoch reports: every ``log_period`` steps its averages go to the log (when
     ``progress``; ``epochs``: the run's total, for the time left), TensorBoard (``scalars``:
     tag -> value at a step, e.g. ``RunKeeper.scalars``) and the progress bar. ``processes``:
-    the ranks sharing each step (samples/s counts the global batch)."""
+    the ranks sharing each step (samples/s counts the global batch). ``checkpoint``, when
+    set, is called every ``checkpoint_every`` global steps inside an epoch (not after its last
+    batch: the epoch's own checkpoint follows) with the step and the :class:`EpochPosition`."""
 
     log_period: int
     scalars: Optional[Callable[[Dict[str, float], int], None]] = None
     progress: bool = True
     epochs: int = 0
     processes: int = 1
+    checkpoint_every: int = 0
+    checkpoint: Optional[Callable[[int, "EpochPosition"], None]] = None
+
+
+@dataclass
+class EpochPosition:
+    """Where an epoch stands: its batches trained and the running loss sums (since the last
+    log line, and since the epoch's start), the state a checkpoint inside an epoch keeps."""
+
+    batches: int = 0
+    logs: Dict[str, Any] = field(default_factory=dict)  # "log", "epoch_log": StepLog.state()
 
 
 def train_one_epoch(
-    stepper: Stepper, loader: DataLoader, epoch: int, step: int, report: EpochReport
+    stepper: Stepper,
+    loader: DataLoader,
+    epoch: int,
+    step: int,
+    report: EpochReport,
+    position: Optional[EpochPosition] = None,
 ) -> tuple[int, Dict[str, float]]:
     """One pass over ``loader`` from global step ``step`` of 0-based epoch ``epoch``; returns
     the global step and the epoch's mean losses/metrics, with ``samples_per_s`` from the epoch's
-    start and ``samples_per_s_steady`` from its first log line on (after the first log period)."""
+    start and ``samples_per_s_steady`` from its first log line on (after the first log period).
+    ``position``: the epoch resumed inside, ``loader`` already past its ``batches``."""
     stepper.model.train()
     device = stepper.precision.device
     log, epoch_log = StepLog(device), StepLog(device)
     started, seen, done = time.perf_counter(), 0, 0
+    if position is not None and position.batches:
+        done = position.batches
+        log.load(position.logs["log"])
+        epoch_log.load(position.logs["epoch_log"])
+    first = done
     marks: List[Tuple[float, int]] = [(started, 0)]  # (time, samples seen) at each log line
     steps = len(loader) if hasattr(loader, "__len__") else 0
     # disable=None: no bar outside a terminal (a log file would hold its redraws); the log lines remain
@@ -183,12 +218,17 @@ def train_one_epoch(
             if report.progress:
                 epochs = max(report.epochs, epoch + 1)
                 line = log_line(
-                    epoch, epochs, done, max(steps, done), averages, lr, rate, (now - started) / done, recent
+                    epoch, epochs, done, max(steps, done), averages, lr, rate, (now - started) / (done - first), recent
                 )
                 logger.info("%s", line)
             if report.scalars is not None:
                 tags = {f"train/{name}": value for name, value in averages.items()}
                 report.scalars({**tags, "train/lr": lr, "train/samples_per_s": rate}, step)
+        if report.checkpoint is not None and report.checkpoint_every and step % report.checkpoint_every == 0:
+            if done < steps or not steps:  # a loader without a length: every N steps
+                log.check_finite()  # never a checkpoint of weights a non-finite loss reached
+                epoch_log.check_finite()
+                report.checkpoint(step, EpochPosition(done, {"log": log.state(), "epoch_log": epoch_log.state()}))
     log.check_finite()
     averages = epoch_log.flush()
     ended = time.perf_counter()

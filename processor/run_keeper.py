@@ -194,17 +194,19 @@ class RunKeeper:
         hint = "; the run was saved with a different config:\n  " + "\n  ".join(changed) if changed else ""
         return state, str(file), hint
 
-    def begin(self, epoch: int, step: int) -> None:
-        """Training starts after ``epoch`` epochs and ``step`` steps: a resumed run's later
+    def begin(self, epoch: int, step: int, batches: int = 0) -> None:
+        """Training starts after ``epoch`` epochs and ``step`` steps (``batches`` of them
+        inside the next epoch): a resumed run's later
         metrics.jsonl rows dropped (they are evaluated again); rank 0's TensorBoard writer opened
         (purge_step: a resumed run overwrites curves past its checkpoint)."""
         if self.plan.resume_from is not None:
             if self.info.is_main:
                 drop_metrics_after(self.folder / METRICS_FILE, epoch)
             best = self.best[SELECTION_METRIC]
+            inside = f", {batches} batches into epoch {epoch + 1}" if batches else ""
             logger.info(
-                "resumed from %s after epoch %d (step %d, best %s %.3f)",
-                *(self.plan.resume_from, epoch, step, SELECTION_METRIC, best),
+                "resumed from %s after epoch %d (step %d%s, best %s %.3f)",
+                *(self.plan.resume_from, epoch, step, inside, SELECTION_METRIC, best),
             )
         if self.info.is_main:
             self.writer = SummaryWriter(str(self.folder / TENSORBOARD_DIR), purge_step=step or None)
@@ -233,7 +235,8 @@ class RunKeeper:
         return None
 
     def save(self, parts: TrainingParts, best_metrics: Optional[Dict[str, float]]) -> None:
-        """Rank 0 after an epoch: best.pth when ``best_metrics`` are new, then last.pth and progress.json."""
+        """Rank 0 after an epoch (or inside one, ``parts.inside``): best.pth when ``best_metrics``
+        are new, then last.pth and progress.json."""
         config = config_to_dict(self.cfg)
         if best_metrics is not None:
             save_atomic(ckpt.best_state(parts, best_metrics, config), self.folder / BEST)

@@ -6,16 +6,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
+from torch.utils.data import DataLoader
 
 from configs.defaults import Config
+from configs.errors import ConfigError
 from datasets.build import EvalLoaders, build_eval_loaders, build_train_loader, read_dataset
 from datasets.readers import log_statistics
 from model.build import build_criterion, build_model
-from processor.checkpointing import TrainingParts
-from processor.epoch_loop import EpochReport, Stepper, train_one_epoch
+from processor.checkpointing import TrainingParts, restore_rng_state
+from processor.epoch_loop import EpochPosition, EpochReport, Stepper, train_one_epoch
 from processor.evaluator import eval_targets, evaluate, results_table
 from processor.precision import Precision
 from processor.run_keeper import RunKeeper
@@ -26,6 +28,23 @@ from utils.metric_names import SELECTION_TASK
 from utils.run_info import log_run_start
 
 logger = logging.getLogger(__name__)
+
+
+class StartedLoader:
+    """``loader`` whose iteration, once started, puts the generators back to ``rng``: starting
+    a DataLoader draws its workers' base seed from the CPU generator, a draw the interrupted
+    run made at the epoch's start, before the state a checkpoint inside the epoch saved."""
+
+    def __init__(self, loader: DataLoader, rng: Dict[str, Any], device: torch.device):
+        self.loader, self.rng, self.device = loader, rng, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
+        batches = iter(self.loader)
+        restore_rng_state(self.rng, self.device)
+        yield from batches
 
 
 class Training:
@@ -56,6 +75,44 @@ class Training:
         saved = keeper.saved_state()
         if saved is not None:
             self.parts.restore(*saved)
+        self.resume_rng = saved[0]["rng"] if saved is not None and self.parts.inside else None
+        if self.parts.inside:
+            self.check_layout(self.parts.inside["layout"])
+
+    def layout(self) -> Dict[str, int]:
+        """What a position inside an epoch depends on: the global batch, and for the shards'
+        stream (whose ranks and workers read contiguous blocks) the ranks and loader workers."""
+        layout = {"data.batch_size": self.cfg.data.batch_size}
+        if self.cfg.data.shards:
+            layout.update({"processes": self.info.world_size, "data.num_workers": self.loader.num_workers})
+        return layout
+
+    def check_layout(self, saved: Dict[str, int]) -> None:
+        now = self.layout()
+        if saved != now:
+            raise ConfigError(
+                f"{self.keeper.plan.resume_from} was saved inside epoch {self.parts.epoch + 1} "
+                f"({self.parts.inside['batches']} batches) with {saved}; this run has {now}: "
+                "resume it with the same to continue at the same sample"
+            )
+
+    def epoch_start(self) -> Tuple[Any, Optional[EpochPosition]]:
+        """The loader set to the next epoch (past the batches a resumed epoch trained) and that position."""
+        inside, sampler = self.parts.inside, self.loader.sampler
+        sampler.set_epoch(self.parts.epoch)
+        sampler.skip_batches(inside["batches"] if inside else 0, self.loader.batch_size)
+        if not inside:
+            return self.loader, None
+        return StartedLoader(self.loader, self.resume_rng, self.info.device), EpochPosition(
+            **{k: inside[k] for k in ("batches", "logs")}
+        )
+
+    def save_inside(self, step: int, position: EpochPosition) -> None:
+        """Rank 0, every train.checkpoint_every_steps steps inside an epoch: last.pth and progress.json."""
+        self.parts.step = step
+        self.parts.inside = {"batches": position.batches, "logs": position.logs, "layout": self.layout()}
+        self.keeper.save(self.parts, None)
+        self.parts.inside = None
 
     def evaluate(self, epoch: int, targets: Optional[List[EvalLoaders]] = None) -> Dict[str, float]:
         """Evaluate every target (default: the run's); log and record each; return the first's t2i."""
@@ -95,15 +152,18 @@ class Training:
     def run(self) -> Dict[str, Any]:
         """Train the remaining epochs; the best epoch (``{"R1", "epoch"}``) at the end."""
         cfg, info, parts, keeper = self.cfg, self.info, self.parts, self.keeper
-        keeper.begin(parts.epoch, parts.step)
-        if cfg.eval.at_start and parts.epoch == 0 and info.is_main:
+        keeper.begin(parts.epoch, parts.step, parts.inside["batches"] if parts.inside else 0)
+        if cfg.eval.at_start and parts.epoch == 0 and not parts.inside and info.is_main:
             self.evaluate(0)
             take_gpu_peak_mb(info.device)  # epoch 1's training peak starts here
         barrier(info)
         report = EpochReport(cfg.train.log_period, keeper.scalars, info.is_main, cfg.solver.epochs, info.world_size)
+        report.checkpoint_every = cfg.train.checkpoint_every_steps
+        report.checkpoint = self.save_inside if info.is_main else None
         while parts.epoch < cfg.solver.epochs:
-            self.loader.sampler.set_epoch(parts.epoch)
-            parts.step, averages = train_one_epoch(self.stepper, self.loader, parts.epoch, parts.step, report)
+            loader, position = self.epoch_start()
+            parts.step, averages = train_one_epoch(self.stepper, loader, parts.epoch, parts.step, report, position)
+            parts.inside = None
             parts.epoch += 1
             parts.scheduler.step()
             if info.is_main:

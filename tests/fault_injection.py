@@ -11,6 +11,8 @@ variable optional:
       progress.json of epoch N (1-based, as in last.pth's "epoch") are written: a kill -9
       at a known point, after which nothing of the process runs (no handler, no atexit).
       A run resumed past epoch N is not killed again.
+  FMFA_FAULT_KILL_AFTER_STEP=N  the same, right after the last.pth written inside an epoch at
+      global step N (train.checkpoint_every_steps) and its progress.json.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from utils.cli import exit_skipping_final_gc
 FAULT = os.environ.get("FMFA_FAULT")
 MARKER = os.environ.get("FMFA_FAULT_MARKER")
 KILL_AFTER_EPOCH = os.environ.get("FMFA_FAULT_KILL_AFTER_EPOCH")
+KILL_AFTER_STEP = os.environ.get("FMFA_FAULT_KILL_AFTER_STEP")
 
 
 def _faulty_batches(loader, batch):
@@ -49,12 +52,14 @@ if FAULT:
 
     training.train_one_epoch = _train_one_epoch
 
-if KILL_AFTER_EPOCH:
+if KILL_AFTER_EPOCH or KILL_AFTER_STEP:
     _real_save = run_keeper.RunKeeper.save
 
     def _save_then_kill(self, parts, best_metrics):
         _real_save(self, parts, best_metrics)  # best.pth, last.pth, progress.json
-        if parts.epoch == int(KILL_AFTER_EPOCH):
+        if parts.inside is None and KILL_AFTER_EPOCH and parts.epoch == int(KILL_AFTER_EPOCH):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if parts.inside is not None and KILL_AFTER_STEP and parts.step == int(KILL_AFTER_STEP):
             os.kill(os.getpid(), signal.SIGKILL)
 
     run_keeper.RunKeeper.save = _save_then_kill

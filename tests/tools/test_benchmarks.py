@@ -18,7 +18,7 @@ from typing import Callable
 import pytest
 from conftest import ROOT, run_ok
 
-from benchmarks import ddp_loss, efficiency, eval_speed, shard_loader, shared_caption, train_step
+from benchmarks import ddp_loss, efficiency, eval_speed, shard_loader, shared_caption, stream_resume, train_step
 
 
 def run_script(capsys, main: Callable, *args: str) -> str:
@@ -238,3 +238,12 @@ def test_shard_loader_benchmark_tiny_preset(capsys):
     )
     assert files > 0 and shards > 0 and abs(ratio - shards / files) <= 0.01 + 0.01 * ratio
     assert re.search(r"bare reads, images/s: files \d+, shards \d+ .*tarfile \d+$", out, re.M)
+
+
+@pytest.mark.slow(seconds=15)
+def test_stream_resume_benchmark_tiny_preset(capsys):
+    """Each resumed first batch is timed and is the unbroken epoch's batch there."""
+    out = run_script(capsys, stream_resume.main, "--ids", "6", "--batch-size", "4", "--at", "0", "0.5", "0.9")
+    rows = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\w+)$", out, re.M)
+    assert len(rows) == 3 and int(rows[0][0]) == 0 < int(rows[1][0]) < int(rows[2][0])
+    assert all(same == "True" for *_, same in rows)
