@@ -21,7 +21,14 @@ import open_clip
 import torch
 
 from .open_clip_config import OpenClipSpec, size_mismatches, spec_beside, spec_for_tag
-from .weights_file import WeightsError, WeightsNotFoundError, load_weights_file, unwrap_state_dict
+from .weights_file import (
+    FMFA_PREFIX,
+    WeightsError,
+    WeightsNotFoundError,
+    is_fmfa_state_dict,
+    load_weights_file,
+    unwrap_state_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +116,12 @@ def read_clip_state_dict(source: str) -> Dict[str, torch.Tensor]:
         state_dict = _read_weights_file(tag) if os.path.isfile(tag) else _open_clip_tag_state_dict(source)
     else:
         state_dict = _read_weights_file(source)
+    if is_fmfa_state_dict(state_dict):  # a whole FMFA model (e.g. a pretraining run's best.pth), not CLIP
+        raise WeightsError(
+            f"model.pretrain={source!r} is an FMFA checkpoint ('{FMFA_PREFIX}*' keys, e.g. a run's best.pth); "
+            f"model.pretrain takes CLIP weights: to start from this model set model.init_from={source} "
+            "(docs/training.md, 'Fine-tuning from Re-ID pre-training')"
+        )
     return clean_clip_state_dict(state_dict, source)
 
 

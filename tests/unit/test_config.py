@@ -80,6 +80,21 @@ def test_paper_and_authors_code_values(stem, dataset, factor, margins, epochs):
     assert paper.train.name != code.train.name
 
 
+# docs/pretraining.md, "Pretraining recipe": (bias lr factor, bias weight decay) per recipe.
+@pytest.mark.parametrize("stem, bias", [("pretrain_ham", (2.0, 0.0)), ("pretrain_mllm4text_reid", (1.0, -1.0))])
+def test_a_pretraining_recipe_holds_its_papers_values(stem, bias):
+    cfg = load_config(CONFIGS / f"{stem}.yaml")
+    assert cfg.loss.names == ["sdm"]  # no identities in the corpora: no ID loss; the papers' SDM
+    assert (cfg.data.batch_size, cfg.data.augment, cfg.data.text_length) == (512, True, 77)
+    assert cfg.model.image_size == [384, 128]
+    assert (cfg.solver.optimizer, cfg.solver.lr, cfg.solver.scheduler) == ("Adam", 1e-5, "cosine")
+    assert cfg.solver.epochs == 30
+    assert (cfg.solver.warmup_epochs, cfg.solver.warmup_factor, cfg.solver.warmup_method) == (5, 0.1, "linear")
+    assert (cfg.solver.bias_lr_factor, cfg.solver.bias_weight_decay) == bias
+    assert cfg.data.shards and cfg.data.dataset == "CUHK-PEDES"  # trains on shards, evaluates zero-shot
+    assert (cfg.eval.split, cfg.eval.cross_domain, cfg.train.eval_period) == ("test", ["ICFG-PEDES", "RSTPReid"], 1)
+
+
 # ---------------------------------------------------------------------------- overrides
 
 

@@ -33,6 +33,10 @@ EXPECTED_BY_FILE = {
     "icfg_pedes_authors_code.yaml": AUTHORS_CODE,
     "rstpreid_authors_code.yaml": AUTHORS_CODE,
     "quickstart.yaml": AUTHORS_CODE,
+    # The pretraining recipes: SDM alone (HAM's README, MLLM4Text-ReID's paper), the code's other settings.
+    "pretrain_ham.yaml": dict(losses={"sdm": 1.0}, **AUTHORS_CODE),
+    "pretrain_mllm4text_reid.yaml": dict(losses={"sdm": 1.0}, **AUTHORS_CODE),
+    "pretrain_tiny.yaml": dict(losses={"sdm": 1.0}, **AUTHORS_CODE),
 }
 PAPER_LOSSES = {"a-sdm": 1.0, "mlm": 1.0, "id": 1.0, "efa": 1.0}
 BASE = dict(losses=PAPER_LOSSES, scale=50.0, lse_lambda=1.0, threshold=1.0, **AUTHORS_CODE)
