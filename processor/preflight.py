@@ -12,6 +12,7 @@ import torch
 from configs.defaults import Config
 from configs.errors import ConfigError, raise_all
 from datasets.readers import check_dataset_files
+from datasets.shards import read_manifest
 from model.clip_weights import check_pretrain
 from model.weights_file import WeightsError, WeightsNotFoundError, load_weights_file
 from processor.checkpointing import TRAINING_STATE_KEYS
@@ -32,11 +33,14 @@ RESUME_HELP = "a run folder holding last.pth, or a last.pth file, or '' to start
 
 def run_input_checks(cfg: Config) -> List[Callable[[], None]]:
     """The checks that the weights (``model.pretrain``, ``model.init_from``, ``train.resume``)
-    and datasets (``data.root`` / ``data.dataset`` and ``eval.cross_domain``) exist."""
+    and datasets (``data.root`` / ``data.dataset`` and ``eval.cross_domain``, and ``data.shards``
+    manifest and shard files) exist."""
     checks = [lambda: check_pretrain(cfg.model.pretrain)]
     checks += [lambda: check_exists("model.init_from", cfg.model.init_from, INIT_FROM_HELP)]
     checks += [lambda: check_resume(cfg.train.resume)]
     checks += [lambda name=name: check_dataset_files(cfg.data.root, name) for name in eval_datasets(cfg)]
+    if cfg.data.shards:  # training reads the shards' manifest and files; evaluation the datasets above
+        checks += [lambda: read_manifest(cfg.data.shards).check_sizes()]
     return checks
 
 

@@ -76,6 +76,17 @@ def test_train_reports_weights_data_and_the_missing_gpu_at_once(tmp_path, monkey
     assert list(tmp_path.iterdir()) == []  # no run folder
 
 
+def test_a_missing_shard_folder_is_reported_with_the_data_before_any_folder(tmp_path, capsys):
+    """data.shards= names the manifest and the command that writes it, in the same report as
+    the missing evaluation data, and nothing is created."""
+    output = tmp_path / "run"
+    argv = ["--config", QUICKSTART, f"data.root={tmp_path}", f"data.shards={tmp_path / 'shards'}"]
+    message = user_error(capsys, train_cli.main, [*argv, "loss.names=sdm", f"train.output_dir={output}"])
+    assert "2 problems, all reported at once" in message
+    assert f"{tmp_path / 'shards' / 'manifest.json'} not found" in message and "datasets.write_shards" in message
+    assert "Synthetic-PEDES" in message and not output.exists()
+
+
 def test_resuming_from_best_pth_is_refused_before_any_folder(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
