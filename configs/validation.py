@@ -100,6 +100,12 @@ def validate(cfg: Config) -> None:
     need(d.num_instance >= 1, "data.num_instance", d.num_instance, ">= 1")
     need(d.shard_epoch_samples >= 0, "data.shard_epoch_samples", d.shard_epoch_samples, ">= 0 (0: one pass)")
     need(d.shuffle_buffer >= 1, "data.shuffle_buffer", d.shuffle_buffer, ">= 1")
+    need(
+        not d.shards or d.sampler == "random",
+        "data.sampler",
+        d.sampler,
+        "random with data.shards (the shards stream in order; identity needs random access)",
+    )
     if d.sampler == "identity" and d.batch_size >= 1 and d.num_instance >= 1:
         need(
             d.batch_size % d.num_instance == 0,

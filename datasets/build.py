@@ -149,8 +149,6 @@ def build_stream_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tupl
             f"({manifest.source.get('name', 'written with --no-identities')}) has no person identities: "
             f"the ID loss needs them; drop it (e.g. loss.names={'+'.join(n for n in cfg.loss.names if n != 'id')})"
         )
-    if data.sampler != "random":
-        raise ConfigError(f"data.sampler={data.sampler!r} needs random access; data.shards streams: use random")
     stream = ShardStream(
         manifest,
         build_transform(cfg.model.image_size, train=True, augment=data.augment),

@@ -321,6 +321,11 @@ CHECKED_AT_LOAD = {
         "train.precision='fp16': must be one of fp32, amp_bf16, amp_fp16, pure_fp16",
     ),
     "sampler": (["data.sampler=balanced"], "data.sampler='balanced': must be one of random, identity"),
+    "sampler with shards": (
+        ["data.shards=data/shards/x", "data.sampler=identity"],
+        "data.sampler='identity': must be random with data.shards (the shards stream in order; identity needs "
+        "random access)",
+    ),
     "IRR depth": (["loss.names=sdm+mlm", "model.cmt_depth=0"], "model.cmt_depth=0: must be >= 1"),
     "A-SDM mode": (["asdm.mode=softmax"], "asdm.mode='softmax': must be one of cosine, probability"),
     "loss names": (
