@@ -226,8 +226,7 @@ def train_one_epoch(
                 report.scalars({**tags, "train/lr": lr, "train/samples_per_s": rate}, step)
         if report.checkpoint is not None and report.checkpoint_every and step % report.checkpoint_every == 0:
             if done < steps or not steps:  # a loader without a length: every N steps
-                log.check_finite()  # never a checkpoint of weights a non-finite loss reached
-                epoch_log.check_finite()
+                log.check_finite()  # never a checkpoint of weights a non-finite loss reached (log sees every step)
                 report.checkpoint(step, EpochPosition(done, {"log": log.state(), "epoch_log": epoch_log.state()}))
     log.check_finite()
     averages = epoch_log.flush()

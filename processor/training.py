@@ -157,9 +157,15 @@ class Training:
             self.evaluate(0)
             take_gpu_peak_mb(info.device)  # epoch 1's training peak starts here
         barrier(info)
-        report = EpochReport(cfg.train.log_period, keeper.scalars, info.is_main, cfg.solver.epochs, info.world_size)
-        report.checkpoint_every = cfg.train.checkpoint_every_steps
-        report.checkpoint = self.save_inside if info.is_main else None
+        report = EpochReport(
+            cfg.train.log_period,
+            keeper.scalars,
+            info.is_main,
+            cfg.solver.epochs,
+            info.world_size,
+            checkpoint_every=cfg.train.checkpoint_every_steps,
+            checkpoint=self.save_inside if info.is_main else None,
+        )
         while parts.epoch < cfg.solver.epochs:
             loader, position = self.epoch_start()
             parts.step, averages = train_one_epoch(self.stepper, loader, parts.epoch, parts.step, report, position)
