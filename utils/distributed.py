@@ -95,28 +95,30 @@ def init_distributed(device_name: str = "auto", timeout_minutes: float = 60.0) -
     return DistInfo(dist.get_rank(), world_size, local_rank, device)
 
 
+# The file torchrun reads a failed worker's report from (torch's documented variable).
+ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+
+
 class WholeErrorFile(ErrorHandler):
     """torch's error report for torchrun, written to a temporary file and renamed into place,
     so torchrun finds it whole or not at all. When one rank fails, torchrun stops the others
     with SIGTERM; a rank killed inside torch's own ``open(file, "w")``/``json.dump`` leaves an
     empty error.json, and torchrun's agent then crashes on it (JSONDecodeError) instead of
-    reporting the failure or restarting the job (seen once in CI with ``--max-restarts=1``)."""
-
-    _writing: Optional[str] = None
-
-    def _get_error_file_path(self) -> Optional[str]:
-        return self._writing or super()._get_error_file_path()
+    reporting the failure or restarting the job (seen once in CI with ``--max-restarts=1``).
+    Only torch's public contract is used: its ``record_exception`` writes the file that
+    ``TORCHELASTIC_ERROR_FILE`` names, pointed at the temporary file for that call."""
 
     def record_exception(self, e: BaseException) -> None:
-        final = super()._get_error_file_path()
+        final = os.environ.get(ERROR_FILE_ENV)
         if not final:
             return super().record_exception(e)
-        self._writing = f"{final}.{os.getpid()}.tmp"
+        writing = f"{final}.{os.getpid()}.tmp"
+        os.environ[ERROR_FILE_ENV] = writing
         try:
             super().record_exception(e)
-            os.replace(self._writing, final)
         finally:
-            self._writing = None
+            os.environ[ERROR_FILE_ENV] = final
+        os.replace(writing, final)
 
 
 def record_errors(main: Callable) -> Callable:

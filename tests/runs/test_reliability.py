@@ -196,7 +196,7 @@ def test_a_rank_killed_while_writing_its_error_report_leaves_no_partial_report(t
     with pytest.raises(json.JSONDecodeError):  # what crashed torchrun's agent once in CI
         ProcessFailure(local_rank=0, pid=1, exitcode=-15, error_file=str(torchs))
     _report_killed_while_writing(WholeErrorFile(), ours, monkeypatch)
-    assert not ours.exists()
+    assert not ours.exists() and os.environ["TORCHELASTIC_ERROR_FILE"] == str(ours)
     assert "Signal 15" in ProcessFailure(local_rank=0, pid=1, exitcode=-15, error_file=str(ours)).message
 
 
@@ -210,6 +210,27 @@ def test_the_error_report_is_torchs_own(tmp_path, monkeypatch):
     except RuntimeError as error:
         WholeErrorFile().record_exception(error)
     failure = ProcessFailure(local_rank=1, pid=1, exitcode=1, error_file=str(error_file))
+    assert failure.message["message"] == "RuntimeError: injected fault"
+    assert [p.name for p in tmp_path.iterdir()] == ["error.json"]
+
+
+def test_the_whole_error_report_needs_only_torchs_public_contract(tmp_path, monkeypatch):
+    """A torch whose handler reads TORCHELASTIC_ERROR_FILE in its own way (no private
+    ``_get_error_file_path`` to lean on) still gets its report written whole, in its format."""
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, ProcessFailure
+
+    def record_exception(self, e: BaseException) -> None:
+        seen.append(os.environ["TORCHELASTIC_ERROR_FILE"])
+        with open(seen[-1], "w") as stream:
+            json.dump({"message": {"message": f"{type(e).__name__}: {e}", "extraInfo": {"timestamp": "0"}}}, stream)
+
+    seen, error_file = [], tmp_path / "error.json"
+    monkeypatch.delattr(ErrorHandler, "_get_error_file_path")
+    monkeypatch.setattr(ErrorHandler, "record_exception", record_exception)
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    WholeErrorFile().record_exception(RuntimeError("injected fault"))
+    assert seen != [str(error_file)] and os.environ["TORCHELASTIC_ERROR_FILE"] == str(error_file)
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(error_file))
     assert failure.message["message"] == "RuntimeError: injected fault"
     assert [p.name for p in tmp_path.iterdir()] == ["error.json"]
 
