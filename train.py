@@ -51,7 +51,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if info.is_main:
                 report_finished(run)
             return 0
-        run.prepare()  # the folder made, train.log opened, config.yaml written
+        run.prepare()  # the folder made and train.log opened; config.yaml once training begins
         if info.is_main:
             logger.info("run folder %s, %d process(es) on %s", run.folder, info.world_size, info.device)
         configure_kernels(cfg.train.deterministic, cfg.train.tf32)

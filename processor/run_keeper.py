@@ -149,7 +149,7 @@ class RunKeeper:
 
     def prepare(self) -> None:
         """Rank 0 makes the folder and proves it writable with a probe file, before anything
-        heavy starts; every rank logs to its train.log; rank 0 writes the resolved config.yaml."""
+        heavy starts; every rank logs to its train.log. config.yaml waits for ``begin``."""
         if self.info.is_main:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
@@ -161,8 +161,6 @@ class RunKeeper:
                     "fix its permissions or choose another train.output_dir"
                 ) from None
         setup_logging(self.folder, self.info.rank)
-        if self.info.is_main:
-            save_config(self.cfg, self.folder / CONFIG_FILE)
 
     def check_space(self, model) -> None:
         """Rank 0: room on the disk for the checkpoints of ``model``."""
@@ -196,9 +194,13 @@ class RunKeeper:
 
     def begin(self, epoch: int, step: int, batches: int = 0) -> None:
         """Training starts after ``epoch`` epochs and ``step`` steps (``batches`` of them
-        inside the next epoch): a resumed run's later
-        metrics.jsonl rows dropped (they are evaluated again); rank 0's TensorBoard writer opened
-        (purge_step: a resumed run overwrites curves past its checkpoint)."""
+        inside the next epoch): rank 0 writes the resolved config.yaml (only now, once a resumed
+        run's parts took their last.pth, so a resume refused on the way leaves the folder's
+        config as it was); a resumed run's later metrics.jsonl rows dropped (they are evaluated
+        again); rank 0's TensorBoard writer opened (purge_step: a resumed run overwrites curves
+        past its checkpoint)."""
+        if self.info.is_main:
+            save_config(self.cfg, self.folder / CONFIG_FILE)
         if self.plan.resume_from is not None:
             if self.info.is_main:
                 drop_metrics_after(self.folder / METRICS_FILE, epoch)

@@ -111,6 +111,24 @@ def test_resume_with_a_different_architecture_names_keys_and_config(one_epoch_ru
     assert "last.pth: weights do not fit this model" in message
     assert "shape of base_model.text_projection: checkpoint [64, 64], model [64, 128]" in message
     assert "model.embed_dim: 64 -> 128" in message
+    assert (run / "config.yaml").read_bytes() == (trained / "config.yaml").read_bytes()  # how it was trained
+
+
+def test_a_refused_resume_leaves_the_run_folders_config_untouched(one_epoch_run, tmp_path, capsys):
+    """train.resume with another global batch onto a last.pth saved inside an epoch (a
+    position that depends on the batch) is refused; config.yaml keeps its bytes, so a later
+    automatic resume still compares against the config the run was trained with."""
+    root, trained = one_epoch_run  # tiny_run_args(root, run, 1): data.batch_size=4
+    run = copy_run(trained, tmp_path / "run")
+    state = ckpt.load_training_state(run / "last.pth")
+    state.update(epoch=0, position={"batches": 1, "logs": {}, "layout": {"data.batch_size": 4}})
+    torch.save(state, run / "last.pth")
+    saved = (run / "config.yaml").read_bytes()
+    message = user_error(
+        capsys, train_cli.main, tiny_run_args(root, run, 1, f"train.resume={run}", "data.batch_size=2")
+    )
+    assert "saved inside epoch 1 (1 batches) with {'data.batch_size': 4}" in message
+    assert (run / "config.yaml").read_bytes() == saved
 
 
 class _Payload:
