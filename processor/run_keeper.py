@@ -251,8 +251,8 @@ class RunKeeper:
         return load_weights_file(self.folder / BEST)
 
     def summary(self) -> str:
-        """The untrained (epoch 0, when evaluated), best and final t2i rows of metrics.jsonl on
-        the run's dataset and split; with selection on val, best.pth's test rows too."""
+        """The starting weights' (epoch 0, when evaluated), best and final t2i rows of
+        metrics.jsonl on the run's dataset and split; with selection on val, best.pth's test rows too."""
         dataset, split = self.cfg.data.dataset, self.cfg.eval.split
         rows = read_metrics_rows(self.folder / METRICS_FILE)
         rows = [r for r in rows if (r["dataset"], r["task"]) == (dataset, SELECTION_TASK)]
@@ -260,7 +260,7 @@ class RunKeeper:
         if not selection:
             return "(no evaluation)"
         best = [r for r in selection if r["epoch"] == self.best["epoch"] > 0] or selection[-1:]
-        picked = [("untrained", selection[0])] if selection[0]["epoch"] == 0 else []
+        picked = [(self.starting_weights(), selection[0])] if selection[0]["epoch"] == 0 else []
         picked += [
             (f"best (epoch {best[-1]['epoch']}, {split})", best[-1]),
             (f"final (epoch {selection[-1]['epoch']}, {split})", selection[-1]),
@@ -268,6 +268,16 @@ class RunKeeper:
         if split != "test":
             picked += [(f"best.pth on test (epoch {r['epoch']})", r) for r in rows if r["split"] == "test"][-1:]
         return format_table([{**row, "task": label} for label, row in picked])
+
+    def starting_weights(self) -> str:
+        """The label of epoch 0's row: which weights the run started from, "untrained" only
+        for random ones."""
+        model = self.cfg.model
+        if model.init_from:
+            return f"before training (model.init_from={model.init_from})"
+        if model.pretrain != "none":
+            return f"before training (model.pretrain={model.pretrain})"
+        return "untrained"
 
     def close(self) -> None:
         """The writer closed; rank 0 logs the closing summary."""

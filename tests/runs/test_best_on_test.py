@@ -83,3 +83,27 @@ def test_the_best_epoch_is_decided_once_and_the_summary_reads_it(tmp_path):
     assert "best (epoch 2, val)" in keeper.summary()
     keeper.best = {"R1": 50.0, "epoch": 1}  # the summary shows the decision; it does not make its own
     assert "best (epoch 1, val)" in keeper.summary()
+
+
+@pytest.mark.parametrize(
+    ("model", "label"),
+    [
+        ({"pretrain": "none"}, "untrained"),
+        ({"pretrain": "none", "init_from": "runs/pretrain/best.pth"}, "before training (model.init_from=runs/pretrain/best.pth)"),
+        ({"pretrain": "data/ViT-B-16.pt"}, "before training (model.pretrain=data/ViT-B-16.pt)"),
+    ],
+)
+def test_the_summary_names_the_weights_epoch_0_was_evaluated_with(tmp_path, model, label):
+    """Epoch 0 is "untrained" only from random weights; from CLIP's or a pretrained run's
+    weights the summary says which weights its figures are."""
+    cfg = Config()
+    cfg.train.output_dir = str(tmp_path)
+    for key, value in model.items():
+        setattr(cfg.model, key, value)
+    keeper = RunKeeper(cfg, DistInfo())
+    test = SimpleNamespace(dataset=cfg.data.dataset, split="test")
+    for epoch in (0, 1):
+        keeper.record(epoch, test, {"t2i": dict.fromkeys(METRICS, 10.0 + epoch)})
+    keeper.update_best(1, dict.fromkeys(METRICS, 11.0))
+    first_row = keeper.summary().splitlines()[3]
+    assert label in first_row and "10.000" in first_row, keeper.summary()
