@@ -143,7 +143,7 @@ def training_item(
     ``seed`` (:func:`sample_seed`), whichever dataset (files or shards) read it."""
     # torchvision draws from the global CPU generator: seed a private copy of it. Only the
     # CPU one: torch.manual_seed also seeds every accelerator, and on a CUDA build without
-    # a GPU its lazy-init bookkeeping took 0.7 ms per sample, a third of the loading time.
+    # a GPU its lazy-init bookkeeping would be paid again for every sample.
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         image = transform(sample.image)

@@ -38,7 +38,7 @@ def make_session(model: bytes | Path, threads: Optional[int] = None, spin: bool 
     """A CPU onnxruntime session of an ONNX file or serialised model (``threads``: intra-op
     threads, default onnxruntime's choice). Unless ``spin``, idle worker threads sleep at once
     instead of busy-waiting for the next call, which takes the CPU from the work in between
-    (decoding images, PyTorch: a tiny model's PyTorch call took 175 ms instead of 0.7 ms)."""
+    (decoding images, PyTorch calls, which a spinning onnxruntime thread slows many times over)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no warnings about unused initialisers
     if threads:
