@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from configs.datasets import CUSTOM_ANNOTATION, DATASETS, SPLITS, dataset_name_problem
-from datasets.check import image_problems
+from dataset_tools.check import image_problems
 from datasets.readers import DataError, RetrievalDataset, listing
 from utils.cli import describe, exit_skipping_final_gc, report_user_errors
 from utils.io import write_text_atomic

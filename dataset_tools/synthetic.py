@@ -39,7 +39,7 @@ from datasets.readers import DataError
 from utils.cli import describe, exit_skipping_final_gc, report_user_errors
 from utils.io import write_text_atomic
 
-from .synthetic_draw import PALETTE, SKIN_RGB, Identity, render
+from dataset_tools.synthetic_draw import PALETTE, SKIN_RGB, Identity, render
 
 logger = logging.getLogger("datasets.synthetic")
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from configs.datasets import DATASETS
 from configs.defaults import DataConfig
 from datasets.bases import load_image
-from datasets.caption_checks import CaptionedImage, caption_warnings
+from dataset_tools.caption_checks import CaptionedImage, caption_warnings
 from datasets.readers import (
     DataError,
     RetrievalDataset,
