@@ -4,7 +4,7 @@ NAME is a built-in dataset (CUHK-PEDES, ICFG-PEDES, RSTPReid, Synthetic-PEDES) o
 ``ROOT/NAME/annotations.json`` (README, "Your own data"). Checks every record's keys and
 types, that every image exists and decodes, and prints the split counts. Every problem is
 reported with its record or file; the exit status is 1 if there was any, 0 otherwise.
-Then the caption checks (:mod:`datasets.caption_checks`): captions shared by different
+Then the caption checks (:mod:`dataset_tools.caption_checks`): captions shared by different
 identities, repeated on one image, of one word or none, or cut at ``--text-length`` tokens;
 warnings with counts and examples, which set the exit status to 1 only with ``--strict``.
 """
@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from configs.datasets import DATASETS
 from configs.defaults import DataConfig
-from datasets.bases import load_image
 from dataset_tools.caption_checks import CaptionedImage, caption_warnings
+from datasets.bases import load_image
 from datasets.readers import (
     DataError,
     RetrievalDataset,
@@ -31,9 +31,9 @@ from datasets.readers import (
     load_json,
     record_problems,
 )
-from utils.cli import USER_ERROR_STATUS, describe, exit_skipping_final_gc, report_user_errors
+from utils.cli import USER_ERROR_STATUS, describe, report_user_errors
 
-logger = logging.getLogger("datasets.check")
+logger = logging.getLogger("datasets.check")  # the command's name, as users type it
 
 
 def annotation_problems(root: Path, name: str) -> Tuple[List[str], List[Tuple[str, Path]], List[CaptionedImage]]:
@@ -75,7 +75,7 @@ def check_dataset_and_captions(
     root: str | Path, name: str, text_length: Optional[int] = DataConfig.text_length, show_progress: bool = True
 ) -> Tuple[List[str], List[str]]:
     """(problems as :func:`check_dataset` finds them, caption warnings of the well-formed
-    records: :func:`datasets.caption_checks.caption_warnings` at ``text_length`` tokens;
+    records: :func:`dataset_tools.caption_checks.caption_warnings` at ``text_length`` tokens;
     none when ``text_length`` is None)."""
     root = Path(root)
     try:
@@ -141,7 +141,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         " (--strict: warnings fail the check)" if args.strict and warnings else "",
     )
     return USER_ERROR_STATUS if problems or (args.strict and warnings) else 0
-
-
-if __name__ == "__main__":
-    exit_skipping_final_gc(main())

@@ -33,10 +33,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from configs.datasets import CUSTOM_ANNOTATION, DATASETS, dataset_name_problem
 from datasets.readers import DataError, listing, load_json
-from utils.cli import describe, exit_skipping_final_gc, report_user_errors
+from utils.cli import describe, report_user_errors
 from utils.io import write_text_atomic
 
-logger = logging.getLogger("datasets.corpora")
+logger = logging.getLogger("datasets.corpora")  # the command's name, as users type it
 TEMPLATE_RESIDUE = ("description]", "<")
 
 
@@ -223,7 +223,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "" if READERS[args.format][1] else " --no-identities",
     )
     return 0
-
-
-if __name__ == "__main__":
-    exit_skipping_final_gc(main())

@@ -33,10 +33,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from configs.datasets import CUSTOM_ANNOTATION, DATASETS, SPLITS, dataset_name_problem
 from dataset_tools.check import image_problems
 from datasets.readers import DataError, RetrievalDataset, listing
-from utils.cli import describe, exit_skipping_final_gc, report_user_errors
+from utils.cli import describe, report_user_errors
 from utils.io import write_text_atomic
 
-logger = logging.getLogger("datasets.make_annotations")
+logger = logging.getLogger("datasets.make_annotations")  # the command's name, as users type it
 
 REQUIRED = ("image", "caption", "id")
 OPTIONAL = ("split",)
@@ -291,7 +291,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info("no train split: %s is an evaluation-only set (--split TRAIN VAL TEST draws splits)", args.name)
     logger.info("next: python -m datasets.check %s %s", args.root, args.name)
     return 0
-
-
-if __name__ == "__main__":
-    exit_skipping_final_gc(main())

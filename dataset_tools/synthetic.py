@@ -5,7 +5,7 @@ identity is one combination of attributes (gender, hair style and colour, upper 
 type and colour, lower garment type and colour, shoe colour, bag type and colour); every
 combination is unique while each single value is shared by many identities, so only the
 combination tells people apart. Each identity gets a few images (pose, background and
-camera differ, see :mod:`datasets.synthetic_draw`) and each image two captions written
+camera differ, see :mod:`dataset_tools.synthetic_draw`) and each image two captions written
 from the attributes with varied templates and synonyms.
 
 Layout (as CUHK-PEDES): ``ROOT/Synthetic-PEDES/imgs/<split>/<id>_<n>.jpg`` and
@@ -35,13 +35,12 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
+from dataset_tools.synthetic_draw import PALETTE, SKIN_RGB, Identity, render
 from datasets.readers import DataError
-from utils.cli import describe, exit_skipping_final_gc, report_user_errors
+from utils.cli import describe, report_user_errors
 from utils.io import write_text_atomic
 
-from dataset_tools.synthetic_draw import PALETTE, SKIN_RGB, Identity, render
-
-logger = logging.getLogger("datasets.synthetic")
+logger = logging.getLogger("datasets.synthetic")  # the command's name, as users type it
 
 DATASET_NAME = "Synthetic-PEDES"
 ANNOTATION = "reid_raw.json"
@@ -389,7 +388,3 @@ def parse_and_generate(argv: Optional[Sequence[str]] = None) -> Path:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parse_and_generate(argv)
     return 0
-
-
-if __name__ == "__main__":
-    exit_skipping_final_gc(main())

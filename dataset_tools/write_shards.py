@@ -45,10 +45,10 @@ from datasets.readers import (
     split_of,
 )
 from datasets.shards import FORMAT, MANIFEST, VERSION, sample_key, shard_name
-from utils.cli import describe, exit_skipping_final_gc, report_user_errors
+from utils.cli import describe, report_user_errors
 from utils.io import write_text_atomic
 
-logger = logging.getLogger("datasets.write_shards")
+logger = logging.getLogger("datasets.write_shards")  # the command's name, as users type it
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in manifest["skipped"][:10]:
         logger.warning("skipped %s", item["problem"])
     return 0
-
-
-if __name__ == "__main__":
-    exit_skipping_final_gc(main())

@@ -21,8 +21,8 @@ from conftest import ROOT, tiny_config, user_error, with_project_on_path
 from PIL import Image
 
 import search_page
+from dataset_tools.synthetic import generate
 from datasets.build import read_dataset
-from datasets.synthetic import generate
 from model.build import build_model
 from serving.gallery import encode_folder, rank_gallery
 from serving.inference import load_model

@@ -22,9 +22,9 @@ import train as train_cli
 import visualize
 from configs.errors import UserError
 from configs.loader import load_config
+from dataset_tools.synthetic import generate
 from datasets.bases import load_image
 from datasets.build import build_eval_loaders, read_dataset
-from datasets.synthetic import generate
 from datasets.tokenizer import tokenize
 from datasets.transforms import build_transform
 from model.build import build_model, initialise_from
