@@ -18,8 +18,8 @@ from utils.cli import describe, report_user_errors
 from utils.distributed import cleanup, init_distributed, pick_device, record_errors
 from utils.gpu import keep_off_the_gpus
 from utils.logger import setup_logging
-from utils.metric_names import SELECTION_METRIC, SELECTION_TASK
 from utils.reproducibility import configure_kernels
+from utils.run_folder import SELECTION_METRIC, SELECTION_TASK
 
 logger = logging.getLogger("train")
 

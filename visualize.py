@@ -22,9 +22,9 @@ from datasets.bases import load_image
 from datasets.build import build_eval_loaders, read_dataset
 from processor.evaluator import extract_features
 from serving.efa_maps import default_words, word_maps
+from serving.figures import ranked_row, similarity_maps
 from serving.inference import LoadedModel, load_model
 from utils.cli import add_model_source, describe, report_user_errors
-from utils.figures import ranked_row, similarity_maps
 from utils.logger import setup_logging
 
 logger = logging.getLogger("visualize")

@@ -22,8 +22,8 @@ from prettytable import PrettyTable, TableStyle
 
 from utils.cli import describe, report_user_errors
 from utils.io import write_text_atomic, write_with
-from utils.metric_names import METRICS
-from utils.run_results import (
+from utils.run_folder import (
+    METRICS,
     ReportError,
     RunResult,
     differing_keys,

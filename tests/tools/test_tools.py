@@ -30,11 +30,11 @@ from datasets.transforms import build_transform
 from model.build import build_model, initialise_from
 from model.objectives import text_patch_affinity
 from processor.evaluator import extract_features
+from serving import figures
 from serving.efa_maps import word_positions
+from serving.figures import CORRECT, WRONG
 from serving.gallery import encode_folder
 from serving.inference import load_model
-from utils import figures
-from utils.figures import CORRECT, WRONG
 
 SMALL = [*ONE_EPOCH_QUICKSTART, "train.auto_resume=false"]
 

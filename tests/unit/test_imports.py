@@ -179,14 +179,7 @@ def test_the_walk_sees_cycles_and_wrong_directions(tmp_path, files, expect_cycle
 
 
 # Programs that read or write files only: importing torch (about 4 s here) would dominate them.
-TORCH_FREE = (
-    "datasets.synthetic",
-    "dataset_tools.synthetic",
-    "utils.report",
-    "utils.io",
-    "utils.run_layout",
-    "utils.metric_names",
-)
+TORCH_FREE = ("datasets.synthetic", "dataset_tools.synthetic", "utils.report", "utils.io", "utils.run_folder")
 
 
 def test_file_only_programs_start_without_torch():
