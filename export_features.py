@@ -24,7 +24,7 @@ from datasets.readers import check_dataset_files
 from processor.evaluator import extract_features
 from serving.gallery import encode_folder, list_images
 from serving.inference import LoadedModel, load_model, resolve_source, source_config
-from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
+from utils.cli import add_model_source, describe, report_user_errors
 from utils.io import write_with
 from utils.logger import setup_logging
 
@@ -102,4 +102,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

@@ -24,7 +24,7 @@ from datasets.build import build_eval_loaders
 from datasets.readers import DataError, check_dataset_files
 from serving.inference import caption_model, check_weights, source_config
 from serving.onnx_export import check_output, context_length, export_folder
-from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
+from utils.cli import add_model_source, describe, report_user_errors
 from utils.logger import setup_logging
 
 logger = logging.getLogger("export_onnx")
@@ -94,4 +94,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

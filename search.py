@@ -22,11 +22,11 @@ from prettytable import PrettyTable
 
 from configs.errors import raise_all
 from datasets.bases import load_image
+from serving.figures import ranked_row
 from serving.gallery import encode_folder, list_images, rank_gallery
 from serving.inference import load_model, resolve_source
 from serving.onnx_model import OnnxEncoders
-from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
-from utils.figures import ranked_row
+from utils.cli import add_model_source, describe, report_user_errors
 from utils.logger import setup_logging
 
 logger = logging.getLogger("search")
@@ -115,4 +115,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

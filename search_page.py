@@ -24,7 +24,7 @@ from configs.loader import load_config
 from datasets.readers import check_dataset_files
 from serving.gallery import list_images
 from serving.inference import resolve_source
-from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
+from utils.cli import add_model_source, describe, report_user_errors
 from utils.logger import setup_logging
 
 logger = logging.getLogger("search_page")
@@ -125,4 +125,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

@@ -25,7 +25,7 @@ from datasets.readers import check_dataset_files
 from processor.evaluator import eval_targets, evaluate, results_table
 from processor.preflight import eval_datasets
 from serving.inference import check_weights, default_config_hint, model_for, source_config
-from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
+from utils.cli import add_model_source, describe, report_user_errors
 from utils.io import write_text_atomic
 from utils.logger import setup_logging
 
@@ -76,4 +76,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

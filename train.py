@@ -14,12 +14,12 @@ from configs.loader import build_parser, parse_args
 from processor.preflight import check_run_inputs
 from processor.run_keeper import RunKeeper
 from processor.training import Training
-from utils.cli import describe, exit_skipping_final_gc, report_user_errors
+from utils.cli import describe, report_user_errors
 from utils.distributed import cleanup, init_distributed, pick_device, record_errors
 from utils.gpu import keep_off_the_gpus
 from utils.logger import setup_logging
-from utils.metric_names import SELECTION_METRIC, SELECTION_TASK
 from utils.reproducibility import configure_kernels
+from utils.run_folder import SELECTION_METRIC, SELECTION_TASK
 
 logger = logging.getLogger("train")
 
@@ -71,4 +71,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

@@ -22,9 +22,9 @@ from datasets.bases import load_image
 from datasets.build import build_eval_loaders, read_dataset
 from processor.evaluator import extract_features
 from serving.efa_maps import default_words, word_maps
+from serving.figures import ranked_row, similarity_maps
 from serving.inference import LoadedModel, load_model
-from utils.cli import add_model_source, describe, exit_skipping_final_gc, report_user_errors
-from utils.figures import ranked_row, similarity_maps
+from utils.cli import add_model_source, describe, report_user_errors
 from utils.logger import setup_logging
 
 logger = logging.getLogger("visualize")
@@ -107,4 +107,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

@@ -13,9 +13,9 @@ import tempfile
 import time
 
 from configs.defaults import Config, DataConfig, ModelConfig
+from dataset_tools.synthetic import generate
 from datasets.build import build_train_loader, read_dataset
-from datasets.synthetic import generate
-from utils.cli import describe, exit_skipping_final_gc
+from utils.cli import describe
 
 
 def measure(cfg: Config, batches: int) -> float:
@@ -60,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

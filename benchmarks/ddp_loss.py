@@ -22,7 +22,7 @@ from prettytable import PrettyTable
 
 from benchmarks.presets import CUHK_TRAIN_IDS, preset_config
 from model.build import build_criterion
-from utils.cli import describe, exit_skipping_final_gc
+from utils.cli import describe
 
 SHAPES = {
     "paper": dict(batch=64, dim=512, tokens=77, patches=192, classes=CUHK_TRAIN_IDS, vocab=49408, masked=5),
@@ -110,4 +110,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from model.objectives import efa_loss, language_grouped_vision
-from utils.cli import exit_skipping_final_gc
 
 
 def broadcast_efa(
@@ -132,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.presets import cuhk_id_outputs, preset_config, random_batch, synchronize
 from model.build import build_model
 from model.fmfa import FMFA
-from utils.cli import describe, exit_skipping_final_gc
+from utils.cli import describe
 
 TRAINING_ONLY = ("classifier", "cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head")
 
@@ -115,4 +115,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

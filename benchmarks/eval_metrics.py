@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.presets import synchronize
-from utils.cli import exit_skipping_final_gc
 from utils.metrics import rank
 
 Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -125,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

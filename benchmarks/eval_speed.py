@@ -33,13 +33,13 @@ from benchmarks.presets import (
     synchronize,
 )
 from configs.validation import PRECISIONS
+from dataset_tools.synthetic import generate
 from datasets.build import EvalLoaders, build_eval_loaders
 from datasets.readers import EvalSet
-from datasets.synthetic import generate
 from model.build import build_model
 from processor.evaluator import extract_features, retrieval_metrics
 from processor.precision import Precision
-from utils.cli import describe, exit_skipping_final_gc
+from utils.cli import describe
 from utils.reproducibility import configure_kernels
 
 
@@ -145,4 +145,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

@@ -31,7 +31,7 @@ from model.build import build_model
 from serving.onnx_export import ImageEmbedder, TextEmbedder, export_encoders
 from serving.onnx_model import IMAGE_INPUT, TEXT_INPUT, make_session, run_session
 from serving.onnx_tokenizer import build_hf_tokenizer
-from utils.cli import describe, exit_skipping_final_gc
+from utils.cli import describe
 from utils.io import write_text_atomic
 
 logger = logging.getLogger("onnx_latency")
@@ -160,4 +160,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

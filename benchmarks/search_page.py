@@ -34,12 +34,12 @@ import torch.nn.functional as F
 from prettytable import PrettyTable
 
 from configs.loader import load_config
-from datasets.synthetic import generate
+from dataset_tools.synthetic import generate
 from model.build import build_model
 from serving.gallery import Gallery, rank_gallery
 from serving.inference import load_model
 from serving.page_search import folder_gallery, search
-from utils.cli import describe, exit_skipping_final_gc
+from utils.cli import describe
 
 logger = logging.getLogger("search_page_benchmark")
 QUERY = "a woman in a red coat with a black backpack"
@@ -150,4 +150,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

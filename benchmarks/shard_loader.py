@@ -4,8 +4,8 @@ collation), measured in turns in one run, and their ratio.
 
     python -m benchmarks.shard_loader [--ids 300] [--workers 0 2] [--batches 20] [--batch-size 64] [--rounds 3]
 
-It draws a synthetic set (``datasets.synthetic``), writes its train split into shards
-(``datasets.write_shards``) and times both training loaders (``data.shards`` set or not) for
+It draws a synthetic set (``dataset_tools.synthetic``), writes its train split into shards
+(``dataset_tools.write_shards``) and times both training loaders (``data.shards`` set or not) for
 each worker count, alternating them ``--rounds`` times; per core = images/s divided by the
 loading processes (the main one with 0 workers, else the workers). Also the bare reading of
 the images' bytes (no decoding): files, shards, and the same shards through Python's tarfile.
@@ -26,10 +26,10 @@ from typing import Dict, List, Sequence
 
 from benchmarks.data_pipeline import measure
 from configs.defaults import Config, DataConfig, LossConfig, ModelConfig
+from dataset_tools.synthetic import generate
+from dataset_tools.write_shards import write_shards
 from datasets.shards import read_manifest, read_samples
-from datasets.synthetic import generate
-from datasets.write_shards import write_shards
-from utils.cli import describe, exit_skipping_final_gc
+from utils.cli import describe
 
 
 def loader_config(root: str, shards: str, workers: int, batch_size: int) -> Config:
@@ -104,4 +104,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

@@ -23,7 +23,7 @@ from prettytable import PrettyTable
 from benchmarks.presets import cuhk_id_outputs, preset_config, random_batch
 from configs.defaults import Config
 from model.build import build_criterion, build_model
-from utils.cli import describe, exit_skipping_final_gc
+from utils.cli import describe
 
 
 def step_seconds(cfg: Config, shared: bool, warmup: int, steps: int) -> float:
@@ -68,4 +68,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

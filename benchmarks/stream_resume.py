@@ -3,7 +3,7 @@ wherever in the epoch it resumes, against training the batches skipped again.
 
     python -m benchmarks.stream_resume [--ids 100] [--batch-size 32] [--at 0 0.5 0.9]
 
-It draws a synthetic set (``datasets.synthetic``), writes its train split into shards and
+It draws a synthetic set (``dataset_tools.synthetic``), writes its train split into shards and
 builds the streaming training loader (no workers, 384 x 128, augmentation and MLM masking).
 For each ``--at`` share of the epoch it resumes there (``skip_batches``) and times the first
 batch, and checks that batch is the one an unbroken epoch yields there. The skipped batches'
@@ -22,10 +22,10 @@ from typing import Sequence
 import torch
 
 from benchmarks.shard_loader import loader_config
+from dataset_tools.synthetic import generate
+from dataset_tools.write_shards import write_shards
 from datasets.build import build_train_loader, read_dataset
-from datasets.synthetic import generate
-from datasets.write_shards import write_shards
-from utils.cli import describe, exit_skipping_final_gc
+from utils.cli import describe
 
 
 def first_batch(loader, skip: int) -> tuple:
@@ -66,4 +66,4 @@ def main(argv: Sequence[str] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

@@ -59,13 +59,13 @@ from benchmarks.presets import (
 )
 from configs.defaults import Config
 from configs.validation import PRECISIONS
+from dataset_tools.synthetic import generate
 from datasets.build import build_train_loader
-from datasets.synthetic import generate
 from model.build import build_criterion, build_model
 from processor.epoch_loop import EpochReport, Stepper, train_one_epoch
 from processor.precision import Precision
 from solver import build_optimizer
-from utils.cli import describe, exit_skipping_final_gc
+from utils.cli import describe
 from utils.reproducibility import configure_kernels
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
@@ -475,4 +475,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

@@ -2,7 +2,6 @@
 ``bases`` (torch datasets, the MLM masking of a caption), ``samplers``, ``transforms``,
 ``tokenizer``, ``build`` (the loaders), and for sharded corpora ``shards`` + ``streaming``.
 
-Tooling beside it, run as programs: ``check`` (+ ``caption_checks``), ``make_annotations``
-(a CSV to ``annotations.json``), ``corpora`` (the public pretraining corpora), ``write_shards``,
-``synthetic`` (+ ``synthetic_draw``). Their module paths are commands users type
-(``python -m datasets.check``...), so they stay here."""
+The tooling that draws, imports or checks a dataset lives in :mod:`dataset_tools`; its commands
+keep their documented names (``python -m datasets.check``, ``make_annotations``, ``synthetic``,
+``corpora``, ``write_shards``) through one entry module each here, which nothing imports."""

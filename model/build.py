@@ -14,7 +14,7 @@ import torch
 from configs.defaults import LOSS_SETTINGS, Config
 from configs.loader import load_config
 from configs.validation import validate
-from utils.run_layout import CONFIG_FILE
+from utils.run_folder import CONFIG_FILE
 
 from .clip import (
     ClipArch,

@@ -1,6 +1,6 @@
 """What a run's checkpoints hold: ``last.pth`` (everything to continue identically) and
 ``best.pth`` (the best epoch's weights, metrics and config); their names are
-``utils.run_layout``'s, ``processor.run_keeper.RunKeeper`` writes and reads them, and a
+``utils.run_folder``'s, ``processor.run_keeper.RunKeeper`` writes and reads them, and a
 resumed run's :class:`TrainingParts` restore themselves from what it reads.
 
 Files are written with ``utils.io.save_atomic`` (a temporary file in the same folder moved
@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from model.weights_file import WeightsError, load_matching_state_dict, load_weights_file
-from utils.run_layout import BEST, LAST
+from utils.run_folder import BEST, LAST
 
 
 def checkpoint_bytes_needed(model: torch.nn.Module, path: Path) -> int:

@@ -17,7 +17,7 @@ from model.clip_weights import check_pretrain
 from model.weights_file import WeightsError, WeightsNotFoundError, load_weights_file
 from processor.checkpointing import TRAINING_STATE_KEYS
 from utils.gpu import missing_gpu_reason
-from utils.run_layout import LAST
+from utils.run_folder import LAST
 
 # A training sample of CLIP ViT-B/16 at 384 x 128 with the paper's heads (forward + backward),
 # counted by benchmarks.train_step (docs/performance.md): a count, not a time, so it holds on

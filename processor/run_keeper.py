@@ -31,19 +31,22 @@ from model.weights_file import load_weights_file
 from processor import checkpointing as ckpt
 from processor.checkpointing import TrainingParts
 from utils.distributed import DistInfo, broadcast_object, elastic_job_id, restart_attempt
-from utils.io import (
-    append_jsonl,
-    drop_metrics_after,
+from utils.io import append_jsonl, drop_metrics_after, save_atomic, save_config, write_text_atomic
+from utils.logger import setup_logging
+from utils.metrics import format_table
+from utils.run_folder import (
+    BEST,
+    CONFIG_FILE,
+    LAST,
+    METRICS_FILE,
+    PROGRESS_FILE,
+    SELECTION_METRIC,
+    SELECTION_TASK,
+    TENSORBOARD_DIR,
+    WHERE_KEYS,
     read_metrics_rows,
     read_progress,
-    save_atomic,
-    save_config,
-    write_text_atomic,
 )
-from utils.logger import setup_logging
-from utils.metric_names import SELECTION_METRIC, SELECTION_TASK
-from utils.metrics import format_table
-from utils.run_layout import BEST, CONFIG_FILE, LAST, METRICS_FILE, PROGRESS_FILE, TENSORBOARD_DIR, WHERE_KEYS
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,11 @@ from processor.checkpointing import TrainingParts, restore_rng_state
 from processor.epoch_loop import EpochPosition, EpochReport, Stepper, train_one_epoch
 from processor.evaluator import eval_targets, evaluate, results_table
 from processor.precision import Precision
+from processor.run_info import log_run_start, memory_figures, take_gpu_peak_mb
 from processor.run_keeper import RunKeeper
 from solver import build_lr_scheduler, build_optimizer
 from utils.distributed import DistInfo, barrier, data_parallel, loss_collective
-from utils.memory import memory_figures, take_gpu_peak_mb
-from utils.metric_names import SELECTION_TASK
-from utils.run_info import log_run_start
+from utils.run_folder import SELECTION_TASK
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from model.fmfa import FMFA
 from model.weights_file import WeightsError, WeightsNotFoundError
 from processor.precision import Precision
 from utils.distributed import pick_device
-from utils.run_layout import BEST, CONFIG_FILE, LAST
+from utils.run_folder import BEST, CONFIG_FILE, LAST
 
 logger = logging.getLogger(__name__)
 

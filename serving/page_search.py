@@ -19,9 +19,9 @@ from configs.errors import UserError
 from datasets.bases import load_image
 from datasets.build import read_dataset
 from serving.efa_maps import default_words, word_maps
+from serving.figures import CORRECT, WRONG, similarity_maps
 from serving.gallery import Gallery, encode_folder, encode_images, rank_gallery
 from serving.inference import Encoders, LoadedModel
-from utils.figures import CORRECT, WRONG, similarity_maps
 
 THUMBNAIL_HEIGHT = 192
 FRAME = 6  # pixels of green / red around a result of a split

@@ -6,9 +6,7 @@ present) and again on the fuller ``../shared/golden`` (or ``FMFA_GOLDEN``) where
 
 from __future__ import annotations
 
-import atexit
 import collections
-import gc
 import os
 import shutil
 import subprocess
@@ -37,12 +35,6 @@ if "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = "1"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
-
-
-# At exit, after pytest's own last collection (its unraisable-exception check), the objects left
-# are frozen so that the interpreter's exit-time collections skip them, as the programs do
-# (utils.cli.exit_skipping_final_gc): about 2 s of CPU per worker, at the end of every run.
-atexit.register(gc.freeze)
 
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:

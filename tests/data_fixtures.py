@@ -19,7 +19,7 @@ FIXTURES: Dict[str, Tuple[int, int, Dict[str, int]]] = {
 # Accepted annotation file names (the first is the one written) and the image key of each
 # dataset, written out from docs/method.md ("Data") and never read from datasets.readers.LAYOUTS,
 # so that a wrong file name or key in the code fails the tests instead of being copied into
-# their fixtures. Synthetic-PEDES is written by datasets/synthetic.py in the CUHK-PEDES format.
+# their fixtures. Synthetic-PEDES is written by dataset_tools/synthetic.py in the CUHK-PEDES format.
 FILES: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "CUHK-PEDES": (("reid_raw.json",), "file_path"),
     "ICFG-PEDES": (("ICFG-PEDES.json", "ICFG_PEDES.json"), "file_path"),

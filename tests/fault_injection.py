@@ -24,7 +24,6 @@ from pathlib import Path
 
 import train
 from processor import run_keeper, training
-from utils.cli import exit_skipping_final_gc
 
 FAULT = os.environ.get("FMFA_FAULT")
 MARKER = os.environ.get("FMFA_FAULT_MARKER")
@@ -65,4 +64,4 @@ if KILL_AFTER_EPOCH or KILL_AFTER_STEP:
     run_keeper.RunKeeper.save = _save_then_kill
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(train.main(sys.argv[1:]))
+    raise SystemExit(train.main(sys.argv[1:]))

@@ -1,15 +1,13 @@
 """What the command-line programs share: the model-source arguments, one way to answer a
-user mistake (one line on stderr, exit status 2) while a genuine bug keeps its traceback, and
-the exit."""
+user mistake (one line on stderr, exit status 2) while a genuine bug keeps its traceback."""
 
 from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import re
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from configs.errors import UserError
 from configs.loader import build_parser
@@ -60,14 +58,3 @@ def report_user_errors(main: Main) -> Main:
             return USER_ERROR_STATUS
 
     return wrapper
-
-
-def exit_skipping_final_gc(status: Optional[int]) -> NoReturn:
-    """``sys.exit(status)`` for a program's ``__main__`` block, with every live object frozen
-    first (``gc.freeze``): the interpreter's garbage collections at exit then skip the objects
-    that torch and open_clip build at import. Their memory goes back with the process; atexit
-    handlers, logging and open files still close as before. Never call it where the process
-    goes on. Why: those collections walk every object torch and open_clip built, a cost paid
-    at every exit of a short program (docs/testing.md, 'Time', has the measured share)."""
-    gc.freeze()
-    sys.exit(status)

@@ -4,7 +4,7 @@
 target's folder, flushed and fsynced, then moved into place with ``os.replace``. On any
 failure the temporary file is removed and the previous file is left as it was.
 metrics.jsonl is the exception by design: it is appended one flushed line at a time, and
-a line cut by a power loss is skipped when read.
+a line cut by a power loss is skipped when read (``utils.run_folder`` reads a run's files).
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, List
+from typing import IO, Any, Callable, Dict, Iterator
 
 from configs.defaults import Config
 from configs.loader import config_yaml
-from utils.metric_names import SELECTION_METRIC
-from utils.run_layout import PROGRESS_FILE
+from utils.run_folder import parse_metrics_lines
 
 logger = logging.getLogger(__name__)
-
-METRICS_KEYS = ("epoch", "dataset", "split", "task", SELECTION_METRIC)  # what a whole row holds at least
 
 
 @contextlib.contextmanager
@@ -69,15 +66,6 @@ def save_config(cfg: Config, path: str | Path) -> None:
     write_text_atomic(path, config_yaml(cfg))
 
 
-def read_progress(output_dir: str | Path) -> Dict[str, Any]:
-    """A run folder's progress.json: ``{"epoch": completed epochs, "epochs": planned, "best":
-    {R1, "epoch"}}`` (the best epoch as the run decided it); {} when absent or unreadable."""
-    try:
-        return json.loads((Path(output_dir) / PROGRESS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def write_with(path: str | Path, writer: Callable[[IO], None]) -> None:
     """``writer(stream)`` through :func:`atomic_write` (e.g. ``np.savez``)."""
     with atomic_write(path) as stream:
@@ -94,36 +82,13 @@ def append_jsonl(path: Path, record: Dict) -> None:
         handle.flush()
 
 
-def read_metrics_rows(metrics_file: Path) -> List[dict]:
-    """The rows of a metrics.jsonl; a line that is not a whole metrics row (a write cut by a
-    power loss) is skipped with a warning. A missing file has no rows."""
-    metrics_file = Path(metrics_file)
-    if not metrics_file.is_file():
-        return []
-    return _parse_metrics_lines(metrics_file.read_text(encoding="utf-8").splitlines(), metrics_file)
-
-
-def _parse_metrics_lines(lines: List[str], source: Path) -> List[dict]:
-    rows = []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict) and set(METRICS_KEYS) <= row.keys():
-            rows.append(row)
-        else:
-            logger.warning("%s line %d is not a whole metrics row; skipped", source, number)
-    return rows
-
-
 def drop_metrics_after(metrics_file: Path, epoch: int) -> None:
     """Keep only the whole metrics.jsonl rows of epochs up to ``epoch``: rows evaluated
     before a crash that came before their checkpoint are written again by the resumed run."""
     if not metrics_file.is_file():
         return
     lines = metrics_file.read_text(encoding="utf-8").splitlines()
-    kept = [json.dumps(row) + "\n" for row in _parse_metrics_lines(lines, metrics_file) if row["epoch"] <= epoch]
+    kept = [json.dumps(row) + "\n" for row in parse_metrics_lines(lines, metrics_file) if row["epoch"] <= epoch]
     if len(kept) < len(lines):
         write_text_atomic(metrics_file, "".join(kept))
         logger.info("%s: dropped %d row(s) after epoch %d", metrics_file, len(lines) - len(kept), epoch)

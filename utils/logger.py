@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from utils.run_layout import LOG_FILE
+from utils.run_folder import LOG_FILE
 
 FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 

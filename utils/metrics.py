@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from prettytable import PrettyTable
 
-from utils.metric_names import METRICS
+from utils.run_folder import METRICS
 
 Tensor = torch.Tensor
 

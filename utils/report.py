@@ -20,10 +20,10 @@ from typing import Dict, List, Optional, Sequence
 
 from prettytable import PrettyTable, TableStyle
 
-from utils.cli import describe, exit_skipping_final_gc, report_user_errors
+from utils.cli import describe, report_user_errors
 from utils.io import write_text_atomic, write_with
-from utils.metric_names import METRICS
-from utils.run_results import (
+from utils.run_folder import (
+    METRICS,
     ReportError,
     RunResult,
     differing_keys,
@@ -266,4 +266,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())

@@ -31,7 +31,7 @@ import torch
 from conftest import COMPACT_GOLDEN, ROOT, assert_rel_close, load_golden
 from PIL import Image
 
-from datasets.synthetic import generate
+from dataset_tools.synthetic import generate
 from datasets.tokenizer import EOT_ID, SOT_ID, tokenize
 from model.build import model_from_checkpoint
 

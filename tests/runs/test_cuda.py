@@ -18,7 +18,7 @@ from datasets.build import build_train_loader
 from model.build import build_criterion, build_model
 from processor import checkpointing as ckpt
 from processor.precision import Precision
-from utils.memory import take_gpu_peak_mb
+from processor.run_info import take_gpu_peak_mb
 from utils.reproducibility import set_tf32
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -23,7 +23,8 @@ from datasets import build as data_build
 from datasets.build import build_train_loader, pins_memory
 from processor import checkpointing as ckpt
 from processor.preflight import check_device
-from utils import distributed, gpu, memory
+from processor import run_info
+from utils import distributed, gpu
 from utils.reproducibility import configure_kernels
 
 CUDA0, CUDA1 = torch.device("cuda", 0), torch.device("cuda", 1)
@@ -218,11 +219,11 @@ def test_gpu_peak_memory_is_per_epoch_and_per_phase(monkeypatch):
     reported = []
     for epoch_peak, eval_peak in [(900, 300), (500, 200)]:
         allocate(epoch_peak)
-        reported.append(memory.memory_figures(CUDA0, "train")["gpu_peak_train_mb"])
+        reported.append(run_info.memory_figures(CUDA0, "train")["gpu_peak_train_mb"])
         allocate(eval_peak)
-        reported.append(memory.memory_figures(CUDA0, "eval")["gpu_peak_eval_mb"])
+        reported.append(run_info.memory_figures(CUDA0, "eval")["gpu_peak_eval_mb"])
     assert reported == [900, 300, 500, 200]
-    assert "gpu_peak_train_mb" not in memory.memory_figures(torch.device("cpu"), "train")
+    assert "gpu_peak_train_mb" not in run_info.memory_figures(torch.device("cpu"), "train")
 
 
 DRIVER_FILES = {

@@ -19,7 +19,7 @@ from train_fixtures import ONE_EPOCH_QUICKSTART, read_metrics
 
 import test as test_cli
 import train as train_cli
-from datasets import synthetic, write_shards
+from dataset_tools import synthetic, write_shards
 
 CONFIGS = ROOT / "configs"
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")

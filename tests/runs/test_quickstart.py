@@ -21,7 +21,7 @@ from conftest import ROOT
 from train_fixtures import epoch_means
 
 import train as train_cli
-from datasets.synthetic import generate
+from dataset_tools.synthetic import generate
 
 
 @pytest.mark.slow(seconds=75)

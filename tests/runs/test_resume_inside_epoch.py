@@ -19,7 +19,7 @@ import train as train_cli
 from configs.defaults import Config
 from configs.errors import ConfigError
 from configs.validation import validate
-from datasets.write_shards import write_shards
+from dataset_tools.write_shards import write_shards
 from processor import checkpointing as ckpt
 
 

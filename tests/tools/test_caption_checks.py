@@ -7,9 +7,9 @@ import logging
 import pytest
 from data_fixtures import fixture_records, make_dataset
 
-from datasets.caption_checks import CaptionedImage, caption_warnings, normalise
-from datasets.check import check_dataset, check_dataset_and_captions
-from datasets.check import main as check_main
+from dataset_tools.caption_checks import CaptionedImage, caption_warnings, normalise
+from dataset_tools.check import check_dataset, check_dataset_and_captions
+from dataset_tools.check import main as check_main
 
 LONG = "a man in a red coat with a black backpack and blue jeans walking past a shop " * 3
 

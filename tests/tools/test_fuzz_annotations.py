@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from configs.datasets import BUILT_IN
+from dataset_tools.check import check_dataset
 from datasets.bases import tokenize_captions
-from datasets.check import check_dataset
 from datasets.readers import DataError, RetrievalDataset
 
 FORMATS = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid")

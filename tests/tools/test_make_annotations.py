@@ -9,7 +9,7 @@ import pytest
 from conftest import user_error
 from data_fixtures import write_image
 
-from datasets.make_annotations import main, make_annotations, parse_id, split_identities
+from dataset_tools.make_annotations import main, make_annotations, parse_id, split_identities
 from datasets.readers import DataError, RetrievalDataset
 
 

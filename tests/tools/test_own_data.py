@@ -17,10 +17,10 @@ import export_features
 import train as train_cli
 import visualize
 from configs.loader import load_config
-from datasets.check import main as check_main
-from datasets.make_annotations import main as make_annotations_main
+from dataset_tools.check import main as check_main
+from dataset_tools.make_annotations import main as make_annotations_main
+from dataset_tools.synthetic import generate
 from datasets.readers import DataError, RetrievalDataset, check_dataset_files
-from datasets.synthetic import generate
 
 # test.py by its path: a plain `import test` can find Python's own test package first.
 _SPEC = importlib.util.spec_from_file_location("fmfa_test_cli_own_data", ROOT / "test.py")

@@ -16,7 +16,7 @@ from train_fixtures import ONE_EPOCH_QUICKSTART
 
 import test as test_cli
 from configs.loader import load_config
-from datasets.synthetic import generate
+from dataset_tools.synthetic import generate
 from datasets.tokenizer import tokenize_batch
 from model.build import build_model, model_from_checkpoint
 from utils.io import save_config

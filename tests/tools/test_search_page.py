@@ -21,13 +21,13 @@ from conftest import ROOT, tiny_config, user_error, with_project_on_path
 from PIL import Image
 
 import search_page
+from dataset_tools.synthetic import generate
 from datasets.build import read_dataset
-from datasets.synthetic import generate
 from model.build import build_model
+from serving.figures import CORRECT, WRONG
 from serving.gallery import encode_folder, rank_gallery
 from serving.inference import load_model
 from serving.page_search import PageMessage, efa_map, folder_gallery, search, split_gallery
-from utils.figures import CORRECT, WRONG
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # The flags this machine's headless Chromium runs with: nothing fetched, nothing kept.

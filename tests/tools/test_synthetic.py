@@ -13,7 +13,7 @@ import pytest
 from conftest import user_error
 from PIL import Image
 
-from datasets.synthetic import (
+from dataset_tools.synthetic import (
     ANNOTATION,
     ATTRIBUTES,
     DATASET_NAME,

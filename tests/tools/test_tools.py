@@ -22,19 +22,19 @@ import train as train_cli
 import visualize
 from configs.errors import UserError
 from configs.loader import load_config
+from dataset_tools.synthetic import generate
 from datasets.bases import load_image
 from datasets.build import build_eval_loaders, read_dataset
-from datasets.synthetic import generate
 from datasets.tokenizer import tokenize
 from datasets.transforms import build_transform
 from model.build import build_model, initialise_from
 from model.objectives import text_patch_affinity
 from processor.evaluator import extract_features
+from serving import figures
 from serving.efa_maps import word_positions
+from serving.figures import CORRECT, WRONG
 from serving.gallery import encode_folder
 from serving.inference import load_model
-from utils import figures
-from utils.figures import CORRECT, WRONG
 
 SMALL = [*ONE_EPOCH_QUICKSTART, "train.auto_resume=false"]
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from data_fixtures import write_image
 
-from datasets.check import main as check_main
-from datasets.corpora import import_corpus, main
+from dataset_tools.check import main as check_main
+from dataset_tools.corpora import import_corpus, main
+from dataset_tools.write_shards import write_shards
 from datasets.readers import DataError, load_json
 from datasets.shards import read_manifest
-from datasets.write_shards import write_shards
 
 IMAGES = ["Part1/7/1.jpg", "Part1/7/2.jpg", "Part2/9/1.jpg"]
 

@@ -11,9 +11,9 @@ import torch
 from test_shards import stream, write_corpus
 from torch.utils.data import DataLoader
 
+from dataset_tools.write_shards import write_shards
 from datasets.samplers import IdentitySampler, RandomSampler
 from datasets.streaming import StreamLoader, resume_point, resumed, shuffled, worker_batches
-from datasets.write_shards import write_shards
 from processor.checkpointing import rng_state
 from processor.training import StartedLoader
 

@@ -12,8 +12,8 @@ import json
 import pytest
 from data_fixtures import FIXTURES, IMAGES_PER_ID, fixture_records, make_dataset, write_dataset
 
-from datasets.check import check_dataset
-from datasets.check import main as check_main
+from dataset_tools.check import check_dataset
+from dataset_tools.check import main as check_main
 from datasets.readers import DataError, RetrievalDataset
 
 

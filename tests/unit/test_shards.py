@@ -14,13 +14,13 @@ from data_fixtures import make_dataset, write_dataset
 
 from configs.defaults import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
 from configs.errors import ConfigError
+from dataset_tools.write_shards import main, write_shards
 from datasets.bases import ImageTextMLMDataset
 from datasets.build import build_train_loader
 from datasets.readers import DataError, RetrievalDataset
 from datasets.shards import MANIFEST, read_manifest, read_samples
 from datasets.streaming import ShardStream, StreamLoader, consumer_range
 from datasets.transforms import build_transform
-from datasets.write_shards import main, write_shards
 
 SIZE = (16, 8)
 

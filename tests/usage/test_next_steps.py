@@ -19,8 +19,8 @@ from configs.defaults import Config
 from configs.errors import ConfigError
 from configs.irra_flags import foreign_flag_lines
 from configs.loader import build_parser, load_config
+from dataset_tools.check import main as check_main
 from datasets.build import worker_count
-from datasets.check import main as check_main
 from processor import preflight
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")

@@ -1,11 +1,14 @@
-"""Training runs as ``python -m utils.report`` reads them: a run folder's config (read by
-``configs.loader``, as training reads it), metrics rows and best epoch (as the run decided it,
-from progress.json) (:class:`RunResult`), the run folders under a directory, and how runs are
-told apart (the config keys that differ) and pooled (runs differing only in their seed)."""
+"""A training run's folder, described and read: the names of its files, the figure that selects
+its best epoch, and what the run wrote, read back (config.yaml as ``configs.loader`` reads it for
+training, progress.json's best epoch as the run decided it, the whole rows of metrics.jsonl).
+:class:`RunResult` is a run as ``python -m utils.report`` reads it; the runs under a directory,
+how runs are told apart (the config keys that differ) and pooled (runs differing only in their
+seed) follow. Torch-free: the report reads run folders only, and starts without torch."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +16,58 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from configs.errors import ConfigError, UserError
 from configs.loader import config_to_dict, load_config
-from utils.io import read_metrics_rows, read_progress
-from utils.metric_names import SELECTION_METRIC, SELECTION_TASK
-from utils.run_layout import CONFIG_FILE, METRICS_FILE, WHERE_KEYS
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"  # the resolved config; test.py rebuilds the model from it
+METRICS_FILE = "metrics.jsonl"  # one evaluation row per line
+LOG_FILE = "train.log"
+TENSORBOARD_DIR = "tensorboard"
+PROGRESS_FILE = "progress.json"  # {"epoch": completed epochs, "epochs": planned, "best": {...}}
+LAST, BEST = "last.pth", "best.pth"  # everything to continue identically; the best epoch's weights
+# Where a run is trained, not what is trained: may differ between the starts of one run.
+WHERE_KEYS = {"train.output_dir", "train.resume", "train.auto_resume"}
+
+METRICS = ("R1", "R5", "R10", "mAP", "mINP")  # the figures of one retrieval task, in table order
+# What selects a run's best epoch (best.pth, progress.json's "best"): text-to-image R1.
+SELECTION_TASK, SELECTION_METRIC = "t2i", "R1"
+METRICS_KEYS = ("epoch", "dataset", "split", "task", SELECTION_METRIC)  # what a whole row holds at least
 
 # Where a run was written (and its seed): neither a column nor a reason to keep runs apart.
 IGNORED_KEYS = frozenset(WHERE_KEYS | {"train.name", "train.seed"})
+
+
+def read_progress(output_dir: str | Path) -> Dict[str, Any]:
+    """A run folder's progress.json: ``{"epoch": completed epochs, "epochs": planned, "best":
+    {R1, "epoch"}}`` (the best epoch as the run decided it); {} when absent or unreadable."""
+    try:
+        return json.loads((Path(output_dir) / PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def read_metrics_rows(metrics_file: Path) -> List[dict]:
+    """The rows of a metrics.jsonl; a line that is not a whole metrics row (a write cut by a
+    power loss) is skipped with a warning. A missing file has no rows."""
+    metrics_file = Path(metrics_file)
+    if not metrics_file.is_file():
+        return []
+    return parse_metrics_lines(metrics_file.read_text(encoding="utf-8").splitlines(), metrics_file)
+
+
+def parse_metrics_lines(lines: List[str], source: Path) -> List[dict]:
+    """The whole metrics rows among ``lines`` of ``source``, each other line warned about."""
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and set(METRICS_KEYS) <= row.keys():
+            rows.append(row)
+        else:
+            logger.warning("%s line %d is not a whole metrics row; skipped", source, number)
+    return rows
 
 
 class ReportError(UserError):

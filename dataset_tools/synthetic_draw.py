@@ -1,4 +1,4 @@
-"""Procedural drawing of one synthetic pedestrian for :mod:`datasets.synthetic`.
+"""Procedural drawing of one synthetic pedestrian for :mod:`dataset_tools.synthetic`.
 
 :func:`render` draws an :class:`Identity` with PIL.ImageDraw, seen from
 the front or the back, with per-image pose jitter (leg spread, arm angles, elbow bend, lean,
