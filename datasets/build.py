@@ -161,8 +161,9 @@ def build_stream_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tupl
         world_size=world_size,
         epoch_pairs=data.shard_epoch_samples,
         shuffle_buffer=data.shuffle_buffer,
+        split=data.shard_split,
     )
-    workers = data.num_workers
+    workers = worker_count(data.num_workers)
     loader = StreamLoader(
         stream,
         batch_size=per_rank,
