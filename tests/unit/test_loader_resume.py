@@ -12,7 +12,8 @@ from test_shards import stream, write_corpus
 from torch.utils.data import DataLoader
 
 from datasets.samplers import IdentitySampler, RandomSampler
-from datasets.streaming import StreamLoader, resume_point, resumed, shuffled, worker_batches
+from datasets.stream_plan import resume_point, resumed, shuffled, worker_batches
+from datasets.streaming import StreamLoader
 from datasets.write_shards import write_shards
 from processor.checkpointing import rng_state
 from processor.training import StartedLoader
