@@ -165,7 +165,7 @@ def numbered_samples(
     read. A truncated or malformed shard raises DataError naming it and the sample reached."""
     number = 0
     try:
-        with open(path, "rb") as handle:
+        with open(path, "rb", buffering=BLOCK) as handle:  # no read-ahead past a member seeked over
             while True:
                 read = number >= skip and (wanted is None or wanted(number))
                 meta = _member(handle, read)

@@ -100,8 +100,8 @@ def test_a_rank_reads_only_the_samples_it_keeps(shards, monkeypatch):
     counted = []
 
     class Counting:  # the shard reader's file, its reads counted
-        def __init__(self, path, mode):
-            self.handle = open(path, mode)
+        def __init__(self, path, mode, **options):
+            self.handle = open(path, mode, **options)
 
         def read(self, size=-1):
             data = self.handle.read(size)
