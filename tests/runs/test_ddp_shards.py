@@ -12,7 +12,7 @@ import train as train_cli
 from datasets.write_shards import write_shards
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow(seconds=30)
 def test_a_streamed_two_node_run_ends_with_the_one_process_weights_and_metrics(tmp_path):
     """2 epochs of 4 global batches of 8 from 32 streamed pairs, 2 loader workers per rank, a
     shuffle buffer of 5, A-SDM + MLM + ID + EFA with augmentation (test_ddp's recipe)."""

@@ -258,7 +258,7 @@ def test_stream_resume_benchmark_tiny_preset(capsys):
     assert all(same == "True" for *_, same in rows)
 
 
-@pytest.mark.slow(seconds=10)
+@pytest.mark.slow(seconds=2)
 def test_shard_split_benchmark_tiny_preset(capsys):
     """Both splits decode the same pairs per rank; the batch split reads more; the ratio printed is theirs."""
     out = run_script(capsys, shard_split.main, "--ids", "6", "--ranks", "2", "--batch-size", "4", "--shard-size", "4")
