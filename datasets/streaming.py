@@ -12,10 +12,10 @@ order drawn from (seed, pass). Two splits of an epoch across W ranks (``split``,
   and passes the pairs through a shuffle buffer drawn from (seed, epoch, worker). Every rank
   plays the same workers over the same blocks with the same draws, whatever W is, and keeps
   the r-th of W equal parts of each global batch its worker gives; it reads and decodes only
-  the images of the pairs it keeps (the others' members are seeked over). Each step's rank
-  batches, concatenated in rank order, are thus the one-process run's batch. A last short
-  global batch of m pairs gives each rank m // W of them: up to W - 1 pairs sit out that
-  epoch, as with the file loader's sampler.
+  the images of the pairs it keeps (the other samples' tar members are seeked over past
+  their headers). Each step's rank batches, concatenated in rank order, are thus the
+  one-process run's batch. A last short global batch of m pairs gives each rank m // W of
+  them: up to W - 1 pairs sit out that epoch, as with the file loader's sampler.
 - ``blocks``: an epoch is the next ``W x (epoch_pairs // W)`` pairs, so no pair is ever
   skipped: the few a rank count leaves over open the next epoch. Rank r takes the r-th
   contiguous block of the epoch and splits it, in whole batches, among its workers, whose
