@@ -163,6 +163,12 @@ class DataConfig:
     shard_epoch_samples: int = 0
     # With data.shards: pairs each loader worker holds, yielding one drawn at random per pair read.
     shuffle_buffer: int = 10000
+    # With data.shards on several processes: "batches" = every rank reads the one-process run's
+    # stream and keeps its share of each global batch (the run equals one process'; each rank
+    # decodes only its images); "blocks" = each rank reads only its own contiguous block of the
+    # epoch (fewer bytes read per rank, but other global batches: a different training per
+    # process count). docs/pretraining.md, "Several machines".
+    shard_split: str = "batches"
     num_workers: int = 8
     pin_memory: bool = True
     persistent_workers: bool = True

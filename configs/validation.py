@@ -22,6 +22,7 @@ from configs.errors import ConfigError
 ID_CLASSES = ("captions", "identities")
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_fp16")
 SAMPLERS = ("random", "identity")
+SHARD_SPLITS = ("batches", "blocks")
 OPTIMIZERS = ("Adam", "AdamW", "SGD")
 SCHEDULERS = ("cosine", "step", "linear", "exponential", "poly")
 WARMUP_METHODS = ("linear", "constant")
@@ -100,6 +101,7 @@ def validate(cfg: Config) -> None:
     need(d.num_instance >= 1, "data.num_instance", d.num_instance, ">= 1")
     need(d.shard_epoch_samples >= 0, "data.shard_epoch_samples", d.shard_epoch_samples, ">= 0 (0: one pass)")
     need(d.shuffle_buffer >= 1, "data.shuffle_buffer", d.shuffle_buffer, ">= 1")
+    choice("data.shard_split", d.shard_split, SHARD_SPLITS)
     need(
         not d.shards or d.sampler == "random",
         "data.sampler",

@@ -44,8 +44,10 @@ def usable_cores() -> int:
 @lru_cache(maxsize=None)
 def worker_count(requested: int) -> int:
     """``requested`` loader workers, at most one per usable core (logged once when fewer). A
-    sample is drawn from (seed, epoch, index), not from a worker's state, so the batches are the
-    same whatever the count (tests/unit/test_data_pipeline.py); only the loading speed changes."""
+    sample is drawn from (seed, epoch, index), not from a worker's state, so the file loader's
+    batches are the same whatever the count (tests/unit/test_data_pipeline.py); only the loading
+    speed changes. The shards' stream gives each worker its block of the epoch: there the count
+    shapes the batches, and a position saved inside an epoch records it."""
     cores = usable_cores()
     if requested <= cores:
         return requested
@@ -161,8 +163,9 @@ def build_stream_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tupl
         world_size=world_size,
         epoch_pairs=data.shard_epoch_samples,
         shuffle_buffer=data.shuffle_buffer,
+        split=data.shard_split,
     )
-    workers = data.num_workers
+    workers = worker_count(data.num_workers)
     loader = StreamLoader(
         stream,
         batch_size=per_rank,

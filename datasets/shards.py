@@ -17,7 +17,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from datasets.readers import DataError, load_json
 
@@ -153,24 +153,32 @@ def _member(handle: BinaryIO, read: bool) -> Optional[Tuple[str, bytes]]:
 
 
 def read_samples(path: Path, skip: int = 0) -> Iterator[ShardSample]:
-    """The samples of the shard at ``path`` from its ``skip``-th on, read sequentially (the
-    members of skipped samples are seeked over, not read). A truncated or malformed shard
-    raises DataError naming it and the sample reached."""
+    """The samples of the shard at ``path`` from its ``skip``-th on (:func:`numbered_samples`)."""
+    return (sample for _, sample in numbered_samples(path, skip))
+
+
+def numbered_samples(
+    path: Path, skip: int = 0, wanted: Optional[Callable[[int], bool]] = None
+) -> Iterator[Tuple[int, ShardSample]]:
+    """(number, sample) of the shard at ``path``'s samples from its ``skip``-th on that ``wanted``
+    accepts (all by default), read sequentially: the members of the others are seeked over, not
+    read. A truncated or malformed shard raises DataError naming it and the sample reached."""
     number = 0
     try:
-        with open(path, "rb") as handle:
+        with open(path, "rb", buffering=BLOCK) as handle:  # no read-ahead past a member seeked over
             while True:
-                meta = _member(handle, number >= skip)
+                read = number >= skip and (wanted is None or wanted(number))
+                meta = _member(handle, read)
                 if meta is None:
                     return
-                image = _member(handle, number >= skip)
+                image = _member(handle, read)
                 key, extension = _member_key(meta[0])
                 if image is None or extension != "json" or _member_key(image[0])[0] != key:
                     raise ValueError("expected KEY.json then KEY.<image> members")
-                if number >= skip:
+                if read:
                     record = json.loads(meta[1])
                     captions, pid = list(record["captions"]), record.get("id")
-                    yield ShardSample(key, int(record["index"]), str(record["image"]), image[1], captions, pid)
+                    yield number, ShardSample(key, int(record["index"]), str(record["image"]), image[1], captions, pid)
                 number += 1
     except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
         raise DataError(

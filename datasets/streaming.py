@@ -2,14 +2,28 @@
 (:mod:`datasets.shards`), with the file dataset's transforms and MLM masking.
 
 The corpus is an endless stream of passes; each pass is every pair once, its shards in an
-order drawn from (seed, pass). An epoch is the next ``world_size x (epoch_pairs // world_size)``
-pairs of the stream (``epoch_pairs`` = ``data.shard_epoch_samples``, default one pass), so no
-pair is ever skipped: the few a rank count leaves over open the next epoch. Rank r takes the
-r-th contiguous block of the epoch and splits it, in whole batches, into contiguous blocks
-for its DataLoader workers; each worker reads its block's shards from the first sample it
-needs (images before it are seeked over) and passes the pairs through a shuffle buffer drawn
-from (seed, epoch, rank, worker). Every pair of an epoch is thus read exactly once by exactly
-one worker of one rank, and every rank yields the same number of batches.
+order drawn from (seed, pass). Two splits of an epoch across W ranks (``split``,
+``data.shard_split``; with one process they are the same stream):
+
+- ``batches`` (the default): the one-process run, shared. An epoch is the next
+  ``epoch_pairs`` pairs of the stream (``data.shard_epoch_samples``, default one pass), cut,
+  in whole global batches, into contiguous blocks for the DataLoader workers; each worker
+  reads its block's shards from the first sample it needs (images before it are seeked over)
+  and passes the pairs through a shuffle buffer drawn from (seed, epoch, worker). Every rank
+  plays the same workers over the same blocks with the same draws, whatever W is, and keeps
+  the r-th of W equal parts of each global batch its worker gives; it reads and decodes only
+  the images of the pairs it keeps (the other samples' tar members are seeked over past
+  their headers). Each step's rank batches, concatenated in rank order, are thus the
+  one-process run's batch. A last short global batch of m pairs gives each rank m // W of
+  them: up to W - 1 pairs sit out that epoch, as with the file loader's sampler.
+- ``blocks``: an epoch is the next ``W x (epoch_pairs // W)`` pairs, so no pair is ever
+  skipped: the few a rank count leaves over open the next epoch. Rank r takes the r-th
+  contiguous block of the epoch and splits it, in whole batches, among its workers, whose
+  shuffle buffers are drawn from (seed, epoch, rank, worker). Each rank reads only its block,
+  sequentially, but a global batch holds other pairs than the one-process run's.
+
+Either way every pair of an epoch is given to exactly one worker of one rank (bar those a
+last short batch leaves out), and every rank yields the same number of batches.
 
 A run resumed inside an epoch (``skip_batches``) starts each worker past the pairs it gave
 before, the workers taking their turns in the DataLoader's order as before; the shuffle
@@ -23,7 +37,6 @@ written from a dataset's train split gives the same pair the same tensors from e
 from __future__ import annotations
 
 import bisect
-import math
 import random
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -33,8 +46,20 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_in
 
 from datasets.bases import TrainingSample, decode_image, sample_seed, tokenize_captions, training_item
 from datasets.readers import DataError
-from datasets.shards import Manifest, image_file, pair_offsets, read_samples
+from datasets.shards import Manifest, image_file, numbered_samples, pair_offsets
+from datasets.stream_plan import (
+    consumer_range,
+    rank_share,
+    resume_point,
+    resumed,
+    shared_batches,
+    shuffled,
+    stream_segments,
+    worker_batches,
+)
 from datasets.tokenizer import CONTEXT_LENGTH
+
+SPLITS = ("batches", "blocks")
 
 
 @dataclass(frozen=True)
@@ -49,122 +74,10 @@ class StreamPair:
     name: str  # shard:key, for messages
 
 
-def consumer_range(epoch: int, per_rank: int, rank: int, world: int, worker: int, workers: int, batch: int):
-    """(start, stop) in stream positions of one rank's worker in ``epoch``: the rank's block
-    of ``per_rank`` pairs cut into whole batches, workers taking contiguous runs of batches."""
-    first = (epoch * world + rank) * per_rank
-    batches = math.ceil(per_rank / batch)
-    low, high = worker * batches // workers, (worker + 1) * batches // workers
-    return first + low * batch, first + min(high * batch, per_rank)
-
-
-def pass_order(shards: int, seed: int, number: int) -> List[int]:
-    """The shards' order in pass ``number`` of the stream."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + number)
-    return torch.randperm(shards, generator=generator).tolist()
-
-
-def stream_segments(pairs: List[int], seed: int, start: int, stop: int) -> Iterator[Tuple[int, int, int]]:
-    """(shard, first pair, stop pair) within the shard, of stream positions [start, stop)."""
-    total, position, cached = sum(pairs), start, (-1, [], [])
-    while position < stop:
-        number, offset = divmod(position, total)
-        if cached[0] != number:
-            order = pass_order(len(pairs), seed, number)
-            cached = (number, order, pair_offsets([pairs[shard] for shard in order]))
-        _, order, bounds = cached
-        slot = bisect.bisect_right(bounds, offset) - 1
-        local = offset - bounds[slot]
-        take = min(pairs[order[slot]] - local, stop - position)
-        yield order[slot], local, local + take
-        position += take
-
-
-class ShuffleBuffer:
-    """A shuffle buffer of ``size``: each item pushed once it is full takes the place of one
-    drawn at random, which is returned; ``drain`` gives the rest in random order. The draws
-    depend on the count of items only, so a replay on stream positions repeats them."""
-
-    def __init__(self, size: int, rng: random.Random):
-        self.size, self.rng, self.items = size, rng, []
-
-    def push(self, item):
-        if len(self.items) < self.size:
-            self.items.append(item)
-            return None
-        slot = self.rng.randrange(self.size)
-        self.items[slot], item = item, self.items[slot]
-        return item
-
-    def drain(self) -> list:
-        self.rng.shuffle(self.items)
-        items, self.items = self.items, []
-        return items
-
-
-def through(buffer: ShuffleBuffer, pairs: Iterator[StreamPair]) -> Iterator[StreamPair]:
-    for pair in pairs:
-        out = buffer.push(pair)
-        if out is not None:
-            yield out
-    yield from buffer.drain()
-
-
-def shuffled(pairs: Iterator[StreamPair], size: int, rng: random.Random) -> Iterator[StreamPair]:
-    """``pairs`` through a :class:`ShuffleBuffer` of ``size``."""
-    return through(ShuffleBuffer(size, rng), pairs)
-
-
-def fetch(read: Callable[[int, int], Iterator[StreamPair]], positions: List[int]) -> Dict[int, StreamPair]:
-    """The pairs at ``positions`` (stream positions), read in one sequential pass."""
-    if not positions:
-        return {}
-    wanted, low = set(positions), min(positions)
-    return {p: pair for p, pair in enumerate(read(low, max(positions) + 1), start=low) if p in wanted}
-
-
-def resumed(
-    read: Callable[[int, int], Iterator[StreamPair]], start: int, stop: int, skip: int, size: int, rng: random.Random
-) -> Iterator[StreamPair]:
-    """What ``shuffled(read(start, stop), size, rng)`` yields after its first ``skip`` pairs,
-    without reading those: the shuffle is replayed on stream positions, then the pairs still
-    in the buffer are read (from the oldest one on) and the stream goes on from there."""
-    buffer, position, done = ShuffleBuffer(size, rng), start, 0
-    while done < skip and position < stop:
-        done += buffer.push(position) is not None
-        position += 1
-    if done < skip:  # in the final drain
-        rest = buffer.drain()[skip - done :]
-        pairs = fetch(read, rest)
-        yield from (pairs[p] for p in rest)
-        return
-    held = fetch(read, buffer.items)
-    buffer.items = [held[p] for p in buffer.items]
-    yield from through(buffer, read(position, stop))
-
-
-def worker_batches(per_rank: int, batch: int, workers: int) -> List[int]:
-    """Batches of each of a rank's ``workers`` loader workers in an epoch (:func:`consumer_range`)."""
-    batches = math.ceil(per_rank / batch)
-    return [(w + 1) * batches // workers - w * batches // workers for w in range(workers)]
-
-
-def resume_point(counts: List[int], consumed: int) -> Tuple[List[int], int]:
-    """After ``consumed`` batches of a DataLoader whose workers yield ``counts`` batches: the
-    batches each worker gave and the worker whose batch comes next. The DataLoader takes
-    one batch from each worker in turn, passing over workers that ran out."""
-    given, turn = [0] * len(counts), 0
-    for _ in range(consumed):
-        while given[turn] >= counts[turn]:
-            turn = (turn + 1) % len(counts)
-        given[turn] += 1
-        turn = (turn + 1) % len(counts)
-    return given, turn
-
-
 class ShardStream(IterableDataset):
     """Training pairs streamed from a shard folder's ``manifest``; yields the dicts of
-    :class:`datasets.bases.ImageTextMLMDataset`. ``batch_size`` is the per-rank batch."""
+    :class:`datasets.bases.ImageTextMLMDataset`. ``batch_size`` is the per-rank batch;
+    ``split`` one of :data:`SPLITS` (the module's docstring)."""
 
     def __init__(
         self,
@@ -179,16 +92,22 @@ class ShardStream(IterableDataset):
         world_size: int = 1,
         epoch_pairs: int = 0,
         shuffle_buffer: int = 1000,
+        split: str = "batches",
     ):
         super().__init__()
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}: expected one of {SPLITS}")
         manifest.check_sizes()
         self.manifest, self.transform, self.batch_size = manifest, transform, batch_size
         self.text_length, self.seed, self.shuffle_buffer = text_length, seed, shuffle_buffer
         self.masked_language, self.share_masked_caption = masked_language, share_masked_caption
-        self.rank, self.world_size = rank, world_size
-        self.per_rank = (epoch_pairs or manifest.pairs) // world_size
+        self.rank, self.world_size, self.split = rank, world_size, split
+        self.epoch_pairs, self.global_batch = epoch_pairs or manifest.pairs, batch_size * world_size
+        full, left = divmod(self.epoch_pairs, self.global_batch)
+        shared = full * batch_size + left // world_size
+        self.per_rank = shared if split == "batches" else self.epoch_pairs // world_size
         if self.per_rank < 1:
-            raise DataError(f"{manifest.folder}: {epoch_pairs or manifest.pairs} pairs cannot feed {world_size} ranks")
+            raise DataError(f"{manifest.folder}: {self.epoch_pairs} pairs cannot feed {world_size} ranks")
         self.labels: Optional[Dict[int, int]] = manifest.identity_labels() if manifest.identities else None
         self.pair_bases = pair_offsets([shard.pairs for shard in manifest.shards])
         self.image_bases = pair_offsets([len(shard.captions) for shard in manifest.shards])
@@ -207,20 +126,61 @@ class ShardStream(IterableDataset):
         return self.per_rank
 
     def worker_range(self, epoch: int, worker: int, workers: int) -> Tuple[int, int]:
+        """Stream positions [start, stop) that ``worker`` of ``workers`` reads in ``epoch``."""
+        if self.split == "batches":  # the one-process run's, on every rank
+            return consumer_range(epoch, self.epoch_pairs, 0, 1, worker, workers, self.global_batch)
         return consumer_range(epoch, self.per_rank, self.rank, self.world_size, worker, workers, self.batch_size)
+
+    def worker_batches(self, workers: int) -> List[int]:
+        """Batches each of this rank's ``workers`` loader workers yields in an epoch."""
+        if self.split == "blocks":
+            return worker_batches(self.per_rank, self.batch_size, workers)
+        ranges = [self.worker_range(0, worker, workers) for worker in range(workers)]
+        return [shared_batches(stop - start, self.global_batch, self.world_size) for start, stop in ranges]
 
     def read_range(self, start: int, stop: int) -> Iterator[StreamPair]:
         """The pairs at stream positions [start, stop), in stream order."""
-        pairs = [shard.pairs for shard in self.manifest.shards]
-        for shard, low, high in stream_segments(pairs, self.seed, start, stop):
-            yield from self._shard_pairs(shard, low, high)
+        return (pair for _, pair in self._read(start, stop))
 
-    def _shard_pairs(self, shard: int, low: int, high: int) -> Iterator[StreamPair]:
+    def read_positions(self, positions: List[int]) -> Iterator[StreamPair]:
+        """The pairs at stream ``positions``, in that order: one sequential pass over their span
+        that reads only their images, each pair held from its reading to its turn."""
+        if not positions:
+            return
+        wanted = sorted(positions)
+        pairs, held = self._read(wanted[0], wanted[-1] + 1, wanted), {}
+        for position in positions:
+            while position not in held:
+                at, pair = next(pairs)
+                held[at] = pair
+            yield held.pop(position)
+
+    def _read(self, start: int, stop: int, wanted: Optional[List[int]] = None) -> Iterator[Tuple[int, StreamPair]]:
+        """(stream position, pair) of [start, stop), or of its ``wanted`` positions (sorted) alone."""
+        position = start
+        for shard, low, high in stream_segments(
+            [shard.pairs for shard in self.manifest.shards], self.seed, start, stop
+        ):
+            chosen = None
+            if wanted is not None:
+                ends = (bisect.bisect_left(wanted, position), bisect.bisect_left(wanted, position + high - low))
+                chosen = {at - position + low for at in wanted[ends[0] : ends[1]]}
+            if chosen is None or chosen:
+                for local, pair in self._shard_pairs(shard, low, high, chosen):
+                    yield position + local - low, pair
+            position += high - low
+
+    def _shard_pairs(
+        self, shard: int, low: int, high: int, chosen: Optional[set] = None
+    ) -> Iterator[Tuple[int, StreamPair]]:
+        """(pair number in the shard, pair) of its pairs [low, high), or of those ``chosen`` alone."""
         info = self.manifest.shards[shard]
         path = self.manifest.folder / info.name
         bounds = pair_offsets(info.captions)
         first = bisect.bisect_right(bounds, low) - 1
-        for sample_number, sample in enumerate(read_samples(path, first), start=first):
+        samples = None if chosen is None else {bisect.bisect_right(bounds, local) - 1 for local in chosen}
+        last = bisect.bisect_right(bounds, high - 1) - 1 if samples is None else max(samples)
+        for sample_number, sample in numbered_samples(path, first, None if samples is None else samples.__contains__):
             if sample_number >= len(info.captions) or len(sample.captions) != info.captions[sample_number]:
                 raise DataError(f"shard {path}: sample {sample.key} differs from the manifest; rewrite the shards")
             image_id = self.image_bases[shard] + sample_number
@@ -230,9 +190,10 @@ class ShardStream(IterableDataset):
             name = f"{path}:{sample.key}.{sample.image_name.rpartition('.')[2]}"
             for caption_number, caption in enumerate(sample.captions):
                 local = bounds[sample_number] + caption_number
-                if low <= local < high:
-                    yield StreamPair(self.pair_bases[shard] + local, image_id, pid, caption, sample.image_bytes, name)
-            if bounds[sample_number + 1] >= high:
+                if low <= local < high and (chosen is None or local in chosen):
+                    pair = StreamPair(self.pair_bases[shard] + local, image_id, pid, caption, sample.image_bytes, name)
+                    yield local, pair
+            if sample_number >= last:
                 return
         raise DataError(f"shard {path}: ends before its pair {high} of the manifest; rewrite the shards")
 
@@ -246,18 +207,30 @@ class ShardStream(IterableDataset):
         seed = sample_seed(self.seed, epoch, pair.index)
         return training_item(sample, seed, self.transform, self.masked_language, self.share_masked_caption)
 
+    def worker_pairs(self, epoch: int, part: int, workers: int, given: int) -> Iterator[StreamPair]:
+        """What worker ``part`` of ``workers`` gives this rank in ``epoch`` after its first ``given`` batches."""
+        start, stop = self.worker_range(epoch, part, workers)
+        if self.split == "blocks":
+            rng = random.Random(sample_seed(self.seed, epoch, self.rank * workers + part))
+            skip = min(given * self.batch_size, stop - start)
+            return resumed(self.read_range, start, stop, skip, self.shuffle_buffer, rng)
+        # The shuffle's draws depend on counts only: run on positions, they tell which pairs this rank keeps.
+        order = list(
+            shuffled(iter(range(start, stop)), self.shuffle_buffer, random.Random(sample_seed(self.seed, epoch, part)))
+        )
+        return self.read_positions(
+            rank_share(order[given * self.global_batch :], self.global_batch, self.rank, self.world_size)
+        )
+
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
         epoch = int(self._epoch[0])
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         # Resumed after some batches: worker w plays the part of worker (w + turn), so that the
         # DataLoader's round over its workers continues where the interrupted one stopped.
-        given, turn = resume_point(worker_batches(self.per_rank, self.batch_size, workers), int(self._skip[0]))
+        given, turn = resume_point(self.worker_batches(workers), int(self._skip[0]))
         part = (worker + turn) % workers
-        start, stop = self.worker_range(epoch, part, workers)
-        skip = min(given[part] * self.batch_size, stop - start)
-        rng = random.Random(sample_seed(self.seed, epoch, self.rank * workers + part))
-        for pair in resumed(self.read_range, start, stop, skip, self.shuffle_buffer, rng):
+        for pair in self.worker_pairs(epoch, part, workers, given[part]):
             yield self.item(pair, epoch)
 
 

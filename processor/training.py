@@ -78,15 +78,16 @@ class Training:
         if self.parts.inside:
             self.check_layout(self.parts.inside["layout"])
 
-    def layout(self) -> Dict[str, int]:
+    def layout(self) -> Dict[str, Any]:
         """What a position inside an epoch depends on: the global batch, and for the shards'
-        stream (whose ranks and workers read contiguous blocks) the ranks and loader workers."""
+        stream (whose workers read contiguous blocks) its split, the ranks and loader workers."""
         layout = {"data.batch_size": self.cfg.data.batch_size}
         if self.cfg.data.shards:
             layout.update({"processes": self.info.world_size, "data.num_workers": self.loader.num_workers})
+            layout["data.shard_split"] = self.cfg.data.shard_split
         return layout
 
-    def check_layout(self, saved: Dict[str, int]) -> None:
+    def check_layout(self, saved: Dict[str, Any]) -> None:
         now = self.layout()
         if saved != now:
             raise ConfigError(

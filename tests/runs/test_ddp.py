@@ -141,6 +141,11 @@ def test_two_node_run_ends_with_the_one_process_weights_and_metrics(steps, tmp_p
     assert "2 process(es)" in (two / "train.log").read_text()
     assert sorted(p.name for p in two.iterdir() if p.suffix == ".pth") == ["best.pth", "last.pth"]
     assert [r["epoch"] for r in read_metrics(two)] == [1, 2]  # rank 0 alone evaluates and writes
+    assert_same_training(one, two, root)
+
+
+def assert_same_training(one: Path, two: Path, root: Path) -> None:
+    """The runs ``one`` and ``two`` end with the same weights (within 5% of one Adam step) and metrics."""
     weights = [ckpt.load_training_state(run / "last.pth")["model"] for run in (one, two)]
     assert weights[0].keys() == weights[1].keys()
     # Adam moves a weight by about lr per step, whatever its size: the 8 steps of two runs that

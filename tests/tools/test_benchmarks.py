@@ -18,7 +18,16 @@ from typing import Callable
 import pytest
 from conftest import ROOT, run_ok
 
-from benchmarks import ddp_loss, efficiency, eval_speed, shard_loader, shared_caption, stream_resume, train_step
+from benchmarks import (
+    ddp_loss,
+    efficiency,
+    eval_speed,
+    shard_loader,
+    shard_split,
+    shared_caption,
+    stream_resume,
+    train_step,
+)
 
 
 def run_script(capsys, main: Callable, *args: str) -> str:
@@ -247,3 +256,17 @@ def test_stream_resume_benchmark_tiny_preset(capsys):
     rows = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\w+)$", out, re.M)
     assert len(rows) == 3 and int(rows[0][0]) == 0 < int(rows[1][0]) < int(rows[2][0])
     assert all(same == "True" for *_, same in rows)
+
+
+@pytest.mark.slow(seconds=2)
+def test_shard_split_benchmark_tiny_preset(capsys):
+    """Both splits decode the same pairs per rank; the batch split reads more; the ratio printed is theirs."""
+    out = run_script(capsys, shard_split.main, "--ids", "6", "--ranks", "2", "--batch-size", "4", "--shard-size", "4")
+    rows = {
+        split: (float(mb), int(float(decoded)))
+        for split, mb, decoded in re.findall(r"^\s+2\s+(batches|blocks)\s+([\d.]+)\s+[\d.]+\s+([\d.]+)$", out, re.M)
+    }
+    assert rows["batches"][1] == rows["blocks"][1] > 0 and rows["batches"][0] > rows["blocks"][0]
+    ratio = float(re.search(r"batches / blocks: ([\d.]+)$", out, re.M).group(1))
+    (batches, _), (blocks, _) = rows["batches"], rows["blocks"]  # MB printed to 0.01
+    assert (batches - 0.005) / (blocks + 0.005) - 0.005 <= ratio <= (batches + 0.005) / (blocks - 0.005) + 0.005

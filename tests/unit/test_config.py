@@ -326,6 +326,7 @@ CHECKED_AT_LOAD = {
         "data.sampler='identity': must be random with data.shards (the shards stream in order; identity needs "
         "random access)",
     ),
+    "shard split": (["data.shard_split=ranks"], "data.shard_split='ranks': must be one of batches, blocks"),
     "IRR depth": (["loss.names=sdm+mlm", "model.cmt_depth=0"], "model.cmt_depth=0: must be >= 1"),
     "A-SDM mode": (["asdm.mode=softmax"], "asdm.mode='softmax': must be one of cosine, probability"),
     "loss names": (

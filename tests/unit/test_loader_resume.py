@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from dataset_tools.write_shards import write_shards
 from datasets.samplers import IdentitySampler, RandomSampler
-from datasets.streaming import StreamLoader, resume_point, resumed, shuffled, worker_batches
+from datasets.stream_plan import resume_point, resumed, shuffled, worker_batches
+from datasets.streaming import StreamLoader
 from processor.checkpointing import rng_state
 from processor.training import StartedLoader
 

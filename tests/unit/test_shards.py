@@ -19,7 +19,8 @@ from datasets.bases import ImageTextMLMDataset
 from datasets.build import build_train_loader
 from datasets.readers import DataError, RetrievalDataset
 from datasets.shards import MANIFEST, read_manifest, read_samples
-from datasets.streaming import ShardStream, StreamLoader, consumer_range
+from datasets.stream_plan import consumer_range
+from datasets.streaming import ShardStream, StreamLoader
 from datasets.transforms import build_transform
 
 SIZE = (16, 8)
@@ -73,8 +74,8 @@ def test_every_pair_once_across_two_ranks_and_two_workers(tmp_path):
     assert one == seen
 
 
-def test_epochs_tile_the_stream_so_no_pair_is_skipped(tmp_path):
-    """45 pairs on 2 ranks: 22 per rank; the pair left over opens the next epoch."""
+def test_block_split_epochs_tile_the_stream_so_no_pair_is_skipped(tmp_path):
+    """data.shard_split=blocks, 45 pairs on 2 ranks: 22 per rank; the pair left over opens the next epoch."""
     write_corpus(tmp_path)
     write_shards(tmp_path, "Corpus", tmp_path / "shards", shard_size=4)
     blocks = [(epoch, rank, worker) for epoch in range(3) for rank in range(2) for worker in range(3)]
