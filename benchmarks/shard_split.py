@@ -24,7 +24,7 @@ from dataset_tools.synthetic import generate
 from dataset_tools.write_shards import write_shards
 from datasets.shards import read_manifest
 from datasets.streaming import SPLITS, ShardStream
-from utils.cli import describe, exit_skipping_final_gc
+from utils.cli import describe
 
 
 def bytes_read() -> int:
@@ -78,4 +78,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_skipping_final_gc(main())
+    raise SystemExit(main())
