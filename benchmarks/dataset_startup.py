@@ -191,7 +191,7 @@ def run(counts: Sequence[int], out: Path, limits: Tuple[float, float]) -> Pretty
         ):
             cells = [figure(result, "build_s"), figure(result, "build_cpu_s"), figure(result, "rss_mb", base["rss_mb"])]
             table.add_row([f"{count:,}", name, f"{size:.1f}", *cells, compared])
-        print(f"  {count:,} records measured; load average {os.getloadavg()[0]:.1f}", flush=True)
+        print(f"{count:,} records measured; load average {os.getloadavg()[0]:.1f}\n{table}", flush=True)
     return table
 
 
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--records must be >= 1")
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
     limits = (args.memory_limit_gb * 1024, args.cpu_limit_s or float("inf"))
-    print(run(args.records, args.out, limits))
+    run(args.records, args.out, limits)  # prints the table after each count
     return 0
 
 

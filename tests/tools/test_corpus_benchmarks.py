@@ -27,7 +27,7 @@ def table_rows(out: str, keys: int) -> dict:
     return rows
 
 
-@pytest.mark.slow(seconds=25)
+@pytest.mark.slow(seconds=11)
 def test_dataset_startup_measures_both_loaders_on_the_same_records(tmp_path, capsys):
     assert dataset_startup.main(["--records", "2000", "--out", str(tmp_path)]) == 0
     rows = table_rows(capsys.readouterr().out, 2)
@@ -44,7 +44,7 @@ def test_dataset_startup_measures_both_loaders_on_the_same_records(tmp_path, cap
     manifest.check_sizes()
 
 
-@pytest.mark.slow(seconds=10)
+@pytest.mark.slow(seconds=5)
 def test_dataset_startup_stops_a_loader_over_its_limits(tmp_path, capsys):
     assert dataset_startup.main(["--records", "50", "--out", str(tmp_path), "--cpu-limit-s", "0.3"]) == 0
     out = capsys.readouterr().out
@@ -55,7 +55,7 @@ def test_dataset_startup_stops_a_loader_over_its_limits(tmp_path, capsys):
     assert re.fullmatch(r"CPU > \d+x", files[4]) and re.fullmatch(r"memory > \d+x", shards[4])
 
 
-@pytest.mark.slow(seconds=110)
+@pytest.mark.slow(seconds=20)
 def test_pretrain_corpus_runs_every_step_end_to_end(tmp_path, capsys):
     argv = ["--pairs", "200", "--out", str(tmp_path), "--shard-size", "40", "--finetune-ids", "12", "0", "8"]
     argv += ["--finetune-epochs", "1", "--epoch-pairs", "160"] + [f"--set={item}" for item in NARROW]
