@@ -13,8 +13,8 @@ shard's size, nothing inside). No image is written: neither loader opens or stat
 before training reads it (the file loader checks only that ``imgs/`` exists, in preflight).
 
 Each loader is built by ``datasets.build.build_train_loader`` in a fresh subprocess (no
-workers, 384 x 128, the default 77 tokens), which reports the seconds from its imports to
-the constructed loader and its peak resident memory (``ru_maxrss``); a third subprocess
+workers, 384 x 128, the default 77 tokens), which reports the seconds, wall and CPU, from its
+imports to the constructed loader and its peak resident memory (``ru_maxrss``); a third subprocess
 that only imports the same modules gives the baseline subtracted from both. A subprocess
 building a loader whose resident memory passes ``--memory-limit-gb`` (a safeguard for a shared
 machine) or whose CPU time passes ``--cpu-limit-s`` is stopped: its row then gives lower bounds

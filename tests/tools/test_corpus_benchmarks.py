@@ -32,7 +32,9 @@ def test_dataset_startup_measures_both_loaders_on_the_same_records(tmp_path, cap
     assert dataset_startup.main(["--records", "2000", "--out", str(tmp_path)]) == 0
     rows = table_rows(capsys.readouterr().out, 2)
     files, shards = rows[("2,000", "JSON + folder")], rows[("2,000", "manifest + shards")]
-    assert all(float(cell) > 0 for cell in files[1:4]) and all(float(cell) >= 0 for cell in shards[1:4])
+    assert float(files[1]) > 0 and float(files[2]) > 0, files  # wall and CPU seconds
+    # Peak RSS above the imports' process: at 2,000 records tens of MB, within reach of its noise.
+    assert all(float(cell) >= 0 for cell in [files[3], *shards[1:4]]), (files, shards)
     # 2,000 records: tokenizing 4,000 captions outweighs reading a manifest and checking 2 shard sizes
     assert float(files[2]) > float(shards[2]) and int(re.fullmatch(r"CPU (\d+)x", files[4]).group(1)) > 1
     assert re.fullmatch(r"memory \d+x", shards[4])
