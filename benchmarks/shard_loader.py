@@ -69,6 +69,13 @@ def bare_reads(root: Path, shards: Path) -> Dict[str, float]:
     return rates
 
 
+def synthetic_shards(root: Path, ids: int, shard_size: int) -> Path:
+    """The synthetic set's training split at 384 x 128 under ``root`` and its shards (``root/shards``)."""
+    generate(root, num_train_ids=ids, num_val_ids=1, num_test_ids=1, image_size=(384, 128), seed=0)
+    write_shards(root, "Synthetic-PEDES", root / "shards", shard_size=shard_size, workers=0)
+    return root / "shards"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--ids", type=int, default=300, help="synthetic training identities (default: %(default)s)")
@@ -80,9 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        generate(root, num_train_ids=args.ids, num_val_ids=1, num_test_ids=1, image_size=(384, 128), seed=0)
-        shards = root / "shards"
-        write_shards(root, "Synthetic-PEDES", shards, shard_size=256, workers=0)
+        shards = synthetic_shards(root, args.ids, shard_size=256)
         pairs = read_manifest(shards).pairs
         print(f"{pairs} training pairs, batch {args.batch_size}, 384 x 128, augmentation + MLM masking")
         print(f"{'workers':>8} {'files img/s/core':>17} {'shards img/s/core':>18} {'shards/files':>13}")

@@ -20,8 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Sequence
 
-from dataset_tools.synthetic import generate
-from dataset_tools.write_shards import write_shards
+from benchmarks.shard_loader import synthetic_shards
 from datasets.shards import read_manifest
 from datasets.streaming import SPLITS, ShardStream
 from utils.cli import describe
@@ -55,10 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        generate(root, num_train_ids=args.ids, num_val_ids=1, num_test_ids=1, image_size=(384, 128), seed=0)
-        shards = root / "shards"
-        write_shards(root, "Synthetic-PEDES", shards, shard_size=args.shard_size, workers=0)
+        shards = synthetic_shards(Path(tmp), args.ids, args.shard_size)
         manifest = read_manifest(shards)
         size = sum(shard.bytes for shard in manifest.shards)
         print(
