@@ -70,6 +70,8 @@ def test_pretrain_corpus_runs_every_step_end_to_end(tmp_path, capsys):
     assert rows["pretrain 1 epoch"][1].startswith("10 steps; at step 10: ")  # 160 pairs, batches of 16
     assert re.fullmatch(r"\d+ tensors from the pretrained run, \d+ new", rows["fine-tune"][1])
     assert rows["test"][1].startswith("t2i R1 ")
+    assert rows["test from scratch"][1].startswith("t2i R1 ")
+    assert "initialised from" not in (tmp_path / "runs" / "scratch" / "train.log").read_text()
     out = tmp_path
     assert len(json.loads((out / "corpus" / "Synthetic-PEDES" / "reid_raw.json").read_text())) == 100
     manifest = read_manifest(out / "shards")
