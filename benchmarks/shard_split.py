@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 from benchmarks.shard_loader import synthetic_shards
+from configs.validation import SHARD_SPLITS
 from datasets.shards import read_manifest
-from datasets.streaming import SPLITS, ShardStream
+from datasets.streaming import ShardStream
 from utils.cli import describe
 
 
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'ranks':>5} {'split':>8} {'MB read/rank':>13} {'share of shards':>16} {'decoded/rank':>13}")
         for ranks in args.ranks:
             read = {}
-            for split in SPLITS:
+            for split in SHARD_SPLITS:
                 results = [one_rank(shards, rank, ranks, split, args.workers, args.batch_size) for rank in range(ranks)]
                 read[split] = sum(result["read"] for result in results) / ranks
                 decoded = sum(result["pairs"] for result in results) / ranks

@@ -59,8 +59,6 @@ from datasets.stream_plan import (
 )
 from datasets.tokenizer import CONTEXT_LENGTH
 
-SPLITS = ("batches", "blocks")
-
 
 @dataclass(frozen=True)
 class StreamPair:
@@ -77,7 +75,7 @@ class StreamPair:
 class ShardStream(IterableDataset):
     """Training pairs streamed from a shard folder's ``manifest``; yields the dicts of
     :class:`datasets.bases.ImageTextMLMDataset`. ``batch_size`` is the per-rank batch;
-    ``split`` one of :data:`SPLITS` (the module's docstring)."""
+    ``split`` one of ``configs.validation.SHARD_SPLITS`` (the module's docstring)."""
 
     def __init__(
         self,
@@ -95,8 +93,6 @@ class ShardStream(IterableDataset):
         split: str = "batches",
     ):
         super().__init__()
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r}: expected one of {SPLITS}")
         manifest.check_sizes()
         self.manifest, self.transform, self.batch_size = manifest, transform, batch_size
         self.text_length, self.seed, self.shuffle_buffer = text_length, seed, shuffle_buffer
@@ -105,7 +101,7 @@ class ShardStream(IterableDataset):
         self.epoch_pairs, self.global_batch = epoch_pairs or manifest.pairs, batch_size * world_size
         full, left = divmod(self.epoch_pairs, self.global_batch)
         shared = full * batch_size + left // world_size
-        self.per_rank = shared if split == "batches" else self.epoch_pairs // world_size
+        self.per_rank = self.epoch_pairs // world_size if split == "blocks" else shared
         if self.per_rank < 1:
             raise DataError(f"{manifest.folder}: {self.epoch_pairs} pairs cannot feed {world_size} ranks")
         self.labels: Optional[Dict[int, int]] = manifest.identity_labels() if manifest.identities else None
@@ -127,9 +123,9 @@ class ShardStream(IterableDataset):
 
     def worker_range(self, epoch: int, worker: int, workers: int) -> Tuple[int, int]:
         """Stream positions [start, stop) that ``worker`` of ``workers`` reads in ``epoch``."""
-        if self.split == "batches":  # the one-process run's, on every rank
-            return consumer_range(epoch, self.epoch_pairs, 0, 1, worker, workers, self.global_batch)
-        return consumer_range(epoch, self.per_rank, self.rank, self.world_size, worker, workers, self.batch_size)
+        if self.split == "blocks":
+            return consumer_range(epoch, self.per_rank, self.rank, self.world_size, worker, workers, self.batch_size)
+        return consumer_range(epoch, self.epoch_pairs, 0, 1, worker, workers, self.global_batch)  # one process's
 
     def worker_batches(self, workers: int) -> List[int]:
         """Batches each of this rank's ``workers`` loader workers yields in an epoch."""

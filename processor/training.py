@@ -83,8 +83,13 @@ class Training:
         stream (whose workers read contiguous blocks) its split, the ranks and loader workers."""
         layout = {"data.batch_size": self.cfg.data.batch_size}
         if self.cfg.data.shards:
-            layout.update({"processes": self.info.world_size, "data.num_workers": self.loader.num_workers})
-            layout["data.shard_split"] = self.cfg.data.shard_split
+            layout.update(
+                {
+                    "processes": self.info.world_size,
+                    "data.num_workers": self.loader.num_workers,
+                    "data.shard_split": self.cfg.data.shard_split,
+                }
+            )
         return layout
 
     def check_layout(self, saved: Dict[str, Any]) -> None:
