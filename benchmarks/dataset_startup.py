@@ -36,6 +36,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from prettytable import PrettyTable
 
+from datasets.shards import FORMAT, MANIFEST, VERSION, shard_name
 from utils.cli import describe
 
 CORPUS = "StartupCorpus"
@@ -83,16 +84,16 @@ def write_manifest(folder: Path, count: int) -> Path:
     shards = []
     for number, start in enumerate(range(0, count, SHARD_SIZE)):
         images = min(SHARD_SIZE, count - start)
-        name, size = f"shard-{number:06d}.tar", images * (IMAGE_BYTES + 2048) + 1024
+        name, size = shard_name(number), images * (IMAGE_BYTES + 2048) + 1024
         with open(folder / name, "wb") as handle:
             handle.truncate(size)
         ids = sorted({index // 2 for index in range(start, start + images)})
         entry = {"name": name, "bytes": size, "sha256": "0" * 64, "captions": [2] * images, "ids": ids}
         shards.append({**entry, "plan": "0" * 64})
     source = {"root": str(folder.parent), "name": CORPUS, "annotation": "generated", "split": "train"}
-    manifest = {"format": "fmfa-webdataset-shards", "version": 1, "source": source, "identities": True}
+    manifest = {"format": FORMAT, "version": VERSION, "source": source, "identities": True}
     manifest.update(shards=shards, skipped=[])
-    path = folder / "manifest.json"
+    path = folder / MANIFEST
     path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return path
 
